@@ -1,0 +1,219 @@
+"""The command line: flags → config objects → library calls. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .models import DEFAULT_MODEL
+
+
+def _add_fields(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-field", default="input", help="column holding the input")
+    p.add_argument("--output-field", default="output", help="column holding the target")
+    p.add_argument("--messages-field", default="messages", help="column holding chat messages")
+    p.add_argument("--text-field", default="text", help="column holding free text")
+
+
+def _add_template(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instruction", help="replace the task's default instruction")
+    p.add_argument("--system", help="system message (chat templates)")
+    p.add_argument("--source-lang", help="translation: source language, e.g. German")
+    p.add_argument("--target-lang", help="translation: target language, e.g. English")
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
+    p.add_argument("--sample", action="store_true", default=None, dest="do_sample",
+                   help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--num-beams", type=int)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _decoding_overrides(a) -> dict:
+    keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "num_beams",
+            "repetition_penalty", "seed")
+    return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+
+
+def _fields(a):
+    from .data import Fields
+
+    return Fields(input=a.input_field, output=a.output_field, messages=a.messages_field,
+                  text=a.text_field)
+
+
+def _template_args(a) -> dict:
+    return {"instruction": a.instruction, "system": a.system, "source_lang": a.source_lang,
+            "target_lang": a.target_lang}
+
+
+def cmd_train(a) -> None:
+    from .config import TrainConfig
+    from .train import train
+
+    cfg = TrainConfig(
+        task=a.task, data=a.data, val=a.val, out=a.out, model=a.model, method=a.method,
+        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
+        micro_batch_size=a.micro_batch_size, lr=a.lr, seed=a.seed, max_length=a.max_length,
+        val_fraction=a.val_fraction, skip_long_targets=a.skip_long_targets,
+        skip_invalid=a.skip_invalid, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
+        lora_dropout=a.lora_dropout, warmup_ratio=a.warmup_ratio, scheduler=a.scheduler,
+        template=a.template, input_field=a.input_field, output_field=a.output_field,
+        messages_field=a.messages_field, text_field=a.text_field, progress=not a.no_progress,
+        **_template_args(a),
+    )
+    train(cfg)
+
+
+def _records_from_args(a, template):
+    from .data import Record, read_records
+    from .tasks import get_task
+
+    if a.data:
+        return read_records(a.data, kind=get_task(template.task).kind, fields=_fields(a),
+                            require_output=False)
+    if template.task == "dialogue":
+        return [Record(source="<prompt>", row=1,
+                       messages=({"role": "user", "content": a.prompt},))]
+    return [Record(source="<prompt>", row=1, input=a.prompt)]
+
+
+def cmd_generate(a) -> None:
+    from .evaluate import default_decoding, predict, resolve_template
+    from .runs import load_for_inference
+
+    if (a.prompt is None) == (a.data is None):
+        raise SystemExit("gentune generate: give either a prompt or --data FILE (not both)")
+    if a.data and not a.out:
+        raise SystemExit("gentune generate: --data needs --out DIR for predictions.jsonl")
+    loaded = load_for_inference(a.model)
+    template = resolve_template(loaded, a.task, **_template_args(a))
+    decoding = default_decoding(template, **_decoding_overrides(a))
+    records = _records_from_args(a, template)
+    rows = predict(loaded, template, records, decoding, batch_size=a.batch_size,
+                   progress=bool(a.data) and not a.no_progress)
+    if a.data:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "predictions.jsonl").open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        print(f"gentune: {len(rows)} predictions written to {out / 'predictions.jsonl'}")
+    else:
+        print(rows[0]["output"])
+
+
+def cmd_evaluate(a) -> None:
+    from .evaluate import evaluate
+
+    result = evaluate(a.model, a.data, a.out, task=a.task, fields=_fields(a), limit=a.limit,
+                      batch_size=a.batch_size, progress=not a.no_progress,
+                      decoding_overrides=_decoding_overrides(a), **_template_args(a))
+    print(json.dumps({k: v for k, v in result.items() if k != "meta"}, indent=2))
+    print(f"gentune: written {a.out}/metrics.json and {a.out}/predictions.jsonl")
+
+
+def cmd_demo(a) -> None:
+    from .demo import demo
+
+    demo(a.out, epochs=a.epochs, max_steps=a.max_steps, limit=a.limit,
+         progress=not a.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gentune", description="Fine-tune language models for text generation, offline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a model on a data file")
+    p.add_argument("--task", required=True,
+                   help="summarization | translation | dialogue | text")
+    p.add_argument("--data", required=True, help="training file: .jsonl, .csv, .tsv or .txt")
+    p.add_argument("--val", help="validation file (default: split off --val-fraction of --data)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"embedded name, local directory or hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--method", default="lora", choices=["lora", "full"])
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
+    p.add_argument("--micro-batch-size", type=int,
+                   help="examples per forward pass (gradient accumulation); divides batch size")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 LoRA, 5e-5 full)")
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--scheduler", default="cosine", choices=["cosine", "linear", "constant"])
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-length", type=int, default=1024,
+                   help="tokens per example; inputs are shortened to fit, targets never")
+    p.add_argument("--skip-long-targets", action="store_true",
+                   help="drop rows whose target cannot fit (counted and listed) instead of "
+                        "stopping")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="drop invalid rows (counted) instead of stopping at the first")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--template", default="auto", choices=["auto", "chat", "plain"])
+    p.add_argument("--no-progress", action="store_true")
+    _add_fields(p)
+    _add_template(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="generate from a run or model")
+    p.add_argument("model", help="run directory, embedded name, model directory or hub id")
+    p.add_argument("prompt", nargs="?", help="one input to generate from")
+    p.add_argument("--data", help="file of inputs to generate from")
+    p.add_argument("--out", help="directory for predictions.jsonl (with --data)")
+    p.add_argument("--task", help="task, for a plain model (runs know theirs)")
+    _add_fields(p)
+    _add_template(p)
+    _add_decoding(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="score a run or model on a labelled file")
+    p.add_argument("model", help="run directory, embedded name, model directory or hub id")
+    p.add_argument("--data", required=True, help="labelled file")
+    p.add_argument("--out", required=True, help="directory for predictions.jsonl, metrics.json")
+    p.add_argument("--task", help="task, for a plain model (runs know theirs)")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    _add_fields(p)
+    _add_template(p)
+    _add_decoding(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="fine-tune the embedded model on ACLSum and compare")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--limit", type=int, help="evaluate on the first N validation rows only")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, ModelError, ValueError, FileNotFoundError) as e:
+        print(f"gentune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

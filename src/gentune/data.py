@@ -1,0 +1,270 @@
+"""Reading user data: JSONL, CSV, TSV, chat records and plain text, validated row by row.
+
+Every record keeps the file and row it came from, so that any later problem (a target that
+cannot fit, say) can name them. Errors name file, row and field, and say what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """Bad user data; the message names file, row and field and what to do."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """One example. Exactly one shape is filled: (input, output), messages, or text."""
+
+    source: str  # file the row came from
+    row: int  # 1-based row number in that file (line number for JSONL and text)
+    input: str | None = None
+    output: str | None = None
+    messages: tuple[dict, ...] | None = None  # ({"role":..., "content":...}, ...)
+    text: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.row}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fields:
+    """Which column holds what; other column names are mapped with flags."""
+
+    input: str = "input"
+    output: str = "output"
+    messages: str = "messages"
+    text: str = "text"
+
+
+@dataclass
+class ReadReport:
+    """What reading a file did: rows read and rows skipped, by reason."""
+
+    path: str
+    rows: int = 0
+    skipped: list[str] = field(default_factory=list)  # "file:row: reason"
+
+
+Kind = Literal["pairs", "chat", "text"]
+
+
+def read_records(
+    path: str | Path,
+    *,
+    kind: Kind,
+    fields: Fields = Fields(),
+    require_output: bool = True,
+    skip_invalid: bool = False,
+    report: ReadReport | None = None,
+) -> list[Record]:
+    """Read and validate a data file.
+
+    kind: "pairs" wants input/output, "chat" wants messages, "text" wants text (or input/output,
+    which are then prompt and continuation). Plain-text files (.txt) give one text record per
+    paragraph (blocks separated by blank lines).
+    require_output: False for inputs to generate from (no reference needed).
+    skip_invalid: drop bad rows (counted in `report`) instead of raising on the first.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file (check the path given to --data/--val)")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a .jsonl, .csv, .tsv or .txt file")
+    raw = path.read_bytes()
+    text = _decode(path, raw)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; it needs at least one row")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        rows = _jsonl_rows(path, text)
+    elif suffix in (".csv", ".tsv"):
+        rows = _csv_rows(path, text, delimiter="," if suffix == ".csv" else "\t")
+    elif suffix in (".txt", ".text", ".md"):
+        rows = _text_rows(text)
+    else:
+        raise DataError(
+            f"{path}: unknown file type {suffix!r}; use .jsonl, .csv, .tsv or .txt"
+        )
+    report = report if report is not None else ReadReport(path=str(path))
+    records = []
+    for row_no, row in rows:
+        try:
+            records.append(
+                _to_record(str(path), row_no, row, kind=kind, fields=fields,
+                           require_output=require_output)
+            )
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            report.skipped.append(str(e).split(" (use --skip-invalid")[0])
+    report.rows = len(records)
+    if not records:
+        raise DataError(f"{path}: no valid rows ({len(report.skipped)} skipped as invalid)")
+    return records
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: byte 0x{raw[e.start]:02x} at column {col} is not UTF-8; "
+            "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+
+
+def _jsonl_rows(path: Path, text: str):
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array of objects is accepted too
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+        yield from enumerate(data, start=1)
+        return
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}:{line_no}: malformed JSON at column {e.colno}: {e.msg} "
+                "(each line must be one JSON object)"
+            ) from None
+
+
+def _csv_rows(path: Path, text: str, delimiter: str):
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if not reader.fieldnames:
+        raise DataError(f"{path}:1: no header row; the first row must name the columns")
+    for row in reader:
+        # line_num is the physical line where the row ended; rows can span lines when quoted.
+        if None in row:
+            raise DataError(
+                f"{path}:{reader.line_num}: more cells than header columns "
+                f"({len(reader.fieldnames)}); quote cells that contain the delimiter"
+            )
+        yield reader.line_num, row
+
+
+def _text_rows(text: str):
+    para: list[str] = []
+    start = 0
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            if not para:
+                start = line_no
+            para.append(line)
+        elif para:
+            yield start, {"text": "\n".join(para)}
+            para = []
+    if para:
+        yield start, {"text": "\n".join(para)}
+
+
+def _field(where: str, row: dict, name: str, *, required: bool = True) -> str | None:
+    hint = " (use --skip-invalid to drop such rows)"
+    if name not in row or row[name] is None:
+        if not required:
+            return None
+        have = ", ".join(map(repr, row)) or "none"
+        raise DataError(
+            f"{where}: field {name!r} is missing (fields present: {have}; "
+            f"name another field with --input-field/--output-field){hint}"
+        )
+    value = row[name]
+    if not isinstance(value, str):
+        raise DataError(
+            f"{where}: field {name!r} must be a string, got {type(value).__name__} "
+            f"{json.dumps(value)[:60]}{hint}"
+        )
+    if not value.strip():
+        if not required:
+            return None
+        raise DataError(f"{where}: field {name!r} is empty{hint}")
+    return value
+
+
+def _to_record(source: str, row_no: int, row, *, kind: Kind, fields: Fields,
+               require_output: bool) -> Record:
+    where = f"{source}:{row_no}"
+    if not isinstance(row, dict):
+        raise DataError(
+            f"{where}: expected a JSON object, got {type(row).__name__} "
+            "(use --skip-invalid to drop such rows)"
+        )
+    if kind == "pairs" or (kind == "text" and fields.text not in row):
+        return Record(
+            source=source, row=row_no,
+            input=_field(where, row, fields.input),
+            output=_field(where, row, fields.output, required=require_output),
+        )
+    if kind == "text":
+        return Record(source=source, row=row_no, text=_field(where, row, fields.text))
+    return Record(source=source, row=row_no,
+                  messages=_messages(where, row, fields.messages, require_output))
+
+
+def _messages(where: str, row: dict, name: str, require_output: bool) -> tuple[dict, ...]:
+    hint = " (use --skip-invalid to drop such rows)"
+    msgs = row.get(name)
+    if msgs is None:
+        raise DataError(f"{where}: field {name!r} is missing; chat rows need "
+                        f'"{name}": [{{"role": "user", "content": "..."}}, ...]{hint}')
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"{where}: field {name!r} must be a non-empty list of messages{hint}")
+    out = []
+    for i, m in enumerate(msgs):
+        at = f"{where}: {name}[{i}]"
+        if not isinstance(m, dict):
+            raise DataError(f"{at} must be an object with role and content{hint}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise DataError(f"{at}.role is {role!r}; allowed: {', '.join(ROLES)}{hint}")
+        if not isinstance(content, str) or not content.strip():
+            raise DataError(f"{at}.content must be a non-empty string{hint}")
+        if role == "system" and i != 0:
+            raise DataError(f"{at}: a system message may only come first{hint}")
+        out.append({"role": role, "content": content})
+    if require_output and not any(m["role"] == "assistant" for m in out):
+        raise DataError(f"{where}: {name!r} has no assistant turn to learn from{hint}")
+    return tuple(out)
+
+
+def split_train_val(records: list[Record], *, val_fraction: float, seed: int,
+                    min_val: int = 1) -> tuple[list[Record], list[Record]]:
+    """Seeded random split; the validation part gets at least `min_val` rows."""
+    if len(records) < 2:
+        raise DataError(
+            f"{records[0].source}: only {len(records)} row; need at least 2 to split off "
+            "validation rows, or pass --val FILE"
+        )
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(min_val, round(len(records) * val_fraction))
+    n_val = min(n_val, len(records) - 1)
+    val_idx = set(order[:n_val])
+    train = [r for i, r in enumerate(records) if i not in val_idx]
+    val = [r for i, r in enumerate(records) if i in val_idx]
+    return train, val
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes, for the run manifest."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

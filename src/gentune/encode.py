@@ -1,0 +1,245 @@
+"""Tokenization, label masking, truncation and batching.
+
+The rules (the traps this module exists to avoid):
+- labels are -100 on every context token; only target tokens carry loss;
+- every target ends with the EOS *id*, appended explicitly and trained, so a tokenizer whose
+  pad token equals EOS still learns to stop (labels never come from comparing ids with pad);
+- too long: the input is shortened, never the target; a row whose target alone cannot fit is
+  reported by file and row, never dropped silently; counts go into a report.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from .data import DataError, Record
+from .tasks import PromptTemplate, Segment
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on context tokens
+    where: str  # "file:row", for messages
+
+    @property
+    def n_targets(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+@dataclass
+class EncodeReport:
+    """What encoding did to the rows: nothing here is silent."""
+
+    rows: int = 0
+    examples: int = 0
+    truncated_rows: int = 0  # rows whose input was shortened to fit
+    truncated_tokens: int = 0  # input tokens removed in all
+    split_rows: int = 0  # text rows split into several windows
+    too_long: list[str] = field(default_factory=list)  # rows whose target cannot fit
+    skipped_too_long: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.rows} rows -> {self.examples} examples"]
+        if self.truncated_rows:
+            parts.append(f"{self.truncated_rows} rows had their input shortened "
+                         f"({self.truncated_tokens} tokens removed)")
+        if self.split_rows:
+            parts.append(f"{self.split_rows} long texts split into windows")
+        if self.skipped_too_long:
+            parts.append(f"{self.skipped_too_long} rows skipped: target longer than --max-length "
+                         f"({', '.join(self.too_long[:5])}{' ...' if len(self.too_long) > 5 else ''})")
+        return "; ".join(parts)
+
+
+def _tokens(tokenizer, segments: list[Segment], eos_id: int, eos: str) -> tuple[list[int], list[int]]:
+    """Tokenize segments one by one; the same code builds training rows and prompts."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, seg in enumerate(segments):
+        text = seg.text
+        if seg.trained and text.endswith(eos):
+            text = text[: -len(eos)]
+        piece = tokenizer(text, add_special_tokens=(i == 0))["input_ids"] if text else []
+        if i == 0 and not text and getattr(tokenizer, "bos_token_id", None) is not None:
+            piece = tokenizer("", add_special_tokens=True)["input_ids"]
+        if seg.trained:
+            piece = list(piece) + [eos_id]
+            labels.extend(piece)
+        else:
+            labels.extend([IGNORE] * len(piece))
+        ids.extend(piece)
+    return ids, labels
+
+
+def _shorten(record: Record, n_tokens: int, tokenizer) -> Record | None:
+    """The record with its input shortened by about n_tokens (from the end); None if impossible."""
+    from dataclasses import replace
+
+    if record.input is not None and record.text is None:
+        toks = tokenizer(record.input, add_special_tokens=False)["input_ids"]
+        keep = len(toks) - n_tokens
+        if keep <= 0:
+            return None
+        return replace(record, input=tokenizer.decode(toks[:keep]))
+    if record.messages is not None:
+        msgs = list(record.messages)
+        # drop the oldest non-system turn pair; keep the system message and the last turns
+        first = 1 if msgs[0]["role"] == "system" else 0
+        last_user = max(i for i, m in enumerate(msgs) if m["role"] != "assistant")
+        if first >= last_user:  # a single user turn left: shorten its text
+            m = msgs[last_user]
+            toks = tokenizer(m["content"], add_special_tokens=False)["input_ids"]
+            keep = len(toks) - n_tokens
+            if keep <= 0:
+                return None
+            msgs[last_user] = {**m, "content": tokenizer.decode(toks[:keep])}
+        else:
+            del msgs[first: first + 2 if msgs[first + 1]["role"] == "assistant" else first + 1]
+        return replace(record, messages=tuple(msgs))
+    return None
+
+
+def encode_example(record: Record, template: PromptTemplate, tokenizer, *,
+                   max_length: int, report: EncodeReport | None = None) -> list[Example]:
+    """One record → one example (or several windows for a long plain text).
+
+    Raises DataError naming the row when the target alone cannot fit in max_length.
+    """
+    report = report if report is not None else EncodeReport()
+    eos_id = tokenizer.convert_tokens_to_ids(template.eos_token)
+    report.rows += 1
+    if record.text is not None:  # free text: long texts become consecutive windows
+        ids, labels = _tokens(tokenizer, template.segments(record, tokenizer), eos_id,
+                              template.eos_token)
+        if len(ids) <= max_length:
+            out = [Example(ids, labels, record.where)]
+        else:
+            report.split_rows += 1
+            out = [Example(ids[i:i + max_length], labels[i:i + max_length], record.where)
+                   for i in range(0, len(ids), max_length)]
+            out = [e for e in out if e.n_targets > 1] or out[:1]
+        report.examples += len(out)
+        return out
+    current = record
+    for _ in range(8):  # shortening re-tokenizes, so converge in a few rounds
+        segs = template.segments(current, tokenizer)
+        while segs and not segs[-1].trained:  # trailing context carries no loss
+            segs.pop()
+        ids, labels = _tokens(tokenizer, segs, eos_id, template.eos_token)
+        excess = len(ids) - max_length
+        if excess <= 0:
+            break
+        shorter = _shorten(current, excess + 2, tokenizer)
+        if shorter is None:
+            n_target = sum(1 for t in labels if t != IGNORE)
+            report.too_long.append(record.where)
+            raise DataError(
+                f"{record.where}: the target needs {n_target} tokens and does not fit in "
+                f"--max-length {max_length} with its prompt; raise --max-length or pass "
+                "--skip-long-targets to drop such rows (they are counted and listed)"
+            )
+        current = shorter
+    else:
+        raise DataError(f"{record.where}: could not shorten the input to fit --max-length "
+                        f"{max_length}; raise --max-length")
+    if current is not record:
+        report.truncated_rows += 1
+        report.truncated_tokens += _count(tokenizer, record) - _count(tokenizer, current)
+    example = Example(ids, labels, record.where)
+    assert example.n_targets > 0, "every example carries at least its EOS as target"
+    report.examples += 1
+    return [example]
+
+
+def _count(tokenizer, record: Record) -> int:
+    if record.input is not None:
+        return len(tokenizer(record.input, add_special_tokens=False)["input_ids"])
+    return sum(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
+               for m in record.messages or ())
+
+
+def encode_dataset(records: list[Record], template: PromptTemplate, tokenizer, *,
+                   max_length: int, skip_long_targets: bool = False
+                   ) -> tuple[list[Example], EncodeReport]:
+    """Encode every record; long targets raise unless skip_long_targets (then counted)."""
+    report = EncodeReport()
+    examples: list[Example] = []
+    problems: list[str] = []
+    for rec in records:
+        try:
+            examples.extend(encode_example(rec, template, tokenizer, max_length=max_length,
+                                           report=report))
+        except DataError:
+            if rec.where not in report.too_long:
+                raise
+            if skip_long_targets:
+                report.skipped_too_long += 1
+            else:
+                problems.append(rec.where)
+    if problems:
+        more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(
+            f"{len(problems)} rows have targets that do not fit in --max-length {max_length} "
+            f"with their prompt: {', '.join(problems[:10])}{more}; raise --max-length or pass "
+            "--skip-long-targets to drop them (they are counted and listed)")
+    return examples, report
+
+
+def encode_prompt(record: Record, template: PromptTemplate, tokenizer, *,
+                  max_length: int) -> tuple[list[int], str, bool]:
+    """Token ids of the generation prompt, its text, and whether the input was shortened.
+
+    Uses the same segment tokenization as training, so the ids are those trained on.
+    """
+    eos_id = tokenizer.convert_tokens_to_ids(template.eos_token)
+    current, shortened = record, False
+    for _ in range(8):
+        segs = template.prompt_segments(current, tokenizer)
+        ids, _ = _tokens(tokenizer, segs, eos_id, template.eos_token)
+        if len(ids) <= max_length:
+            return ids, "".join(s.text for s in segs), shortened
+        nxt = _shorten(current, len(ids) - max_length + 2, tokenizer)
+        if nxt is None:
+            break
+        current, shortened = nxt, True
+    raise DataError(f"{record.where}: the prompt does not fit in the model's context "
+                    f"({max_length} tokens left for it); shorten the input or lower "
+                    "--max-new-tokens")
+
+
+# ---- batching ------------------------------------------------------------------------------
+def length_grouped_batches(examples: list[Example], batch_size: int, *, seed: int,
+                           epoch: int, shuffle: bool = True) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding), in a seeded order."""
+    idx = list(range(len(examples)))
+    rng = random.Random(seed * 1_000_003 + epoch)
+    if shuffle:
+        rng.shuffle(idx)
+    mega = batch_size * 16  # sort within windows so the order stays random across them
+    batches = []
+    for i in range(0, len(idx), mega):
+        window = sorted(idx[i:i + mega], key=lambda j: -len(examples[j].input_ids))
+        batches += [window[k:k + batch_size] for k in range(0, len(window), batch_size)]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: input_ids (B, T), attention_mask (B, T), labels (B, T)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

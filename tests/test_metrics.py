@@ -1,0 +1,46 @@
+import math
+
+import sacrebleu
+import torch
+from rouge_score import rouge_scorer
+
+from gentune.data import Record
+from gentune.metrics import bleu, chrf, rouge
+from gentune.runs import load_for_inference
+from gentune.tasks import build_template, get_task
+
+PREDS = ["the cat sat on the mat", "a quick brown fox", "hello there"]
+REFS = ["the cat is on the mat", "the quick brown fox jumps", "general kenobi"]
+
+
+def test_rouge_bleu_chrf_equal_the_libraries():
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    ours = rouge(PREDS, REFS)
+    for key in ("rouge1", "rouge2", "rougeL"):
+        want = 100 * sum(scorer.score(r, p)[key].fmeasure for p, r in zip(PREDS, REFS)) / 3
+        assert math.isclose(ours[key], want)
+    assert bleu(PREDS, REFS) == sacrebleu.corpus_bleu(PREDS, [REFS]).score
+    assert chrf(PREDS, REFS) == sacrebleu.corpus_chrf(PREDS, [REFS]).score
+
+
+def test_perplexity_is_exp_of_total_nll_over_total_tokens(tiny_llama):
+    from gentune.evaluate import corpus_perplexity
+
+    loaded = load_for_inference(tiny_llama)
+    tpl = build_template(get_task("summarization"), loaded.tokenizer)
+    recs = [Record(source="d", row=i, input="hello world " * i, output="fox " * (3 * i))
+            for i in range(1, 5)]
+    ppl, n = corpus_perplexity(loaded, tpl, recs, batch_size=3)
+    from gentune.encode import encode_example
+
+    total, count = 0.0, 0
+    for r in recs:  # one row at a time, by hand
+        [ex] = encode_example(r, tpl, loaded.tokenizer, max_length=256)
+        with torch.no_grad():
+            logits = loaded.model(torch.tensor([ex.input_ids])).logits[0]
+        for pos in range(1, len(ex.input_ids)):
+            if ex.labels[pos] != -100:
+                total -= torch.log_softmax(logits[pos - 1], -1)[ex.labels[pos]].item()
+                count += 1
+    assert n == count
+    assert math.isclose(ppl, math.exp(total / count), rel_tol=1e-4)
