@@ -97,11 +97,13 @@ def test_run_directory_contents_and_training_lowers_loss(tiny_gpt2, pairs_file, 
     run = train(_cfg(tiny_gpt2, pairs_file, tmp_path / "run", method="full", epochs=6),
                 log=lambda *_: None)
     for name in ("model/model.safetensors", "model/tokenizer.json", "template.json",
-                 "train_config.json", "manifest.json", "metrics.csv"):
+                 "train_config.json", "manifest.json", "metrics.csv", "heldout.jsonl"):
         assert (run / name).exists(), name
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["seed"] == 42 and manifest["data"][0]["sha256"]
     assert manifest["versions"]["torch"] and manifest["versions"]["transformers"]
+    heldout = [json.loads(x) for x in (run / "heldout.jsonl").open()]
+    assert len(heldout) == 2 and {"input", "output", "source"} <= set(heldout[0])
     log = read_log(run)
     assert float(log[-1]["loss"]) < float(log[0]["loss"])
     assert {"lr", "grad_norm", "tokens_per_s", "val_loss"} <= set(log[0])

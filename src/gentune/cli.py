@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .models import DEFAULT_MODEL
+from . import DEFAULT_MODEL
 
 
 def _add_fields(p: argparse.ArgumentParser) -> None:

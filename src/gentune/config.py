@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
-from .models import DEFAULT_MODEL
+from . import DEFAULT_MODEL
 from .tasks import TASKS
 
 

