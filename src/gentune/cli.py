@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from . import DEFAULT_MODEL
-
 
 def _add_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-field", default="input", help="column holding the input")
@@ -56,22 +54,29 @@ def _template_args(a) -> dict:
             "target_lang": a.target_lang}
 
 
+def _train_config(a):
+    import typing
+    from dataclasses import fields
+
+    from .config import TrainConfig, coerce
+
+    hints = typing.get_type_hints(TrainConfig)
+    names = {f.name for f in fields(TrainConfig)}
+    flags = {k: coerce(hints[k], v) for k, v in vars(a).items() if k in names}
+    return TrainConfig.from_sources(getattr(a, "config", None), flags,
+                                    getattr(a, "overrides", ()))
+
+
 def cmd_train(a) -> None:
-    from .config import TrainConfig
     from .train import train
 
-    cfg = TrainConfig(
-        task=a.task, data=a.data, val=a.val, out=a.out, model=a.model, method=a.method,
-        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
-        micro_batch_size=a.micro_batch_size, lr=a.lr, seed=a.seed, max_length=a.max_length,
-        val_fraction=a.val_fraction, skip_long_targets=a.skip_long_targets,
-        skip_invalid=a.skip_invalid, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
-        lora_dropout=a.lora_dropout, warmup_ratio=a.warmup_ratio, scheduler=a.scheduler,
-        template=a.template, input_field=a.input_field, output_field=a.output_field,
-        messages_field=a.messages_field, text_field=a.text_field, progress=not a.no_progress,
-        **_template_args(a),
-    )
-    train(cfg)
+    train(_train_config(a))
+
+
+def cmd_plan(a) -> None:
+    from .plan import plan
+
+    print(plan(_train_config(a)))
 
 
 def _records_from_args(a, template):
@@ -129,45 +134,49 @@ def cmd_demo(a) -> None:
          progress=not a.no_progress)
 
 
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, documented by the field's own comment."""
+    import typing
+    from dataclasses import MISSING, fields
+
+    from .config import TrainConfig, field_docs
+
+    docs, hints = field_docs(TrainConfig), typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = "" if f.default is MISSING else f" (default: {f.default})"
+        text = docs.get(f.name, "") + default
+        if f.name == "resume":
+            p.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT",
+                           help=text + "; alone: the latest complete checkpoint")
+        elif hints[f.name] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            p.add_argument(flag, metavar=f.name.upper(), help=text)
+
+
+def cmd_demo_data(a) -> None:
+    from .demo import write_demo_data
+
+    for path in write_demo_data(a.out):
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gentune", description="Fine-tune language models for text generation, offline.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fine-tune a model on a data file")
-    p.add_argument("--task", required=True,
-                   help="summarization | translation | dialogue | text")
-    p.add_argument("--data", required=True, help="training file: .jsonl, .csv, .tsv or .txt")
-    p.add_argument("--val", help="validation file (default: split off --val-fraction of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"embedded name, local directory or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--method", default="lora", choices=["lora", "full"])
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
-    p.add_argument("--micro-batch-size", type=int,
-                   help="examples per forward pass (gradient accumulation); divides batch size")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 LoRA, 5e-5 full)")
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--scheduler", default="cosine", choices=["cosine", "linear", "constant"])
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-length", type=int, default=1024,
-                   help="tokens per example; inputs are shortened to fit, targets never")
-    p.add_argument("--skip-long-targets", action="store_true",
-                   help="drop rows whose target cannot fit (counted and listed) instead of "
-                        "stopping")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="drop invalid rows (counted) instead of stopping at the first")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument("--template", default="auto", choices=["auto", "chat", "plain"])
-    p.add_argument("--no-progress", action="store_true")
-    _add_fields(p)
-    _add_template(p)
-    p.set_defaults(func=cmd_train)
+    for name, func, text in (("train", cmd_train, "fine-tune a model on a data file"),
+                             ("plan", cmd_plan, "show what training would do, before it runs")):
+        p = sub.add_parser(name, help=text, argument_default=argparse.SUPPRESS,
+                           description=f"{text}. Settings come from --config (a YAML recipe), "
+                           "then flags, then key=value overrides.")
+        p.add_argument("--config", help="YAML recipe (see examples/)")
+        _add_train_flags(p)
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="override any setting, e.g. lr=1e-4 epochs=2")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("generate", help="generate from a run or model")
     p.add_argument("model", help="run directory, embedded name, model directory or hub id")
@@ -198,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate on the first N validation rows only")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("demo-data", help="write the ACLSum data (title and summary targets) "
+                       "as JSONL files")
+    p.add_argument("--out", default="runs/data")
+    p.set_defaults(func=cmd_demo_data)
     return parser
 
 

@@ -3,7 +3,12 @@ reported together."""
 
 from __future__ import annotations
 
+import inspect
+import re
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Literal
 
 from . import DEFAULT_MODEL
@@ -12,6 +17,14 @@ from .tasks import TASKS
 
 class ConfigError(ValueError):
     """Invalid settings; the message lists every problem."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+def _fail(what: str, problems: list[str]):
+    raise ConfigError(f"invalid {what} settings:\n  - " + "\n  - ".join(problems), problems)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,48 +61,84 @@ class TrainConfig:
     output_field: str = "output"  # column holding the target
     messages_field: str = "messages"  # column holding chat messages
     text_field: str = "text"  # column holding free text
-    eval_every_epoch: bool = True  # validation loss/perplexity after every epoch
+    eval_every: int | None = None  # validate every N steps (default: at the end of each epoch)
+    eval_generate: int = 16  # validation rows generated from for task metrics (0 = loss only)
+    eval_budget_s: float = 60.0  # seconds the first generation pass may take; sizes the subset
+    metric: str = "val_loss"  # chooses the best checkpoint and early stopping (or rougeL, bleu…)
+    patience: int | None = None  # stop after N validations without improvement
+    final_model: Literal["best", "last"] = "best"  # what RUN/model holds when validation ran
+    save_every: int | None = None  # checkpoint every N steps (always at the end)
+    keep_last: int = 2  # checkpoints kept besides the best one
+    resume: str | None = None  # "latest" or a checkpoint directory to continue from
+    packing: bool = False  # pack several examples per row (they cannot attend to each other)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    compile: bool = False  # torch.compile the model
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto = bf16 on GPU
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
     progress: bool = True  # progress bar
 
     def __post_init__(self):
-        problems = []
-        if self.task not in TASKS:
-            problems.append(f"task={self.task!r}: choose one of {', '.join(TASKS)}")
-        if self.method not in ("lora", "full"):
-            problems.append(f"method={self.method!r}: choose lora or full")
-        if self.epochs <= 0:
-            problems.append(f"epochs={self.epochs}: must be > 0")
-        if self.max_steps is not None and self.max_steps <= 0:
-            problems.append(f"max_steps={self.max_steps}: must be > 0")
-        if self.batch_size < 1:
-            problems.append(f"batch_size={self.batch_size}: must be >= 1")
-        mb = self.micro_batch_size
-        if mb is not None and (mb < 1 or self.batch_size % mb):
-            problems.append(f"micro_batch_size={mb}: must divide batch_size={self.batch_size}")
-        if self.lr is not None and not 0 < self.lr < 1:
-            problems.append(f"lr={self.lr}: must be in (0, 1)")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
-        if not 0 < self.val_fraction < 1:
-            problems.append(f"val_fraction={self.val_fraction}: must be in (0, 1)")
-        if self.max_length < 16:
-            problems.append(f"max_length={self.max_length}: must be >= 16")
-        if self.lora_r < 1:
-            problems.append(f"lora_r={self.lora_r}: must be >= 1")
-        if self.scheduler not in ("cosine", "linear", "constant"):
-            problems.append(f"scheduler={self.scheduler!r}: choose cosine, linear or constant")
-        if self.template not in ("auto", "chat", "plain"):
-            problems.append(f"template={self.template!r}: choose auto, chat or plain")
-        if self.task == "translation" and not (self.source_lang and self.target_lang) \
-                and self.instruction is None:
-            problems.append("task=translation needs source_lang and target_lang "
-                            "(e.g. --source-lang German --target-lang English)")
+        problems = type_problems(self)
+        bad = {p.split("=")[0] for p in problems}  # value checks skip mistyped fields
+
+        def check(names: str, ok, message: str) -> None:
+            if not bad & set(names.split()) and not ok():
+                problems.append(message)
+
+        m = self.micro_batch_size
+        check("task", lambda: self.task in TASKS,
+              f"task={self.task!r}: choose one of {', '.join(TASKS)}")
+        check("method", lambda: self.method in ("lora", "full"),
+              f"method={self.method!r}: choose lora or full")
+        check("epochs", lambda: self.epochs > 0, f"epochs={self.epochs}: must be > 0")
+        check("batch_size", lambda: self.batch_size >= 1,
+              f"batch_size={self.batch_size}: must be >= 1")
+        check("micro_batch_size batch_size",
+              lambda: m is None or (m >= 1 and self.batch_size % m == 0),
+              f"micro_batch_size={m}: must divide batch_size={self.batch_size}")
+        check("lr", lambda: self.lr is None or 0 < self.lr < 1, f"lr={self.lr}: must be in (0, 1)")
+        check("warmup_ratio", lambda: 0 <= self.warmup_ratio < 1,
+              f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        check("val_fraction", lambda: 0 < self.val_fraction < 1,
+              f"val_fraction={self.val_fraction}: must be in (0, 1)")
+        check("max_length", lambda: self.max_length >= 16,
+              f"max_length={self.max_length}: must be >= 16")
+        check("lora_r", lambda: self.lora_r >= 1, f"lora_r={self.lora_r}: must be >= 1")
+        check("scheduler", lambda: self.scheduler in ("cosine", "linear", "constant"),
+              f"scheduler={self.scheduler!r}: choose cosine, linear or constant")
+        check("template", lambda: self.template in ("auto", "chat", "plain"),
+              f"template={self.template!r}: choose auto, chat or plain")
+        check("task source_lang target_lang instruction",
+              lambda: self.task != "translation" or self.instruction is not None
+              or bool(self.source_lang and self.target_lang),
+              "task=translation needs source_lang and target_lang "
+              "(e.g. --source-lang German --target-lang English)")
+        for name in ("max_steps", "eval_every", "save_every", "patience"):
+            value = getattr(self, name)
+            check(name, lambda v=value: v is None or v >= 1, f"{name}={value}: must be >= 1")
+        check("keep_last", lambda: self.keep_last >= 1,
+              f"keep_last={self.keep_last}: must be >= 1")
+        check("eval_generate", lambda: self.eval_generate >= 0,
+              f"eval_generate={self.eval_generate}: must be >= 0")
+        metrics = ("val_loss", "rougeL", "rouge1", "rouge2", "bleu", "chrf")
+        check("metric", lambda: self.metric in metrics,
+              f"metric={self.metric!r}: choose one of {', '.join(metrics)}")
+        check("metric eval_generate", lambda: self.metric == "val_loss" or self.eval_generate,
+              f"metric={self.metric} needs eval_generate > 0")
+        check("precision", lambda: self.precision in ("auto", "fp32", "bf16", "fp16"),
+              f"precision={self.precision!r}: choose auto, fp32, bf16 or fp16")
+        check("final_model", lambda: self.final_model in ("best", "last"),
+              f"final_model={self.final_model!r}: choose best or last")
         if problems:
-            raise ConfigError("invalid training settings:\n  - " + "\n  - ".join(problems))
+            _fail("training", problems)
 
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else (1e-3 if self.method == "lora" else 5e-5)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "val_loss"
 
     @property
     def micro(self) -> int:
@@ -102,9 +151,123 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown settings: {', '.join(unknown)}")
-        return cls(**d)
+        problems = [f"unknown setting {k!r}" + _suggest(k, known) for k in unknown]
+        required = [f.name for f in fields(cls) if f.default is f.default_factory is
+                    _MISSING and f.name not in d]
+        problems += [f"{k}: required (in the recipe, as --{k.replace('_', '-')} or {k}=...)"
+                     for k in required]
+        values = {k: v for k, v in d.items() if k in known}
+        values.update({k: "summarization" if k == "task" else "?" for k in required})
+        try:  # the remaining settings are checked too, so every problem shows at once
+            cfg = cls(**values)
+        except ConfigError as e:
+            problems += [p for p in e.problems if not any(p.startswith(f"{k}=")
+                                                          for k in required)]
+        if problems:
+            _fail("training", problems)
+        return cfg
+
+    @classmethod
+    def from_sources(cls, recipe: str | None = None, flags: dict | None = None,
+                     overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+        """Settings from a YAML recipe, then command-line flags, then key=value overrides."""
+        merged: dict = {}
+        if recipe:
+            merged.update(load_recipe(recipe))
+        merged.update(flags or {})
+        hints = typing.get_type_hints(cls)
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            key = key.strip().lstrip("-").replace("-", "_")
+            if not sep:
+                raise ConfigError(f"override {item!r}: write it as key=value")
+            merged[key] = coerce(hints.get(key, str), value)
+        return cls.from_dict(merged)
+
+
+_MISSING = fields(TrainConfig)[0].default  # dataclasses.MISSING, as the class sees it
+
+
+def load_recipe(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of settings (key: value)")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The one-line comment after each field, used as command-line help."""
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^#]+#\s*(.+)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2)
+    return docs
+
+
+def _base_types(hint) -> tuple:
+    """The accepted runtime types of an annotation (Literal values are checked elsewhere)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for a in typing.get_args(hint) for t in _base_types(a))
+    if origin is Literal:
+        return (str,)
+    if hint is float:
+        return (float, int)
+    if hint is type(None):
+        return (type(None),)
+    return (hint,)
+
+
+def coerce(hint, text):
+    """A command-line string as the annotated type ('none' → None, 'true' → True, 1e-4 → float).
+    What does not convert stays a string, and validation then names it."""
+    if not isinstance(text, str):
+        return text
+    allowed = _base_types(hint)
+    low = text.strip().lower()
+    if type(None) in allowed and low in ("none", "null", "~", ""):
+        return None
+    if bool in allowed and low in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        return low in ("true", "yes", "on", "1")
+    for kind in (int, float):
+        if kind in allowed:
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+    return text
+
+
+def type_problems(obj) -> list[str]:
+    problems = []
+    for name, hint in typing.get_type_hints(type(obj)).items():
+        value = getattr(obj, name)
+        allowed = _base_types(hint)
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if not ok:
+            want = " or ".join(sorted({"none" if t is type(None) else t.__name__
+                                       for t in allowed}))
+            problems.append(f"{name}={value!r}: must be {want}")
+    return problems
+
+
+def _suggest(key: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,4 +292,4 @@ class Decoding:
         if self.num_beams < 1:
             problems.append(f"num_beams={self.num_beams}: must be >= 1")
         if problems:
-            raise ConfigError("invalid decoding settings:\n  - " + "\n  - ".join(problems))
+            _fail("decoding", problems)

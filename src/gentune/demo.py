@@ -26,27 +26,51 @@ def _detok(sentences: list[str]) -> str:
     return re.sub(r" (n't|'s|'re|'ve|'ll|'d)\b", r"\1", text)
 
 
-def aclsum_files(dest: Path) -> tuple[Path, Path]:
-    """Write ACLSum's train and validation splits as JSONL (input = abstract, output = title).
-
-    The package is located with importlib and its files read directly (it is not imported:
-    its own dependencies are not needed)."""
+def aclsum_root() -> Path:
+    """ACLSum's data folder, located with importlib; the package is not imported (its own
+    dependencies are not needed)."""
     spec = importlib.util.find_spec("aclsum")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the demo needs the ACLSum data: run `pip install --no-deps aclsum` "
-                           "(or `make demo`, which installs it)")
-    root = Path(list(spec.submodule_search_locations)[0]) / "dataset"
-    dest.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for split in ("train", "val"):
-        out = dest / f"aclsum-{split}.jsonl"
-        with (root / f"{split}.jsonl").open() as src, out.open("w") as f:
-            for line in src:
-                doc = json.loads(line)
-                row = {"input": _detok(doc["sentences"]["abstract"]), "output": doc["title"]}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        paths.append(out)
-    return paths[0], paths[1]
+                           "(or `./dev setup`, which installs it)")
+    return Path(list(spec.submodule_search_locations)[0]) / "dataset"
+
+
+def aclsum_rows(split: str, target: str = "title") -> list[dict]:
+    """Rows {input: abstract, output: target} of one split (train, val, test); target is
+    "title" or "summary" (the three expert aspect summaries joined)."""
+    rows = []
+    with (aclsum_root() / f"{split}.jsonl").open() as src:
+        for line in src:
+            doc = json.loads(line)
+            if target == "title":
+                output = doc["title"]
+            else:
+                output = " ".join(doc["summary"][k].strip()
+                                  for k in ("challenge", "approach", "outcome"))
+            rows.append({"input": _detok(doc["sentences"]["abstract"]), "output": output})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_demo_data(dest: str | Path) -> list[Path]:
+    """All ACLSum splits as JSONL, for both targets: aclsum-{title,summary}-{train,val,test}."""
+    dest = Path(dest)
+    return [write_jsonl(dest / f"aclsum-{target}-{split}.jsonl", aclsum_rows(split, target))
+            for target in ("title", "summary") for split in ("train", "val", "test")]
+
+
+def aclsum_files(dest: Path) -> tuple[Path, Path]:
+    """ACLSum's train and validation splits as JSONL (input = abstract, output = title)."""
+    return (write_jsonl(dest / "aclsum-train.jsonl", aclsum_rows("train")),
+            write_jsonl(dest / "aclsum-val.jsonl", aclsum_rows("val")))
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -72,7 +96,8 @@ def demo(out: str | Path = "runs/demo", *, epochs: float = 2.0, max_steps: int |
     cfg = TrainConfig(task="summarization", data=str(train_file), val=str(val_file),
                       out=str(out / "run"), model=DEFAULT_MODEL, method="lora",
                       instruction=INSTRUCTION, epochs=epochs, max_steps=max_steps,
-                      batch_size=8, max_length=384, progress=progress)
+                      batch_size=8, max_length=384, progress=progress,
+                      eval_generate=0)  # the full comparison runs after training
     log(f"gentune demo: LoRA fine-tuning {DEFAULT_MODEL} on ACLSum (abstract -> title)")
     run = train(cfg, log=log)
     decoding = {"max_new_tokens": 48}

@@ -26,6 +26,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE on context tokens
     where: str  # "file:row", for messages
+    lengths: tuple[int, ...] | None = None  # packed rows: the lengths of the examples in it
 
     @property
     def n_targets(self) -> int:
@@ -243,3 +244,54 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_examples(examples: list[Example], max_length: int) -> list[Example]:
+    """Pack examples into rows of at most max_length tokens (first-fit decreasing).
+
+    Each example keeps its own positions (restarting at 0) and attends only to itself; the
+    first label of every example is masked so no example is predicted from its neighbour.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(examples[i].input_ids)
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(max_length - n)
+    packed = []
+    for b in bins:
+        ids, labels = [], []
+        for i in b:
+            ex = examples[i]
+            ids += ex.input_ids
+            labels += [IGNORE] + ex.labels[1:]  # (the first label is never predicted anyway)
+        packed.append(Example(ids, labels, ",".join(examples[i].where for i in b),
+                              tuple(len(examples[i].input_ids) for i in b)))
+    return packed
+
+
+def collate_packed(rows: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Packed rows: input_ids (B, T), labels (B, T), position_ids (B, T) restarting at every
+    example (and at the padding), no attention_mask: transformers builds the block-diagonal
+    causal mask from the position restarts, so packed examples cannot attend to each other."""
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        pos: list[int] = []
+        for length in (r.lengths or (n,)):
+            pos += range(length)
+        positions[i, :n] = torch.tensor(pos)
+        positions[i, n:] = torch.arange(width - n)  # padding is a segment of its own
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}

@@ -182,12 +182,13 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
     mask = labels != -100
     n = int(mask.sum())
     lm = causal_lm(model)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
+              "position_ids": batch.get("position_ids"),  # packed rows: positions, no mask
+              "use_cache": False}  # (a cache would also switch off packed-sequence masking)
     if family(lm).selective_logits:
-        hidden = lm.base_model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = lm.base_model(**inputs).last_hidden_state  # (B, T, H)
         logits = lm.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
     else:
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+        logits = model(**inputs).logits[:, :-1][mask]
     nll = torch.nn.functional.cross_entropy(logits.float(), labels[mask], reduction="sum")
     return nll, n

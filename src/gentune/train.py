@@ -1,26 +1,44 @@
 """The training loop, written out once: batch → forward → loss → backward → clip → step →
-schedule → log → eval → save."""
+schedule → log → validate → checkpoint.
+
+It runs unchanged under `accelerate launch` / `torchrun` (data-parallel): every process builds
+the same global batches and takes its share of each micro-batch; the loss is normalised by the
+target tokens of the whole global step, so 2 processes give the gradient of 1.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import random
+import signal
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import runs
+from . import checkpoint, runs
 from .config import TrainConfig
 from .data import Fields, ReadReport, read_records, split_train_val, write_records
-from .encode import collate, encode_dataset, length_grouped_batches
-from .models import load_model, token_nll, wrap_lora
+from .encode import collate, encode_dataset, length_grouped_batches, pack_examples
+from .models import context_length, load_model, token_nll, wrap_lora
 from .tasks import build_template, get_task
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens",
-              "tokens_per_s", "target_tokens_per_s", "elapsed_s", "val_loss", "val_perplexity"]
+              "tokens_per_s", "target_tokens_per_s", "peak_memory_mb", "elapsed_s",
+              "val_loss", "val_perplexity", "val_metric"]
+# settings that may differ between a run and its resumption
+RESUMABLE = {"resume", "progress", "max_steps", "epochs", "save_every", "keep_last",
+             "tensorboard", "patience", "eval_budget_s"}
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says why and what to do."""
 
 
 def seed_everything(seed: int) -> None:
@@ -46,6 +64,46 @@ def load_data(cfg: TrainConfig):
     return train, val, reports
 
 
+class TargetLoss(torch.nn.Module):
+    """Wraps the model so that the distributed wrapper's forward computes Σ nll over targets
+    (the vocabulary projection runs at target positions only)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        return token_nll(self.model, batch)
+
+
+def accumulate_gradients(loss_model, micro_batches: list[dict], accelerator=None, *,
+                         n_step: int | None = None, scale: float = 1.0) -> tuple[float, int]:
+    """Backward over the micro-batches of one optimizer step; returns (Σ nll, target tokens).
+
+    The loss is normalised by the target tokens of the whole step (`n_step`, over all
+    processes), not per micro-batch, so accumulating k micro-batches gives the gradient of one
+    batch of all their rows. `scale` undoes the averaging of gradients across processes.
+    """
+    if n_step is None:
+        n_step = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro_batches)
+    device = next(loss_model.parameters()).device
+    nll_sum = 0.0
+    for i, m in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        # gradients are all-reduced once per step, on the last micro-batch
+        sync = accelerator.no_sync(loss_model) if accelerator and not last else nullcontext()
+        with sync:
+            with accelerator.autocast() if accelerator else nullcontext():
+                nll, _ = loss_model({k: v.to(device) for k, v in m.items()})
+            scaled = nll * (scale / n_step)
+            if accelerator is not None:
+                accelerator.backward(scaled)
+            else:
+                scaled.backward()
+        nll_sum += float(nll.detach())
+    return nll_sum, n_step
+
+
 @torch.no_grad()
 def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, float]:
     """(mean loss per target token, perplexity) = exp(Σ nll / Σ target tokens)."""
@@ -55,6 +113,7 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float,
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for i in range(0, len(order), batch_size):
         batch = collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+        batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
         nll, n = token_nll(model, batch)
         total += float(nll)
         count += n
@@ -63,38 +122,107 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float,
     return loss, math.exp(min(loss, 50.0))
 
 
-def accumulate_gradients(model, micro_batches: list[dict], accelerator=None) -> tuple[float, int]:
-    """Backward over the micro-batches of one optimizer step; returns (loss, target tokens).
+@torch.no_grad()
+def generation_metric(model, tokenizer, template, records, metric: str, *, rows: int | None,
+                      budget_s: float, batch_size: int) -> tuple[float, int]:
+    """The task metric on the first `rows` validation records (greedy). With rows=None the
+    subset is sized by the time budget: batches are generated until it is spent."""
+    from .evaluate import default_decoding
+    from .generate import generate
+    from .metrics import text_metrics
 
-    The loss is normalised by the target tokens of the whole step, not per micro-batch, so
-    accumulating k micro-batches gives the same gradient as one batch of all their rows.
-    """
-    n_step = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro_batches)
-    device = next(model.parameters()).device
-    loss_sum = 0.0
-    for m in micro_batches:
-        nll, _ = token_nll(model, {k: v.to(device) for k, v in m.items()})
-        scaled = nll / n_step
-        if accelerator is not None:
-            accelerator.backward(scaled)
-        else:
-            scaled.backward()
-        loss_sum += float(nll.detach())
-    return loss_sum / n_step, n_step
+    was_training = model.training
+    model.eval()
+    decoding = default_decoding(template, do_sample=False)
+    room = context_length(model) - decoding.max_new_tokens
+    pool = records if rows is None else records[:rows]
+    outputs, refs, start = [], [], time.time()
+    for i in range(0, len(pool), batch_size):
+        chunk = pool[i:i + batch_size]
+        from .encode import encode_prompt
+
+        prompts = [encode_prompt(r, template, tokenizer, max_length=room)[0] for r in chunk]
+        outputs += [g.text for g in generate(model, tokenizer, prompts, decoding,
+                                             batch_size=batch_size)]
+        refs += [template.reference(r) for r in chunk]
+        if rows is None and time.time() - start > budget_s:
+            break
+    model.train(was_training)
+    return text_metrics(outputs, refs)[metric], len(outputs)
 
 
-def train(cfg: TrainConfig, *, log=print) -> Path:
-    """Fine-tune per `cfg`; returns the run directory."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+@dataclass
+class State:
+    """Everything besides tensors that exact resume needs (saved as state.json)."""
 
-    started = time.time()
-    out = Path(cfg.out)
+    step: int = 0
+    epoch: int = 0
+    next_batch: int = 0  # index into the epoch's batch list where the next step starts
+    history: list[dict] = field(default_factory=list)
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    gen_rows: int | None = None  # size of the generation subset, fixed at the first validation
+    stopped_early: bool = False
+
+
+def _fault(point: str, step: int) -> None:
+    """Fault injection for the kill tests: GENTUNE_FAULT=kill-in-save:STEP or kill-after:STEP."""
+    spec = os.environ.get("GENTUNE_FAULT", "")
+    if spec == f"kill-{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _check_resumable(out: Path, cfg: TrainConfig) -> None:
+    saved = json.loads((out / "train_config.json").read_text())
+    now = cfg.to_dict()
+    diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+             if k not in RESUMABLE and saved.get(k) != now.get(k)]
+    if diffs:
+        raise TrainingError(f"{out}: cannot resume with different settings ({'; '.join(diffs)});"
+                            " use the original settings or a new --out")
+
+
+def _precision(cfg: TrainConfig) -> str:
+    if cfg.precision == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "no"
+    return {"fp32": "no"}.get(cfg.precision, cfg.precision)
+
+
+@dataclass
+class Prepared:
+    """Everything training needs before its first step (also what `gentune plan` shows)."""
+
+    model: object
+    tokenizer: object
+    template: object
+    resolved: str
+    max_length: int
+    train_records: list
+    val_records: list
+    train_ex: list
+    val_ex: list
+    train_report: object
+    val_report: object
+    read_reports: list
+    n_trainable: int
+    n_total: int
+
+
+def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
+    """Read and encode the data, load the model, wrap it for LoRA: all before step one."""
     seed_everything(cfg.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     task = get_task(cfg.task)
-
     train_records, val_records, read_reports = load_data(cfg)
     for rep in read_reports:
         if rep.skipped:
@@ -104,30 +232,79 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     template = build_template(task, tokenizer, instruction=cfg.instruction,
                               source_lang=cfg.source_lang, target_lang=cfg.target_lang,
                               system=cfg.system, style=cfg.template)
-    from .models import context_length
-
     max_length = min(cfg.max_length, context_length(model))
     train_ex, train_rep = encode_dataset(train_records, template, tokenizer,
                                          max_length=max_length,
                                          skip_long_targets=cfg.skip_long_targets)
     val_ex, val_rep = encode_dataset(val_records, template, tokenizer, max_length=max_length,
                                      skip_long_targets=cfg.skip_long_targets)
-    if not cfg.val:  # keep the held-out rows, so the run can be scored on exactly them
-        out.mkdir(parents=True, exist_ok=True)
-        write_records(out / "heldout.jsonl", val_records)
     log(f"gentune: train: {train_rep.summary()}")
     log(f"gentune: validation: {val_rep.summary()}")
     if not train_ex:
-        raise ValueError("no training examples left after encoding")
-
+        raise TrainingError("no training examples left after encoding")
+    if cfg.packing:
+        n = len(train_ex)
+        train_ex = pack_examples(train_ex, max_length)
+        log(f"gentune: packing: {n} examples into {len(train_ex)} rows of <= {max_length}")
     seed_everything(cfg.seed)  # LoRA init does not depend on what loading consumed
     if cfg.method == "lora":
         model = wrap_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")
+    return Prepared(model, tokenizer, template, resolved, max_length, train_records,
+                    val_records, train_ex, val_ex, train_rep, val_rep, read_reports,
+                    n_trainable, n_total)
 
+
+def train(cfg: TrainConfig, *, log=print) -> Path:
+    """Fine-tune per `cfg`; returns the run directory."""
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    started = time.time()
+    out = Path(cfg.out)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=_precision(cfg))
+    main = accelerator.is_main_process
+    if not main:
+        log = lambda *_: None  # noqa: E731  (logs come from the main process only)
+    world = accelerator.num_processes
+
+    # ---- resume? ------------------------------------------------------------------------
+    resume_from = None
+    if cfg.resume:
+        resume_from = checkpoint.latest(out) if cfg.resume == "latest" else Path(cfg.resume)
+        if resume_from is None:
+            log(f"gentune: no complete checkpoint in {out}; starting from the beginning")
+        elif not (resume_from / "state.json").exists():
+            raise TrainingError(f"{resume_from}: not a complete checkpoint")
+        else:
+            _check_resumable(out, cfg)
+
+    # ---- data and model -----------------------------------------------------------------
+    prep = prepare(cfg, log=log)
+    model, tokenizer, template = prep.model, prep.tokenizer, prep.template
+    train_ex, val_ex, val_records = prep.train_ex, prep.val_ex, prep.val_records
+    train_rep, val_rep, read_reports = prep.train_report, prep.val_report, prep.read_reports
+    resolved, max_length = prep.resolved, prep.max_length
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume_from:
+            runs.write_json(out / "train_config.json", cfg.to_dict())
+            if not cfg.val:  # keep the held-out rows, so the run can be scored on them
+                write_records(out / "heldout.jsonl", val_records)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = prep.n_trainable, prep.n_total
+
+    if cfg.micro % world:
+        raise TrainingError(f"micro_batch_size {cfg.micro} must be a multiple of the "
+                            f"{world} processes")
     accum = cfg.batch_size // cfg.micro
     steps_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
@@ -135,83 +312,212 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler, optimizer,
         num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    state = State()
+    if resume_from:
+        state = State(**checkpoint.load(resume_from, model=model, optimizer=optimizer,
+                                        scheduler=scheduler))
+        log(f"gentune: resumed from {resume_from} (step {state.step})")
+    loss_model = TargetLoss(model)
+    if cfg.compile:
+        loss_model = torch.compile(loss_model)
+    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
     model.train()
-
-    out.mkdir(parents=True, exist_ok=True)
     pad_id = tokenizer.pad_token_id
-    log_path = out / "metrics.csv"
-    log_file = log_path.open("w", newline="")
-    writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not cfg.progress,
-               dynamic_ncols=True)
-    step, epoch, t0 = 0, 0, time.time()
-    history: list[dict] = []
-    while step < total_steps:
-        batches = length_grouped_batches(train_ex, cfg.micro, seed=cfg.seed, epoch=epoch)
-        for first in range(0, len(batches), accum):
-            if step >= total_steps:
-                break
-            group = batches[first:first + accum]
-            micro = [collate([train_ex[i] for i in b], pad_id) for b in group]
-            loss, n_step = accumulate_gradients(model, micro, accelerator)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step + 1}; lower --lr "
-                                         "(nothing was saved for this run)")
-            grad_norm = (float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
+    device = accelerator.device
+
+    # ---- logging --------------------------------------------------------------------------
+    log_file = writer = tb = None
+    if main:
+        log_file = (out / "metrics.csv").open("w", newline="")
+        writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(state.history)  # a resumed run continues the same log
+        log_file.flush()
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                tb = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                tb = None
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
+               disable=not (cfg.progress and main), dynamic_ncols=True)
+
+    def validate(row: dict) -> None:
+        if not val_ex:
+            return
+        row["val_loss"], row["val_perplexity"] = evaluate_loss(model, val_ex, pad_id,
+                                                               cfg.micro)
+        value = row["val_loss"]
+        if cfg.metric != "val_loss" or cfg.eval_generate:
+            score, n = generation_metric(
+                model, tokenizer, template, val_records[:cfg.eval_generate],
+                cfg.metric if cfg.metric != "val_loss" else "rougeL",
+                rows=state.gen_rows, budget_s=cfg.eval_budget_s, batch_size=cfg.micro)
+            if state.gen_rows is None:  # all processes use the main process's subset size
+                state.gen_rows = broadcast_object_list([n])[0] if world > 1 else n
+            row["val_metric"] = score
+            if cfg.metric != "val_loss":
+                value = score
+        improved = state.best is None or (value > state.best if cfg.higher_is_better
+                                          else value < state.best)
+        if improved:
+            state.best, state.best_step, state.bad_evals = value, state.step, 0
+        else:
+            state.bad_evals += 1
+        log(f"gentune: step {state.step}: val loss {row['val_loss']:.4f}, perplexity "
+            f"{row['val_perplexity']:.2f}"
+            + (f", {cfg.metric if cfg.metric != 'val_loss' else 'rougeL'} "
+               f"{row['val_metric']:.2f} on {state.gen_rows} rows" if "val_metric" in row
+               else "")
+            + (" (best)" if improved else f" (no improvement {state.bad_evals}x)"))
+        if cfg.patience and state.bad_evals >= cfg.patience:
+            state.stopped_early = True
+
+    saved_step = state.step if resume_from else None
+
+    def save_checkpoint() -> None:
+        nonlocal saved_step
+        saved_step = state.step
+        if main:
+            checkpoint.save(out, state.step, model=accelerator.unwrap_model(loss_model).model,
+                            optimizer=optimizer, scheduler=scheduler, state=vars(state),
+                            keep_last=cfg.keep_last, keep=(state.best_step,),
+                            crash_hook=lambda point: _fault("in-" + point, state.step))
+        accelerator.wait_for_everyone()
+
+    # ---- the loop -------------------------------------------------------------------------
+    t0 = time.time() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
+    tokens_done = sum(r["tokens"] for r in state.history)
+    targets_done = sum(r["target_tokens"] for r in state.history)
+    rank, collate_fn = accelerator.process_index, _collate_for(cfg.packing)
+    while state.step < total_steps and not state.stopped_early:
+        batches = length_grouped_batches(train_ex, cfg.micro, seed=cfg.seed, epoch=state.epoch)
+        while (state.next_batch < len(batches) and state.step < total_steps
+               and not state.stopped_early):
+            group = batches[state.next_batch:state.next_batch + accum]
+            # every process sees the global micro-batches; it trains on its share of the rows
+            n_step = sum(train_ex[i].n_targets for b in group for i in b)
+            micro = [collate_fn([train_ex[i] for i in b[rank::world]], pad_id) for b in group]
+            try:
+                nll_sum, _ = accumulate_gradients(loss_model, micro, accelerator,
+                                                  n_step=n_step, scale=world)
+            except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+                raise TrainingError(
+                    f"out of memory at step {state.step + 1} ({e.__class__.__name__}); try a "
+                    "smaller --micro-batch-size (gradient accumulation keeps the batch), "
+                    "--gradient-checkpointing, --method lora, or a lower --max-length"
+                ) from None
+            if world > 1:
+                nll_sum = float(accelerator.reduce(torch.tensor(nll_sum, device=device),
+                                                   reduction="sum"))
+            loss = nll_sum / n_step
+            grad_norm = (float(accelerator.clip_grad_norm_(loss_model.parameters(),
+                                                           cfg.max_grad_norm))
                          if cfg.max_grad_norm > 0 else float("nan"))
+            if not math.isfinite(loss) or (cfg.max_grad_norm > 0 and not math.isfinite(grad_norm)):
+                last = checkpoint.latest(out)
+                raise TrainingError(
+                    f"loss became {loss} (gradient norm {grad_norm}) at step {state.step + 1}; "
+                    "this step was not applied and nothing after it saved. "
+                    + (f"The last good checkpoint is {last}: lower --lr and continue with "
+                       "--resume." if last else "No checkpoint was written yet: lower --lr "
+                       "(and consider --save-every).")
+                )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            state.step += 1
+            state.next_batch += len(group)
             elapsed = time.time() - t0
-            n_tokens = sum(int(m["attention_mask"].sum()) for m in micro)
-            row = {"step": step, "epoch": round(epoch + (first + len(group)) / len(batches), 4),
+            n_tokens = sum(len(train_ex[i].input_ids) for b in group for i in b)
+            tokens_done += n_tokens
+            targets_done += n_step
+            row = {"step": state.step,
+                   "epoch": round(state.epoch + state.next_batch / len(batches), 4),
                    "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0],
                    "grad_norm": round(grad_norm, 6), "tokens": n_tokens,
-                   "target_tokens": n_step, "elapsed_s": round(elapsed, 3)}
-            history.append(row)
-            done = sum(r["tokens"] for r in history)
-            row["tokens_per_s"] = round(done / max(elapsed, 1e-9), 1)
-            row["target_tokens_per_s"] = round(sum(r["target_tokens"] for r in history)
-                                               / max(elapsed, 1e-9), 1)
-            end_of_epoch = first + accum >= len(batches) or step == total_steps
-            if end_of_epoch and cfg.eval_every_epoch and val_ex:
-                row["val_loss"], row["val_perplexity"] = evaluate_loss(
-                    model, val_ex, pad_id, cfg.micro)
-                log(f"gentune: step {step}: val loss {row['val_loss']:.4f}, "
-                    f"perplexity {row['val_perplexity']:.2f}")
-            writer.writerow(row)
-            log_file.flush()
+                   "target_tokens": n_step,
+                   "tokens_per_s": round(tokens_done / max(elapsed, 1e-9), 1),
+                   "target_tokens_per_s": round(targets_done / max(elapsed, 1e-9), 1),
+                   "peak_memory_mb": round(_peak_memory_mb(), 1),
+                   "elapsed_s": round(elapsed, 3)}
+            end_of_epoch = state.next_batch >= len(batches)
+            due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
+            if due or state.step == total_steps:
+                validate(row)
+            state.history.append(row)
+            if writer:
+                writer.writerow(row)
+                log_file.flush()
+                if tb:
+                    for k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss",
+                              "val_metric"):
+                        if k in row:
+                            tb.add_scalar(f"train/{k}", row[k], state.step)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             bar.update(1)
-        epoch += 1
+            if end_of_epoch:  # the next step starts the next epoch's batch order
+                state.epoch, state.next_batch = state.epoch + 1, 0
+            if ((cfg.save_every and state.step % cfg.save_every == 0)
+                    or state.best_step == state.step or state.step == total_steps
+                    or state.stopped_early):
+                save_checkpoint()
+            _fault("after", state.step)
+            if end_of_epoch:
+                break
     bar.close()
-    log_file.close()
+    if state.stopped_early:
+        log(f"gentune: early stop at step {state.step}: {cfg.patience} validations without "
+            f"improvement; best {cfg.metric} {state.best:.4f} at step {state.best_step}")
+    if saved_step != state.step:  # e.g. resumed from the final checkpoint
+        save_checkpoint()
 
-    last = history[-1] if history else {}
-    if "val_loss" in last:  # the last step was validated already
-        final_val = (last["val_loss"], last["val_perplexity"])
-    else:
-        final_val = evaluate_loss(model, val_ex, pad_id, cfg.micro) if val_ex else (None, None)
-    model = accelerator.unwrap_model(model)
-    runs.save_run(
-        out, model=model, tokenizer=tokenizer, template=template, cfg=cfg,
-        base_model=resolved, data_files=[cfg.data] + ([cfg.val] if cfg.val else []),
-        stats={
-            "train": vars(train_rep), "validation": vars(val_rep),
-            "read": [vars(r) for r in read_reports],
-            "steps": step, "epochs_run": epoch, "max_length": max_length,
-            "trainable_parameters": n_trainable, "total_parameters": n_total,
-            "final_train_loss": history[-1]["loss"] if history else None,
-            "final_val_loss": final_val[0], "final_val_perplexity": final_val[1],
-            "train_seconds": round(time.time() - t0, 2),
-            "total_seconds": round(time.time() - started, 2),
-        },
-    )
-    log(f"gentune: saved run to {out}")
+    # ---- the run directory ----------------------------------------------------------------
+    model = accelerator.unwrap_model(loss_model).model
+    final_step = state.step
+    if cfg.final_model == "best" and state.best_step not in (None, state.step):
+        checkpoint.load(checkpoint.root(out) / f"{checkpoint.PREFIX}{state.best_step:08d}",
+                        model=model)
+        final_step = state.best_step
+        log(f"gentune: the run's model is the best checkpoint (step {state.best_step})")
+    if main:
+        log_file.close()
+        if tb:
+            tb.close()
+        val_rows = [r for r in state.history if "val_loss" in r]
+        runs.save_run(
+            out, model=model, tokenizer=tokenizer, template=template, cfg=cfg,
+            base_model=resolved, data_files=[cfg.data] + ([cfg.val] if cfg.val else []),
+            stats={
+                "train": vars(train_rep), "validation": vars(val_rep),
+                "read": [vars(r) for r in read_reports],
+                "steps": state.step, "model_step": final_step, "max_length": max_length,
+                "processes": world, "packing": cfg.packing,
+                "best_checkpoint": (f"checkpoints/{checkpoint.PREFIX}{state.best_step:08d}"
+                                    if state.best_step is not None else None),
+                "best_metric": {cfg.metric: state.best} if state.best is not None else None,
+                "stopped_early": state.stopped_early,
+                "trainable_parameters": n_trainable, "total_parameters": n_total,
+                "final_train_loss": state.history[-1]["loss"] if state.history else None,
+                "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+                "final_val_perplexity": val_rows[-1]["val_perplexity"] if val_rows else None,
+                "train_seconds": round(time.time() - t0, 2),
+                "total_seconds": round(time.time() - started, 2),
+            },
+        )
+        from .report import loss_curve_png
+
+        loss_curve_png(state.history, out / "loss.png")
+        log(f"gentune: saved run to {out}")
+    accelerator.wait_for_everyone()
     return out
+
+
+def _collate_for(packing: bool):
+    from .encode import collate_packed
+
+    return collate_packed if packing else collate
 
 
 def read_log(run_dir: str | Path) -> list[dict]:

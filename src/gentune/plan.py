@@ -1,0 +1,128 @@
+"""`gentune plan`: what training will do, before it does it.
+
+Row counts, token-length percentiles, truncation, targets without trainable tokens, the first
+example with its masked and trained spans marked, parameter counts, and peak memory and time
+per epoch estimated from a short measured probe (two optimizer-free steps on real batches).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .encode import IGNORE, length_grouped_batches
+from .train import TargetLoss, _collate_for, _peak_memory_mb, prepare
+
+MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered example
+
+
+def percentiles(values: list[int]) -> str:
+    if not values:
+        return "-"
+    p = np.percentile(values, [50, 90, 99])
+    return f"p50 {p[0]:.0f} · p90 {p[1]:.0f} · p99 {p[2]:.0f} · max {max(values)}"
+
+
+def render_spans(example, tokenizer) -> str:
+    """The example's text with trained spans in ⟦…⟧ (everything else is masked)."""
+    out, run, trained = [], [], None
+    for tok, lab in zip(example.input_ids, example.labels, strict=True):
+        is_trained = lab != IGNORE
+        if trained is not None and is_trained != trained:
+            out.append(_span(run, trained, tokenizer))
+            run = []
+        run.append(tok)
+        trained = is_trained
+    if run:
+        out.append(_span(run, trained, tokenizer))
+    return "".join(out)
+
+
+def _span(ids, trained, tokenizer) -> str:
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return f"{MASK_OPEN}{text}{MASK_CLOSE}" if trained else text
+
+
+def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
+    """Time forward+backward on the longest micro-batch and on typical ones."""
+    model = prep.model
+    model.train()
+    loss_model = TargetLoss(model)
+    collate_fn = _collate_for(cfg.packing)
+    batches = length_grouped_batches(prep.train_ex, cfg.micro, seed=cfg.seed, epoch=0)
+    longest = max(batches, key=lambda b: max(len(prep.train_ex[i].input_ids) for i in b))
+    before = _peak_memory_mb()
+    timings = []
+    for b in [longest] + batches[:steps]:
+        batch = collate_fn([prep.train_ex[i] for i in b], prep.tokenizer.pad_token_id)
+        start = time.time()
+        nll, n = loss_model(batch)
+        (nll / max(n, 1)).backward()
+        timings.append((time.time() - start, batch["input_ids"].numel()))
+    model.zero_grad(set_to_none=True)
+    measured = timings[1:] or timings  # the first call includes warm-up
+    per_token = sum(t for t, _ in measured) / sum(n for _, n in measured)
+    padded = sum(len(b) * max(len(prep.train_ex[i].input_ids) for i in b) for b in batches)
+    return {"seconds_per_epoch": per_token * padded, "peak_memory_mb": _peak_memory_mb(),
+            "memory_before_mb": before, "tokens_per_s": 1 / per_token}
+
+
+def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
+    lines: list[str] = []
+    prep = prepare(cfg, log=lambda *_: None)
+    tok = prep.tokenizer
+    examples = prep.train_ex if not cfg.packing else []
+    if cfg.packing:  # show per-example statistics, not per packed row
+        from .encode import encode_dataset
+
+        examples, _ = encode_dataset(prep.train_records, prep.template, tok,
+                                     max_length=prep.max_length,
+                                     skip_long_targets=cfg.skip_long_targets)
+    inputs = [sum(1 for lab in e.labels if lab == IGNORE) for e in examples]
+    targets = [e.n_targets for e in examples]
+    rep = prep.train_report
+    lines.append(f"task {cfg.task} · model {cfg.model} · method {cfg.method} · template "
+                 f"{prep.template.style}")
+    lines.append(f"rows: {len(prep.train_records)} train, {len(prep.val_records)} validation"
+                 + ("" if cfg.val else f" (split off --data, seed {cfg.seed})"))
+    for r in prep.read_reports:
+        if r.skipped:
+            lines.append(f"  skipped {len(r.skipped)} invalid rows in {r.path}, e.g. "
+                         f"{r.skipped[0]}")
+    lines.append(f"tokens per example, context (masked): {percentiles(inputs)}")
+    lines.append(f"tokens per example, target (trained, EOS included): {percentiles(targets)}")
+    lines.append(f"max length {prep.max_length}: {rep.truncated_rows} rows get their input "
+                 f"shortened ({rep.truncated_tokens} tokens removed), targets are never cut")
+    if rep.split_rows:
+        lines.append(f"  {rep.split_rows} long texts are split into windows")
+    if rep.skipped_too_long:
+        lines.append(f"  {rep.skipped_too_long} rows skipped, target too long: "
+                     + ", ".join(rep.too_long[:10]))
+    empty = sum(1 for e in examples if e.n_targets <= 1)
+    lines.append(f"targets with no trainable tokens besides EOS: {empty}")
+    if cfg.packing:
+        lines.append(f"packing: {len(examples)} examples into {len(prep.train_ex)} rows")
+    lines.append(f"parameters: {prep.n_trainable:,} trainable of {prep.n_total:,} "
+                 f"({100 * prep.n_trainable / prep.n_total:.2f} %)")
+    steps = cfg.max_steps or math.ceil(math.ceil(len(prep.train_ex) / cfg.batch_size)
+                                       * cfg.epochs)
+    lines.append(f"optimizer steps: {steps} (batch {cfg.batch_size} = micro-batch {cfg.micro} "
+                 f"x {cfg.batch_size // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}")
+    lines.append("")
+    lines.append(f"first example ({examples[0].where}), trained spans in "
+                 f"{MASK_OPEN}…{MASK_CLOSE}:")
+    lines.append(render_spans(examples[0], tok))
+    lines.append("")
+    if measure:
+        with torch.enable_grad():
+            p = probe(prep, cfg)
+        lines.append(f"probe: {p['tokens_per_s']:.0f} tokens/s (padded) → about "
+                     f"{p['seconds_per_epoch'] / 60:.1f} min per epoch; peak memory "
+                     f"{p['peak_memory_mb'] / 1024:.2f} GiB "
+                     f"({'GPU allocated' if torch.cuda.is_available() else 'process RSS'})")
+    return "\n".join(lines)
+
