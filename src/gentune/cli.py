@@ -23,23 +23,35 @@ def _add_template(p: argparse.ArgumentParser) -> None:
 
 
 def _add_decoding(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
-    p.add_argument("--sample", action="store_true", default=None, dest="do_sample",
+    g = p.add_argument_group("decoding (defaults: the task's)")
+    g.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
+    g.add_argument("--sample", action="store_true", default=None, dest="do_sample",
                    help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--num-beams", type=int)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--seed", type=int, help="seed for sampling")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--temperature", type=float, help="sampling temperature")
+    g.add_argument("--top-p", type=float, help="nucleus sampling")
+    g.add_argument("--top-k", type=int, help="top-k sampling")
+    g.add_argument("--min-p", type=float, help="min-p sampling")
+    g.add_argument("--num-beams", type=int, help="beam search width")
+    g.add_argument("--length-penalty", type=float, help="beam search length penalty")
+    g.add_argument("--repetition-penalty", type=float, help=">1 discourages repeats")
+    g.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeated n-grams")
+    g.add_argument("--num-return-sequences", type=int, help="outputs per prompt")
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, help="seed for sampling")
+    g.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "min_p",
+                 "num_beams", "length_penalty", "repetition_penalty", "no_repeat_ngram_size",
+                 "num_return_sequences", "stop", "seed")
 
 
 def _decoding_overrides(a) -> dict:
-    keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "num_beams",
-            "repetition_penalty", "seed")
-    return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+    out = {k: getattr(a, k) for k in DECODING_KEYS if getattr(a, k, None) is not None}
+    if "stop" in out:
+        out["stop"] = tuple(out["stop"])
+    return out
 
 
 def _fields(a):
@@ -104,6 +116,22 @@ def cmd_generate(a) -> None:
     template = resolve_template(loaded, a.task, **_template_args(a))
     decoding = default_decoding(template, **_decoding_overrides(a))
     records = _records_from_args(a, template)
+    if not a.data and decoding.num_return_sequences == 1 and not a.no_stream:
+        from .encode import encode_prompt
+        from .generate import stream
+        from .models import context_length
+
+        ids, _, _ = encode_prompt(records[0], template, loaded.tokenizer,
+                                  max_length=context_length(loaded.model)
+                                  - decoding.max_new_tokens)
+        started = False
+        for piece in stream(loaded.model, loaded.tokenizer, ids, decoding):
+            if not started:  # generate() strips leading whitespace; so does the stream
+                piece = piece.lstrip()
+                started = bool(piece)
+            print(piece, end="", flush=True)
+        print()
+        return
     rows = predict(loaded, template, records, decoding, batch_size=a.batch_size,
                    progress=bool(a.data) and not a.no_progress)
     if a.data:
@@ -114,15 +142,41 @@ def cmd_generate(a) -> None:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         print(f"gentune: {len(rows)} predictions written to {out / 'predictions.jsonl'}")
     else:
-        print(rows[0]["output"])
+        for r in rows:
+            for text in r.get("outputs", [r["output"]]):
+                print(text)
+
+
+def cmd_chat(a) -> None:
+    from .chat import chat
+
+    chat(a.model, decoding_overrides=_decoding_overrides(a), system=a.system)
+
+
+def cmd_export(a) -> None:
+    from .export import export
+
+    out = export(a.run, a.out)
+    print(f"gentune: exported {a.run} to {out} (load it with "
+          f"AutoModelForCausalLM.from_pretrained('{out}'))")
 
 
 def cmd_evaluate(a) -> None:
     from .evaluate import evaluate
 
     result = evaluate(a.model, a.data, a.out, task=a.task, fields=_fields(a), limit=a.limit,
-                      batch_size=a.batch_size, progress=not a.no_progress,
-                      decoding_overrides=_decoding_overrides(a), **_template_args(a))
+                      batch_size=a.batch_size, progress=not a.no_progress, compare=a.compare,
+                      bootstrap=a.bootstrap, decoding_overrides=_decoding_overrides(a),
+                      **_template_args(a))
+    if "comparison" in result:
+        for m in result["comparison"]["metrics"]:
+            ci = m.get("ci")
+            print(f"{m['metric']:>14}: base {m['base']:9.3f}  fine-tuned {m['tuned']:9.3f}  "
+                  f"Δ {m['difference']:+8.3f}"
+                  + (f"  95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
+        print(f"gentune: written {a.out}/report.html, comparison.json, metrics.json, "
+              "predictions.jsonl and base/")
+        return
     print(json.dumps({k: v for k, v in result.items() if k != "meta"}, indent=2))
     print(f"gentune: written {a.out}/metrics.json and {a.out}/predictions.jsonl")
 
@@ -184,10 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="file of inputs to generate from")
     p.add_argument("--out", help="directory for predictions.jsonl (with --data)")
     p.add_argument("--task", help="task, for a plain model (runs know theirs)")
+    p.add_argument("--no-stream", action="store_true", help="print a single output at the end")
     _add_fields(p)
     _add_template(p)
     _add_decoding(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="an interactive multi-turn chat with a model or run")
+    p.add_argument("model", help="run directory, embedded name, model directory or hub id")
+    p.add_argument("--system", help="system message")
+    _add_decoding(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("export", help="merge a run into a plain transformers model directory")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="score a run or model on a labelled file")
     p.add_argument("model", help="run directory, embedded name, model directory or hub id")
@@ -195,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for predictions.jsonl, metrics.json")
     p.add_argument("--task", help="task, for a plain model (runs know theirs)")
     p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--compare", metavar="BASE",
+                   help="also score BASE (a model or run) on the same rows; writes report.html")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="paired-bootstrap resamples for the intervals (seeded by --seed)")
     _add_fields(p)
     _add_template(p)
     _add_decoding(p)

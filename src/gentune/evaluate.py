@@ -13,9 +13,16 @@ from .config import Decoding
 from .data import Fields, Record, read_records
 from .encode import collate, encode_dataset, encode_prompt
 from .generate import generate
-from .metrics import METRICS, perplexity, text_metrics
+from .metrics import (
+    METRICS,
+    TASK_METRICS,
+    diversity,
+    paired_bootstrap,
+    perplexity,
+    text_metrics,
+)
 from .models import context_length, token_nll
-from .runs import Loaded, load_for_inference, write_json
+from .runs import Loaded, is_run, load_for_inference, write_json
 from .tasks import PromptTemplate, build_template, get_task
 
 
@@ -45,23 +52,26 @@ def predict(loaded: Loaded, template: PromptTemplate, records: list[Record],
     from tqdm.auto import tqdm
 
     room = context_length(loaded.model) - decoding.max_new_tokens
-    prompts, texts, shortened = [], [], 0
+    prompts, texts, shortened = [], [], []
     for rec in records:
         ids, text, short = encode_prompt(rec, template, loaded.tokenizer, max_length=room)
         prompts.append(ids)
         texts.append(text)
-        shortened += short
+        shortened.append(short)
     with tqdm(total=len(prompts), desc=f"generate ({Path(str(loaded.name)).name})",
               disable=not progress, dynamic_ncols=True) as bar:
         outs = generate(loaded.model, loaded.tokenizer, prompts, decoding,
                         batch_size=batch_size, progress=bar.update)
+    n = decoding.num_return_sequences
     rows = []
-    for rec, text, gen in zip(records, texts, outs, strict=True):
-        rows.append({"row": rec.where, "prompt": text, "output": gen.text,
-                     "reference": template.reference(rec), "stopped": gen.finished,
-                     "new_tokens": gen.new_tokens})
-    if shortened:
-        rows[0].setdefault("note", f"{shortened} prompts shortened to fit the context")
+    for i, (rec, text, short) in enumerate(zip(records, texts, shortened, strict=True)):
+        group = outs[i * n:(i + 1) * n]
+        row = {"row": rec.where, "prompt": text, "output": group[0].text,
+               "reference": template.reference(rec), "stopped": group[0].finished,
+               "new_tokens": group[0].new_tokens, "prompt_shortened": short}
+        if n > 1:
+            row["outputs"] = [g.text for g in group]
+        rows.append(row)
     return rows
 
 
@@ -83,12 +93,59 @@ def corpus_perplexity(loaded: Loaded, template: PromptTemplate, records: list[Re
     return perplexity(total, count), count
 
 
+def _score(spec: str, loaded: Loaded, template: PromptTemplate, records: list[Record],
+           decoding: Decoding, out: Path, *, data: str, batch_size: int, progress: bool
+           ) -> tuple[dict, list[dict]]:
+    """Predictions and metrics of one model on the records; writes both into `out`."""
+    started = time.time()
+    metrics: dict = {}
+    rows: list[dict] = []
+    scored = [r for r in records if r.text is None]  # free-text rows only get perplexity
+    if scored:
+        rows = predict(loaded, template, scored, decoding, batch_size=batch_size,
+                       progress=progress)
+        outputs = [r["output"] for r in rows]
+        if all(r["reference"] is not None for r in rows):
+            metrics.update(text_metrics(outputs, [r["reference"] for r in rows]))
+        else:
+            metrics.update(diversity(outputs))
+        metrics["stopped_by_eos"] = 100.0 * sum(r["stopped"] for r in rows) / len(rows)
+    ppl, n_tok = corpus_perplexity(loaded, template, records, batch_size=batch_size)
+    metrics["perplexity"] = ppl
+    order = TASK_METRICS[template.task]
+    ordered = [k for k in order if k in metrics] + sorted(k for k in metrics if k not in order)
+    result = {k: round(metrics[k], 4) for k in ordered}
+    result["meta"] = {
+        "model": str(spec),
+        "task": template.task,
+        "headline": order[0],
+        "data": str(data),
+        "rows": len(records),
+        "target_tokens": n_tok,
+        "prompts_shortened": sum(r["prompt_shortened"] for r in rows),
+        "units": {k: asdict(METRICS[k]) for k in ordered if k in METRICS},
+        "decoding": asdict(decoding),
+        "seconds": round(time.time() - started, 2),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "predictions.jsonl").open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_json(out / "metrics.json", result)
+    return result, rows
+
+
 def evaluate(spec: str, data: str, out: str | Path, *, task: str | None = None,
              fields: Fields = Fields(), limit: int | None = None, batch_size: int = 8,
-             progress: bool = True, loaded: Loaded | None = None,
+             progress: bool = True, loaded: Loaded | None = None, compare: str | None = None,
+             bootstrap: int = 1000, seed: int = 0,
              decoding_overrides: dict | None = None, **template_args) -> dict:
-    """Score a run or model on a labelled file; writes predictions.jsonl and metrics.json."""
-    started = time.time()
+    """Score a run or model on a labelled file; writes predictions.jsonl and metrics.json.
+
+    With `compare` (a base model or another run), both are scored on the same rows with the
+    same prompt; OUT/base/ holds the base's files, OUT/comparison.json the differences with
+    bootstrap intervals, and OUT/report.html the report."""
+    out = Path(out)
     loaded = loaded or load_for_inference(spec)
     template = resolve_template(loaded, task, **template_args)
     kind = get_task(template.task).kind
@@ -102,32 +159,47 @@ def evaluate(spec: str, data: str, out: str | Path, *, task: str | None = None,
                          f"({len(refs_missing)} rows); evaluation needs labelled rows — use "
                          "`gentune generate` for unlabelled inputs")
     decoding = default_decoding(template, **(decoding_overrides or {}))
-    metrics: dict = {}
-    rows: list[dict] = []
-    scored = [r for r in records if r.text is None]  # free-text rows only get perplexity
-    if scored:
-        rows = predict(loaded, template, scored, decoding, batch_size=batch_size,
-                       progress=progress)
-        metrics.update(text_metrics([r["output"] for r in rows],
-                                    [r["reference"] for r in rows]))
-        metrics["stopped_by_eos"] = 100.0 * sum(r["stopped"] for r in rows) / len(rows)
-    ppl, n_tok = corpus_perplexity(loaded, template, records, batch_size=batch_size)
-    metrics["perplexity"] = ppl
-    result = {k: round(v, 4) for k, v in metrics.items()}
-    result["meta"] = {
-        "model": str(spec),
-        "task": template.task,
-        "data": str(data),
-        "rows": len(records),
-        "target_tokens": n_tok,
-        "units": {k: asdict(METRICS[k]) for k in metrics if k in METRICS},
-        "decoding": asdict(decoding),
-        "seconds": round(time.time() - started, 2),
-    }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "predictions.jsonl").open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    write_json(out / "metrics.json", result)
+    result, rows = _score(spec, loaded, template, records, decoding, out, data=data,
+                          batch_size=batch_size, progress=progress)
+    if not compare:
+        return result
+    del loaded  # free the memory before loading the second model
+    base = load_for_inference(compare)
+    base_template = base.template or template  # a plain base gets the run's own prompt
+    base_result, base_rows = _score(compare, base, base_template, records, decoding,
+                                    out / "base", data=data, batch_size=batch_size,
+                                    progress=progress)
+    comparison = compare_results(template.task, base_result, result, base_rows, rows,
+                                 samples=bootstrap, seed=seed)
+    comparison.update({"model": str(spec), "base": str(compare), "data": str(data)})
+    write_json(out / "comparison.json", comparison)
+    from .report import write_report
+
+    write_report(out / "report.html", comparison=comparison, base_rows=base_rows,
+                 tuned_rows=rows, run_dir=spec if is_run(spec) else None)
+    result["comparison"] = comparison
     return result
+
+
+def compare_results(task: str, base: dict, tuned: dict, base_rows: list[dict],
+                    tuned_rows: list[dict], *, samples: int, seed: int) -> dict:
+    """Per metric: both values, the difference, and its paired-bootstrap interval."""
+    refs = [r["reference"] for r in tuned_rows]
+    table = []
+    for name in TASK_METRICS[task]:
+        if name not in tuned or name not in base:
+            continue
+        entry = {"metric": name, "base": base[name], "tuned": tuned[name],
+                 "difference": tuned[name] - base[name],
+                 "higher_is_better": METRICS[name].higher_is_better,
+                 "unit": METRICS[name].unit}
+        if refs and all(x is not None for x in refs) and name not in (
+                "perplexity", "stopped_by_eos", "length"):
+            boot = paired_bootstrap(name, [r["output"] for r in base_rows],
+                                    [r["output"] for r in tuned_rows], refs,
+                                    samples=samples if name != "ter" else min(samples, 200),
+                                    seed=seed)
+            entry.update(ci=boot["ci"], base_ci=boot["base_ci"], tuned_ci=boot["tuned_ci"],
+                         p_not_better=boot["p_not_better"], samples=boot["samples"])
+        table.append(entry)
+    return {"task": task, "rows": len(tuned_rows), "metrics": table, "seed": seed}

@@ -1,14 +1,18 @@
 """Metric functions, corpus-level and offline. Each metric names its unit and direction.
 
-ROUGE comes from `rouge-score` (F-measure, with stemming, averaged over rows); BLEU and chrF from
-`sacrebleu`'s corpus functions; perplexity is exp(Σ nll / Σ target tokens), never a mean of
-batch means. Scores are on a 0–100 scale, perplexity aside.
+ROUGE comes from `rouge-score` (F-measure with stemming, averaged over rows); BLEU, chrF and TER
+from `sacrebleu`'s corpus functions; perplexity is exp(Σ nll / Σ target tokens), never a mean of
+batch means. Scores are on a 0–100 scale; perplexity, TER and lengths have their own units.
+Base-vs-fine-tuned differences get seeded paired-bootstrap confidence intervals.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -22,23 +26,60 @@ METRICS = {
     "rouge1": Metric("rouge1", "F1 x 100", True),
     "rouge2": Metric("rouge2", "F1 x 100", True),
     "rougeL": Metric("rougeL", "F1 x 100", True),
+    "rougeLsum": Metric("rougeLsum", "F1 x 100, sentence-split", True),
     "bleu": Metric("bleu", "sacreBLEU, 0-100", True),
     "chrf": Metric("chrf", "chrF, 0-100", True),
+    "ter": Metric("ter", "TER, edits per 100 reference words", False),
+    "distinct1": Metric("distinct1", "unique unigrams / unigrams x 100", True),
+    "distinct2": Metric("distinct2", "unique bigrams / bigrams x 100", True),
+    "length": Metric("length", "mean words per output", True),
     "perplexity": Metric("perplexity", "exp(nll per target token)", False),
+    "stopped_by_eos": Metric("stopped_by_eos", "% of outputs ended by the model", True),
+}
+
+# what each task reports, headline first
+TASK_METRICS = {
+    "summarization": ("rougeL", "rouge1", "rouge2", "rougeLsum", "bleu", "chrf", "length",
+                      "perplexity", "stopped_by_eos"),
+    "translation": ("bleu", "chrf", "ter", "rougeL", "length", "perplexity", "stopped_by_eos"),
+    "dialogue": ("rougeL", "distinct1", "distinct2", "length", "bleu", "chrf", "perplexity",
+                 "stopped_by_eos"),
+    "text": ("perplexity", "distinct1", "distinct2", "length", "rougeL", "stopped_by_eos"),
 }
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    from rouge_score import rouge_scorer
+def _sentences(text: str) -> str:
+    """One sentence per line, as ROUGE-Lsum expects."""
+    return "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s)
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    for pred, ref in zip(predictions, references, strict=True):
-        scores = scorer.score(ref, pred)
-        for k in totals:
-            totals[k] += scores[k].fmeasure
-    n = max(len(predictions), 1)
-    return {k: 100.0 * v / n for k, v in totals.items()}
+
+_SCORER = None
+
+
+def _scorer():
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
+                                           use_stemmer=True)
+    return _SCORER
+
+
+def rouge_rows(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """Per-row ROUGE F1 × 100 (the corpus score is their mean)."""
+    keys = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    out = {k: np.zeros(len(predictions)) for k in keys}
+    for i, (pred, ref) in enumerate(zip(predictions, references, strict=True)):
+        scores = _scorer().score(_sentences(ref), _sentences(pred))
+        for k in keys:
+            out[k][i] = 100.0 * scores[k].fmeasure
+    return out
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    return {k: float(v.mean()) if len(v) else 0.0
+            for k, v in rouge_rows(predictions, references).items()}
 
 
 def bleu(predictions: list[str], references: list[str]) -> float:
@@ -53,6 +94,23 @@ def chrf(predictions: list[str], references: list[str]) -> float:
     return sacrebleu.corpus_chrf(predictions, [references]).score
 
 
+def ter(predictions: list[str], references: list[str]) -> float:
+    import sacrebleu
+
+    return sacrebleu.corpus_ter(predictions, [references]).score
+
+
+def distinct(predictions: list[str], n: int) -> float:
+    """Unique n-grams / all n-grams over the corpus, × 100 (diversity of the outputs)."""
+    grams = [tuple(words[i:i + n]) for p in predictions
+             for words in [p.lower().split()] for i in range(len(words) - n + 1)]
+    return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_length(texts: list[str]) -> float:
+    return float(np.mean([len(t.split()) for t in texts])) if texts else 0.0
+
+
 def perplexity(nll_sum: float, n_tokens: int) -> float:
     """exp(Σ nll / Σ tokens) over the whole corpus."""
     if n_tokens <= 0:
@@ -61,7 +119,66 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
 
 
 def text_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Every reference-based metric of the outputs, corpus-level."""
     out = rouge(predictions, references)
     out["bleu"] = bleu(predictions, references)
     out["chrf"] = chrf(predictions, references)
+    out["ter"] = ter(predictions, references)
+    out.update(diversity(predictions))
     return out
+
+
+def diversity(predictions: list[str]) -> dict[str, float]:
+    return {"distinct1": distinct(predictions, 1), "distinct2": distinct(predictions, 2),
+            "length": mean_length(predictions)}
+
+
+def row_score(prediction: str, reference: str, task: str) -> float:
+    """A per-row score for ranking wins and losses: sentence chrF for translation, ROUGE-L F1
+    otherwise."""
+    if task == "translation":
+        import sacrebleu
+
+        return sacrebleu.sentence_chrf(prediction, [reference]).score
+    return 100.0 * _scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+def corpus_metric(name: str, predictions: list[str], references: list[str]) -> float:
+    if name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        return rouge(predictions, references)[name]
+    return {"bleu": bleu, "chrf": chrf, "ter": ter}[name](predictions, references) \
+        if name in ("bleu", "chrf", "ter") else diversity(predictions)[name]
+
+
+def paired_bootstrap(name: str, base: list[str], tuned: list[str], references: list[str], *,
+                     samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Seeded paired bootstrap over rows of `tuned − base` for a corpus metric.
+
+    Both systems are scored on the same resampled rows each time. Returns the observed
+    difference, its interval, and the share of resamples where the difference is ≤ 0 (≥ 0 for
+    metrics where lower is better): a one-sided p-value for "tuned is better"."""
+    n = len(references)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(samples, n))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    if name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):  # per-row means: vectorised
+        a = rouge_rows(base, references)[name]
+        b = rouge_rows(tuned, references)[name]
+        diffs = b[idx].mean(1) - a[idx].mean(1)
+        base_s, tuned_s = a[idx].mean(1), b[idx].mean(1)
+        observed = float(b.mean() - a.mean())
+    else:
+        base_s = np.array([corpus_metric(name, [base[i] for i in row],
+                                         [references[i] for i in row]) for row in idx])
+        tuned_s = np.array([corpus_metric(name, [tuned[i] for i in row],
+                                          [references[i] for i in row]) for row in idx])
+        diffs = tuned_s - base_s
+        observed = corpus_metric(name, tuned, references) - corpus_metric(name, base,
+                                                                           references)
+    better_high = METRICS[name].higher_is_better
+    p = float(np.mean(diffs <= 0) if better_high else np.mean(diffs >= 0))
+    return {"metric": name, "difference": observed,
+            "ci": [float(np.percentile(diffs, lo)), float(np.percentile(diffs, hi))],
+            "base_ci": [float(np.percentile(base_s, lo)), float(np.percentile(base_s, hi))],
+            "tuned_ci": [float(np.percentile(tuned_s, lo)), float(np.percentile(tuned_s, hi))],
+            "p_not_better": p, "samples": samples, "seed": seed, "level": level}

@@ -117,6 +117,10 @@ def load_for_inference(spec: str, *, merge: bool = True) -> Loaded:
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
         return Loaded(model, tokenizer, template, spec, manifest)
-    model, tokenizer, _ = load_model(spec)
+    model, tokenizer, where = load_model(spec)
     model.eval()
-    return Loaded(model, tokenizer, None, spec)
+    template = None
+    exported = Path(where) / "gentune_template.json"
+    if exported.exists():  # a directory written by `gentune export`: its template comes along
+        template = PromptTemplate.load(exported)
+    return Loaded(model, tokenizer, template, spec)

@@ -1,0 +1,58 @@
+"""`gentune chat`: an interactive multi-turn session, streamed, with the template of the run."""
+
+from __future__ import annotations
+
+import sys
+
+from .data import Record
+from .encode import encode_prompt
+from .evaluate import default_decoding
+from .generate import stream
+from .models import context_length
+from .runs import load_for_inference
+from .tasks import build_template, get_task
+
+HELP = "type a message; /reset starts over, /exit (or Ctrl-D) leaves"
+
+
+def chat(spec: str, *, decoding_overrides: dict | None = None, system: str | None = None,
+         read=input, write=sys.stdout.write) -> list[dict]:
+    """Run the session until /exit or end of input; returns the conversation."""
+    loaded = load_for_inference(spec)
+    template = loaded.template
+    if template is None or template.task != "dialogue":
+        template = build_template(get_task("dialogue"), loaded.tokenizer)
+    decoding = default_decoding(template, **(decoding_overrides or {}))
+    room = context_length(loaded.model) - decoding.max_new_tokens
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    write(f"gentune chat with {spec} ({HELP})\n")
+    while True:
+        try:
+            text = read("you> ")
+        except EOFError:
+            write("\n")
+            return history
+        if text.strip() in ("/exit", "/quit"):
+            return history
+        if text.strip() == "/reset":
+            history = history[:1] if system else []
+            write("(conversation reset)\n")
+            continue
+        if not text.strip():
+            continue
+        history.append({"role": "user", "content": text})
+        record = Record(source="<chat>", row=len(history), messages=tuple(history))
+        ids, _, shortened = encode_prompt(record, template, loaded.tokenizer, max_length=room)
+        if shortened:
+            write("(the oldest turns no longer fit the context and were left out)\n")
+        write("model> ")
+        reply = ""
+        for piece in stream(loaded.model, loaded.tokenizer, ids, decoding):
+            if not reply:
+                piece = piece.lstrip()
+            reply += piece
+            write(piece)
+            if hasattr(sys.stdout, "flush"):
+                sys.stdout.flush()
+        write("\n")
+        history.append({"role": "assistant", "content": reply.strip()})
