@@ -49,3 +49,14 @@ def test_fine_tuned_model_ends_with_eos(lora_run):
                     batch_size=8)
     assert all(o.finished for o in outs), [o.text for o in outs]
     assert all(0 < len(o.text.split()) < 40 for o in outs), [o.text for o in outs]
+
+
+def test_demo_end_to_end_in_small(tmp_path):
+    from gentune.demo import demo
+
+    comparison = demo(tmp_path / "demo", max_steps=2, limit=4, progress=False,
+                      log=lambda *_: None)
+    assert comparison["rows"] == 4 and comparison["metrics"][0]["metric"] == "rougeL"
+    for name in ("comparison.md", "eval/report.html", "eval/metrics.json",
+                 "eval/base/metrics.json", "run/model/adapter_model.safetensors"):
+        assert (tmp_path / "demo" / name).exists(), name

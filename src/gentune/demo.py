@@ -11,11 +11,9 @@ from pathlib import Path
 from . import DEFAULT_MODEL
 from .config import TrainConfig
 from .evaluate import evaluate
-from .runs import write_json
 from .train import train
 
 INSTRUCTION = "Write the title of the research paper with this abstract."
-HEADLINE = ("rougeL", "rouge1", "rouge2", "bleu", "chrf", "perplexity", "stopped_by_eos")
 
 
 def _detok(sentences: list[str]) -> str:
@@ -73,19 +71,18 @@ def aclsum_files(dest: Path) -> tuple[Path, Path]:
             write_jsonl(dest / "aclsum-val.jsonl", aclsum_rows("val")))
 
 
-def format_table(results: dict[str, dict]) -> str:
-    names = list(results)
-    lines = ["| metric | " + " | ".join(names) + " | better |",
-             "|---|" + "---|" * len(names) + "---|"]
-    for key in HEADLINE:
-        if not all(key in r for r in results.values()):
-            continue
-        vals = [results[n][key] for n in names]
-        higher = key != "perplexity"
-        best = max(vals) if higher else min(vals)
-        who = names[vals.index(best)]
-        lines.append(f"| {key} | " + " | ".join(f"{v:.2f}" for v in vals)
-                     + f" | {who} ({'higher' if higher else 'lower'} is better) |")
+def format_table(comparison: dict) -> str:
+    """The comparison as a Markdown table: both values, the difference and its interval."""
+    lines = ["| metric | base | fine-tuned | difference (95% CI) | better |",
+             "|---|---|---|---|---|"]
+    for m in comparison["metrics"]:
+        ci = m.get("ci")
+        tuned_wins = (m["difference"] > 0) == m["higher_is_better"] and m["difference"] != 0
+        lines.append(
+            f"| {m['metric']} | {m['base']:.2f} | {m['tuned']:.2f} | {m['difference']:+.2f}"
+            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + " | "
+            + ("fine-tuned" if tuned_wins else "base" if m["difference"] else "tie")
+            + f" ({'higher' if m['higher_is_better'] else 'lower'} is better) |")
     return "\n".join(lines)
 
 
@@ -100,21 +97,15 @@ def demo(out: str | Path = "runs/demo", *, epochs: float = 2.0, max_steps: int |
                       eval_generate=0)  # the full comparison runs after training
     log(f"gentune demo: LoRA fine-tuning {DEFAULT_MODEL} on ACLSum (abstract -> title)")
     run = train(cfg, log=log)
-    decoding = {"max_new_tokens": 48}
-    log("gentune demo: evaluating the base model on the validation split")
-    base = evaluate(DEFAULT_MODEL, str(val_file), out / "eval-base", task="summarization",
-                    instruction=INSTRUCTION, limit=limit, progress=progress,
-                    decoding_overrides=decoding)
-    log("gentune demo: evaluating the fine-tuned model on the validation split")
-    tuned = evaluate(str(run), str(val_file), out / "eval-tuned", limit=limit,
-                     progress=progress, decoding_overrides=decoding)
-    results = {"base": base, "fine-tuned": tuned}
-    table = format_table(results)
+    log("gentune demo: scoring the fine-tuned and the base model on the validation split")
+    result = evaluate(str(run), str(val_file), out / "eval", limit=limit, progress=progress,
+                      compare=DEFAULT_MODEL, decoding_overrides={"max_new_tokens": 48})
+    comparison = result["comparison"]
+    table = format_table(comparison)
     (out / "comparison.md").write_text(
         f"# gentune demo: {DEFAULT_MODEL}, ACLSum abstract -> title, "
-        f"{base['meta']['rows']} validation rows\n\n{table}\n")
-    comparison = {n: {k: r[k] for k in HEADLINE if k in r} for n, r in results.items()}
-    write_json(out / "comparison.json", comparison)
+        f"{comparison['rows']} validation rows\n\n{table}\n")
     log("\n" + table + "\n")
-    log(f"gentune demo: written {out}/comparison.md, predictions in {out}/eval-*/")
+    log(f"gentune demo: written {out}/comparison.md and {out}/eval/report.html "
+        f"(predictions: {out}/eval/predictions.jsonl, {out}/eval/base/predictions.jsonl)")
     return comparison
