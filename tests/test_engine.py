@@ -286,3 +286,30 @@ def test_run_has_loss_curve_png(tiny_gpt2, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     log = read_log(run)
     assert log[-1]["val_metric"] != "" and float(log[-1]["peak_memory_mb"]) > 0
+
+
+def test_out_of_memory_gives_an_actionable_message(tiny_llama, tmp_path, monkeypatch):
+    import gentune.train as train_mod
+
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 123456789 bytes.")
+
+    monkeypatch.setattr(train_mod, "token_nll", no_memory)
+    cfg = TrainConfig(task="summarization", data=str(_data(tmp_path)), out=str(tmp_path / "r"),
+                      model=tiny_llama, max_steps=2, progress=False, tensorboard=False)
+    with pytest.raises(TrainingError, match=r"out of memory at step 1 .*--micro-batch-size.*"
+                                            r"--gradient-checkpointing"):
+        train(cfg, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_keeps_the_loss_curve(tiny_llama, tmp_path, method):
+    curves = []
+    for flag in (False, True):
+        cfg = TrainConfig(task="summarization", data=str(_data(tmp_path)), method=method,
+                          out=str(tmp_path / f"r{flag}"), model=tiny_llama, max_steps=4,
+                          batch_size=4, lr=5e-3, gradient_checkpointing=flag, eval_generate=0,
+                          progress=False, tensorboard=False)
+        curves.append([float(r["loss"]) for r in read_log(train(cfg, log=lambda *_: None))])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-5)

@@ -77,12 +77,16 @@ def format_table(comparison: dict) -> str:
              "|---|---|---|---|---|"]
     for m in comparison["metrics"]:
         ci = m.get("ci")
-        tuned_wins = (m["difference"] > 0) == m["higher_is_better"] and m["difference"] != 0
+        hib = m["higher_is_better"]
+        if hib is None:
+            verdict = f"no direction ({m['unit']})"
+        else:
+            tuned_wins = (m["difference"] > 0) == hib and m["difference"] != 0
+            verdict = (("fine-tuned" if tuned_wins else "base" if m["difference"] else "tie")
+                       + f" ({'higher' if hib else 'lower'} is better)")
         lines.append(
             f"| {m['metric']} | {m['base']:.2f} | {m['tuned']:.2f} | {m['difference']:+.2f}"
-            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + " | "
-            + ("fine-tuned" if tuned_wins else "base" if m["difference"] else "tie")
-            + f" ({'higher' if m['higher_is_better'] else 'lower'} is better) |")
+            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + f" | {verdict} |")
     return "\n".join(lines)
 
 

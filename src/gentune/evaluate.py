@@ -17,6 +17,7 @@ from .metrics import (
     METRICS,
     TASK_METRICS,
     diversity,
+    mean_length,
     paired_bootstrap,
     perplexity,
     text_metrics,
@@ -193,6 +194,8 @@ def compare_results(task: str, base: dict, tuned: dict, base_rows: list[dict],
                  "difference": tuned[name] - base[name],
                  "higher_is_better": METRICS[name].higher_is_better,
                  "unit": METRICS[name].unit}
+        if name == "length" and refs and all(x is not None for x in refs):
+            entry["unit"] += f"; references: {mean_length(refs):.2f}"
         if refs and all(x is not None for x in refs) and name not in (
                 "perplexity", "stopped_by_eos", "length"):
             boot = paired_bootstrap(name, [r["output"] for r in base_rows],

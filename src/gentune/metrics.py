@@ -19,7 +19,7 @@ import numpy as np
 class Metric:
     name: str
     unit: str
-    higher_is_better: bool
+    higher_is_better: bool | None  # None: no direction (e.g. length: compare with references)
 
 
 METRICS = {
@@ -32,7 +32,7 @@ METRICS = {
     "ter": Metric("ter", "TER, edits per 100 reference words", False),
     "distinct1": Metric("distinct1", "unique unigrams / unigrams x 100", True),
     "distinct2": Metric("distinct2", "unique bigrams / bigrams x 100", True),
-    "length": Metric("length", "mean words per output", True),
+    "length": Metric("length", "mean words per output", None),
     "perplexity": Metric("perplexity", "exp(nll per target token)", False),
     "stopped_by_eos": Metric("stopped_by_eos", "% of outputs ended by the model", True),
 }

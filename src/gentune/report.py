@@ -113,17 +113,19 @@ def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
     rows_html = []
     for m in comparison["metrics"]:
         ci = m.get("ci")
-        better = (m["difference"] > 0) == m["higher_is_better"] and m["difference"] != 0
+        hib = m["higher_is_better"]
+        better = hib is not None and (m["difference"] > 0) == hib and m["difference"] != 0
+        css = "" if hib is None else "win" if better else "loss"
+        direction = ("no direction" if hib is None else
+                     "higher is better" if hib else "lower is better")
         ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "–"
         sig = ""
         if ci:
             sig = " ✔" if (ci[0] > 0 if m["higher_is_better"] else ci[1] < 0) else ""
         rows_html.append(
             f"<tr><td>{esc(m['metric'])}</td><td>{m['base']:.2f}</td><td>{m['tuned']:.2f}</td>"
-            f"<td class='{'win' if better else 'loss'}'>{m['difference']:+.2f}</td>"
-            f"<td>{ci_text}{sig}</td>"
-            f"<td>{'higher' if m['higher_is_better'] else 'lower'} is better; "
-            f"{esc(m['unit'])}</td></tr>")
+            f"<td class='{css}'>{m['difference']:+.2f}</td><td>{ci_text}{sig}</td>"
+            f"<td>{direction}; {esc(m['unit'])}</td></tr>")
     images = []
     if run_dir:
         from .train import read_log

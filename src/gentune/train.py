@@ -173,6 +173,12 @@ def _fault(point: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _is_oom(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or \
+        "out of memory" in text or "can't allocate memory" in text
+
+
 def _peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -402,11 +408,14 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
             try:
                 nll_sum, _ = accumulate_gradients(loss_model, micro, accelerator,
                                                   n_step=n_step, scale=world)
-            except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+            except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
+                if not _is_oom(e):
+                    raise
                 raise TrainingError(
-                    f"out of memory at step {state.step + 1} ({e.__class__.__name__}); try a "
-                    "smaller --micro-batch-size (gradient accumulation keeps the batch), "
-                    "--gradient-checkpointing, --method lora, or a lower --max-length"
+                    f"out of memory at step {state.step + 1} (micro-batch of {cfg.micro} rows, "
+                    f"up to {max(len(train_ex[i].input_ids) for b in group for i in b)} tokens)"
+                    "; try a smaller --micro-batch-size (gradient accumulation keeps the "
+                    "batch), --gradient-checkpointing, --method lora, or a lower --max-length"
                 ) from None
             if world > 1:
                 nll_sum = float(accelerator.reduce(torch.tensor(nll_sum, device=device),
