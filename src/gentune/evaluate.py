@@ -67,7 +67,9 @@ def predict(loaded: Loaded, template: PromptTemplate, records: list[Record],
     rows = []
     for i, (rec, text, short) in enumerate(zip(records, texts, shortened, strict=True)):
         group = outs[i * n:(i + 1) * n]
-        row = {"row": rec.where, "prompt": text, "output": group[0].text,
+        user = rec.input if rec.input is not None else rec.text if rec.text is not None else \
+            next((m["content"] for m in reversed(rec.messages) if m["role"] == "user"), "")
+        row = {"row": rec.where, "input": user, "prompt": text, "output": group[0].text,
                "reference": template.reference(rec), "stopped": group[0].finished,
                "new_tokens": group[0].new_tokens, "prompt_shortened": short}
         if n > 1:

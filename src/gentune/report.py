@@ -155,7 +155,7 @@ def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
                 b, t = base_rows[i], tuned_rows[i]
                 cards.append(
                     f"<tr class='sample'><td>{esc(t['row'])}<br><small>Δ{metric} "
-                    f"{deltas[i]:+.1f}</small></td><td><pre>{esc(_input_of(t['prompt']))}</pre>"
+                    f"{deltas[i]:+.1f}</small></td><td><pre>{esc(_input_of(t.get('input') or t['prompt']))}</pre>"
                     f"</td><td>{esc(t['reference'] or '')}</td><td>{esc(b['output'])}</td>"
                     f"<td>{esc(t['output'])}</td></tr>")
             sample_sections.append(
@@ -196,6 +196,6 @@ same rows with the same prompt.</p>
 
 
 def _input_of(prompt: str) -> str:
-    """The prompt without template boilerplate, trimmed for display."""
+    """The input (or the whole prompt), trimmed for display."""
     text = prompt.strip()
     return text if len(text) < 1500 else text[:1500] + " …"
