@@ -281,17 +281,13 @@ def collate_packed(rows: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Packed rows: input_ids (B, T), labels (B, T), position_ids (B, T) restarting at every
     example (and at the padding), no attention_mask: transformers builds the block-diagonal
     causal mask from the position restarts, so packed examples cannot attend to each other."""
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    batch = collate(rows, pad_id)
+    del batch["attention_mask"]  # positions carry the example boundaries instead
+    width = batch["input_ids"].shape[1]
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        pos: list[int] = []
-        for length in (r.lengths or (n,)):
-            pos += range(length)
-        positions[i, :n] = torch.tensor(pos)
+        positions[i, :n] = torch.cat([torch.arange(length) for length in (r.lengths or (n,))])
         positions[i, n:] = torch.arange(width - n)  # padding is a segment of its own
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+    batch["position_ids"] = positions
+    return batch
