@@ -290,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .models import ModelError
 
+    import warnings
+
+    # third-party deprecation noise that users cannot act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
