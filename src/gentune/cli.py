@@ -286,11 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     from .config import ConfigError
     from .data import DataError
     from .models import ModelError
-
-    import warnings
 
     # third-party deprecation noise that users cannot act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

@@ -11,7 +11,7 @@ import torch
 
 from .config import Decoding
 from .data import Fields, Record, read_records
-from .encode import collate, encode_dataset, encode_prompt
+from .encode import encode_dataset, encode_prompt
 from .generate import generate
 from .metrics import (
     METRICS,
@@ -22,7 +22,7 @@ from .metrics import (
     perplexity,
     text_metrics,
 )
-from .models import context_length, token_nll
+from .models import context_length, corpus_nll
 from .runs import Loaded, is_run, load_for_inference, write_json
 from .tasks import PromptTemplate, build_template, get_task
 
@@ -85,14 +85,8 @@ def corpus_perplexity(loaded: Loaded, template: PromptTemplate, records: list[Re
     max_length = min(max_length, context_length(loaded.model))
     examples, _ = encode_dataset(records, template, loaded.tokenizer, max_length=max_length,
                                  skip_long_targets=True)
-    total, count = 0.0, 0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    for i in range(0, len(order), batch_size):
-        batch = collate([examples[j] for j in order[i:i + batch_size]],
-                        loaded.tokenizer.pad_token_id)
-        nll, n = token_nll(loaded.model, batch)
-        total += float(nll)
-        count += n
+    total, count = corpus_nll(loaded.model, examples, loaded.tokenizer.pad_token_id,
+                              batch_size)
     return perplexity(total, count), count
 
 

@@ -192,3 +192,23 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
         logits = model(**inputs).logits[:, :-1][mask]
     nll = torch.nn.functional.cross_entropy(logits.float(), labels[mask], reduction="sum")
     return nll, n
+
+
+@torch.no_grad()
+def corpus_nll(model, examples, pad_id: int, batch_size: int) -> tuple[float, int]:
+    """(Σ nll, Σ target tokens) over examples, in length-sorted batches, in eval mode.
+    Perplexity is exp of their ratio — never a mean of per-batch means."""
+    from .encode import collate
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    for i in range(0, len(order), batch_size):
+        batch = collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+        nll, n = token_nll(model, {k: v.to(device) for k, v in batch.items()})
+        total += float(nll)
+        count += n
+    model.train(was_training)
+    return total, count

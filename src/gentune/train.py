@@ -26,7 +26,7 @@ from . import checkpoint, runs
 from .config import TrainConfig
 from .data import Fields, ReadReport, read_records, split_train_val, write_records
 from .encode import collate, encode_dataset, length_grouped_batches, pack_examples
-from .models import context_length, load_model, token_nll, wrap_lora
+from .models import context_length, corpus_nll, load_model, token_nll, wrap_lora
 from .tasks import build_template, get_task
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens",
@@ -104,20 +104,9 @@ def accumulate_gradients(loss_model, micro_batches: list[dict], accelerator=None
     return nll_sum, n_step
 
 
-@torch.no_grad()
 def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, float]:
     """(mean loss per target token, perplexity) = exp(Σ nll / Σ target tokens)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    for i in range(0, len(order), batch_size):
-        batch = collate([examples[j] for j in order[i:i + batch_size]], pad_id)
-        batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
-        nll, n = token_nll(model, batch)
-        total += float(nll)
-        count += n
-    model.train(was_training)
+    total, count = corpus_nll(model, examples, pad_id, batch_size)
     loss = total / max(count, 1)
     return loss, math.exp(min(loss, 50.0))
 
