@@ -15,7 +15,7 @@ import torch
 
 from .config import TrainConfig
 from .encode import IGNORE, length_grouped_batches
-from .train import TargetLoss, _collate_for, _peak_memory_mb, prepare
+from .train import TargetLoss, collate_for, peak_memory_mb, prepare
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered example
 
@@ -52,10 +52,10 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     model = prep.model
     model.train()
     loss_model = TargetLoss(model)
-    collate_fn = _collate_for(cfg.packing)
+    collate_fn = collate_for(cfg.packing)
     batches = length_grouped_batches(prep.train_ex, cfg.micro, seed=cfg.seed, epoch=0)
     longest = max(batches, key=lambda b: max(len(prep.train_ex[i].input_ids) for i in b))
-    before = _peak_memory_mb()
+    before = peak_memory_mb()
     timings = []
     for b in [longest] + batches[:steps]:
         batch = collate_fn([prep.train_ex[i] for i in b], prep.tokenizer.pad_token_id)
@@ -67,7 +67,7 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     measured = timings[1:] or timings  # the first call includes warm-up
     per_token = sum(t for t, _ in measured) / sum(n for _, n in measured)
     padded = sum(len(b) * max(len(prep.train_ex[i].input_ids) for i in b) for b in batches)
-    return {"seconds_per_epoch": per_token * padded, "peak_memory_mb": _peak_memory_mb(),
+    return {"seconds_per_epoch": per_token * padded, "peak_memory_mb": peak_memory_mb(),
             "memory_before_mb": before, "tokens_per_s": 1 / per_token}
 
 

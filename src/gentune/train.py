@@ -25,7 +25,13 @@ import torch
 from . import checkpoint, runs
 from .config import TrainConfig
 from .data import Fields, ReadReport, read_records, split_train_val, write_records
-from .encode import collate, encode_dataset, length_grouped_batches, pack_examples
+from .encode import (
+    collate,
+    encode_dataset,
+    encode_prompt,
+    length_grouped_batches,
+    pack_examples,
+)
 from .models import context_length, corpus_nll, load_model, token_nll, wrap_lora
 from .tasks import build_template, get_task
 
@@ -118,7 +124,7 @@ def generation_metric(model, tokenizer, template, records, metric: str, *, rows:
     subset is sized by the time budget: batches are generated until it is spent."""
     from .evaluate import default_decoding
     from .generate import generate
-    from .metrics import text_metrics
+    from .metrics import corpus_metric
 
     was_training = model.training
     model.eval()
@@ -128,8 +134,6 @@ def generation_metric(model, tokenizer, template, records, metric: str, *, rows:
     outputs, refs, start = [], [], time.time()
     for i in range(0, len(pool), batch_size):
         chunk = pool[i:i + batch_size]
-        from .encode import encode_prompt
-
         prompts = [encode_prompt(r, template, tokenizer, max_length=room)[0] for r in chunk]
         outputs += [g.text for g in generate(model, tokenizer, prompts, decoding,
                                              batch_size=batch_size)]
@@ -137,7 +141,7 @@ def generation_metric(model, tokenizer, template, records, metric: str, *, rows:
         if rows is None and time.time() - start > budget_s:
             break
     model.train(was_training)
-    return text_metrics(outputs, refs)[metric], len(outputs)
+    return corpus_metric(metric, outputs, refs), len(outputs)
 
 
 @dataclass
@@ -168,7 +172,7 @@ def _is_oom(e: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text
 
 
-def _peak_memory_mb() -> float:
+def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     import resource
@@ -385,7 +389,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     t0 = time.time() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
     tokens_done = sum(r["tokens"] for r in state.history)
     targets_done = sum(r["target_tokens"] for r in state.history)
-    rank, collate_fn = accelerator.process_index, _collate_for(cfg.packing)
+    rank, collate_fn = accelerator.process_index, collate_for(cfg.packing)
     while state.step < total_steps and not state.stopped_early:
         batches = length_grouped_batches(train_ex, cfg.micro, seed=cfg.seed, epoch=state.epoch)
         while (state.next_batch < len(batches) and state.step < total_steps
@@ -438,7 +442,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
                    "target_tokens": n_step,
                    "tokens_per_s": round(tokens_done / max(elapsed, 1e-9), 1),
                    "target_tokens_per_s": round(targets_done / max(elapsed, 1e-9), 1),
-                   "peak_memory_mb": round(_peak_memory_mb(), 1),
+                   "peak_memory_mb": round(peak_memory_mb(), 1),
                    "elapsed_s": round(elapsed, 3)}
             end_of_epoch = state.next_batch >= len(batches)
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
@@ -512,7 +516,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     return out
 
 
-def _collate_for(packing: bool):
+def collate_for(packing: bool):
     from .encode import collate_packed
 
     return collate_packed if packing else collate
