@@ -70,7 +70,7 @@ def main() -> None:
     print("| side | seconds | rows/s | speed-up |")
     print("|---|---|---|---|")
     print(f"| one-by-one model.generate | {t_loop:.1f} | {len(prompts) / t_loop:.2f} | 1.00x |")
-    print(f"| gentune generate (batch {a.batch_size}, length-sorted, left-padded) | "
+    print(f"| gentune generate (batch {a.batch_size}, length-sorted, shared prefix) | "
           f"{t_ours:.1f} | {len(prompts) / t_ours:.2f} | {t_loop / t_ours:.2f}x |")
     print(f"\nidentical greedy outputs: {same}/{len(prompts)}")
     for x, y in zip(loop, ours, strict=True):

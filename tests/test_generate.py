@@ -9,7 +9,7 @@ import torch
 from gentune.config import ConfigError, Decoding, TrainConfig
 from gentune.data import Record
 from gentune.encode import encode_prompt
-from gentune.generate import generate, stream
+from gentune.generate import eos_ids, generate, shared_prefix, stream
 from gentune.runs import load_for_inference
 from gentune.tasks import build_template, get_task
 from gentune.train import train
@@ -38,6 +38,40 @@ def test_greedy_is_identical_at_batch_size_1_and_8(request, fixture):
     eight = generate(loaded.model, loaded.tokenizer, ids, d, batch_size=8)
     assert [g.text for g in one] == [g.text for g in eight]
     assert [g.new_tokens for g in one] == [g.new_tokens for g in eight]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_shared_prefix_cache_gives_the_same_greedy_text_as_plain_generate(request, fixture):
+    """The prefix computed once ([prefix][padding][own tokens] over its cache) against the
+    usual one-prompt-at-a-time `model.generate` without padding or shared cache."""
+    loaded, _, ids = _prompts(request.getfixturevalue(fixture))
+    model, tok = loaded.model, loaded.tokenizer
+    assert shared_prefix(ids) >= 4  # the template's head is common to all prompts
+    d = Decoding(max_new_tokens=12)
+    stop = eos_ids(model, tok)
+    plain = []
+    for p in ids:
+        x = torch.tensor([p])
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                             max_new_tokens=12, eos_token_id=stop, pad_token_id=stop[0])
+        plain.append(out[0, len(p):].tolist())
+    for bs in (1, 3, 8):
+        shared = generate(model, tok, ids, d, batch_size=bs, share_prefix=True)
+        for got, new in zip(shared, plain, strict=True):
+            cut = next((k + 1 for k, t in enumerate(new) if t in stop), len(new))
+            assert got.new_tokens == cut
+            assert got.text == tok.decode([t for t in new[:cut] if t not in stop],
+                                          skip_special_tokens=True).strip()
+    unshared = generate(model, tok, ids, d, batch_size=8, share_prefix=False)
+    assert [g.text for g in unshared] == [g.text for g in shared]
+
+
+def test_shared_prefix_length():
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # every prompt keeps a token of its own
+    assert shared_prefix([[7, 2], [1, 2]]) == 0
+    assert shared_prefix([[5, 6, 7]]) == 2
+    assert shared_prefix([]) == 0
 
 
 def test_stream_gives_the_same_text_as_generate(tiny_llama):

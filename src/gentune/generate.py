@@ -72,16 +72,53 @@ def _finish(new: list[int], tokenizer, stop: list[int], decoding: Decoding) -> G
     return Generation(text=text.strip(), new_tokens=len(new), finished=finished)
 
 
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share, leaving every prompt at least one token of
+    its own (the chat template's system turn and the task instruction, typically)."""
+    if not prompts:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def _can_share_prefix(model, decoding: Decoding) -> bool:
+    """Prefix sharing feeds a batch as [prefix][padding][own tokens] over a precomputed cache;
+    positions come from the attention mask, so that equals each prompt unpadded. Not for beams
+    or several sequences per prompt (the cache would need expanding) nor sliding-window models
+    (the padding in the middle would count against the window)."""
+    cfg = getattr(model, "config", None)
+    return (decoding.num_beams == 1 and decoding.num_return_sequences == 1
+            and not getattr(cfg, "sliding_window", None)
+            and not getattr(cfg, "is_encoder_decoder", False))
+
+
+def _cache_kwarg(model) -> str:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    params = inspect.signature(base.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = Decoding(), *,
-             batch_size: int = 8, progress: Callable[[int], None] | None = None
-             ) -> list[Generation]:
+             batch_size: int = 8, share_prefix: bool = True,
+             progress: Callable[[int], None] | None = None) -> list[Generation]:
     """Generate for each prompt (token ids). Returns len(prompts) × num_return_sequences
     generations, grouped by prompt, in the prompts' order.
 
     Prompts are sorted by length and left-padded per batch, so little compute goes to padding;
-    the KV cache is used. `progress`, if given, is called with the prompts done per batch.
+    the KV cache is used. The prefix all prompts share (system turn, instruction) is computed
+    once and its cache reused by every batch (`share_prefix`). `progress`, if given, is called
+    with the prompts done per batch.
     """
+    import copy
+
     config = generation_config(model, tokenizer, decoding)
     stop = eos_ids(model, tokenizer)
     pad = _pad(tokenizer, stop)
@@ -89,6 +126,14 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = De
     n = decoding.num_return_sequences
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[Generation] | None] = [None] * len(prompts)
+    shared = shared_prefix(prompts) if share_prefix and _can_share_prefix(model, decoding) else 0
+    prefix_cache = None
+    if shared >= 4:
+        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        out = model(input_ids=prefix, use_cache=True)
+        prefix_cache = out["cache"] if "cache" in out else out["past_key_values"]
+    else:
+        shared = 0
     if decoding.do_sample:
         torch.manual_seed(decoding.seed)
     for start in range(0, len(order), batch_size):
@@ -96,12 +141,20 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = De
         width = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):  # left padding: every prompt ends at the last column
-            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]):] = 1
+        for row, i in enumerate(idx):  # padding goes between the shared prefix and the rest
+            own = prompts[i][shared:]
+            ids[row, :shared] = torch.tensor(prompts[i][:shared], dtype=torch.long)
+            ids[row, width - len(own):] = torch.tensor(own, dtype=torch.long)
+            mask[row, :shared] = 1
+            mask[row, width - len(own):] = 1
+        extra = {}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(idx))
+            extra[_cache_kwarg(model)] = cache
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              generation_config=config,
-                             tokenizer=tokenizer if decoding.stop else None)
+                             tokenizer=tokenizer if decoding.stop else None, **extra)
         for row, i in enumerate(idx):
             results[i] = [_finish(out[row * n + k, width:].tolist(), tokenizer, stop, decoding)
                           for k in range(n)]
