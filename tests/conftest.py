@@ -106,3 +106,17 @@ def pairs_file(tmp_path) -> Path:
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_llama, tmp_path_factory) -> str:
+    """A tiny model fully fine-tuned until it answers PAIRS' outputs (readable text, ~3 s)."""
+    from gentune.config import TrainConfig
+    from gentune.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = write_jsonl(tmp / "d.jsonl", PAIRS * 4)
+    cfg = TrainConfig(task="summarization", data=str(data), out=str(tmp / "run"),
+                      model=tiny_llama, method="full", max_steps=300, batch_size=4, lr=5e-3,
+                      progress=False, tensorboard=False, eval_generate=0)
+    return str(train(cfg, log=lambda *_: None))

@@ -181,6 +181,25 @@ def cmd_evaluate(a) -> None:
     print(f"gentune: written {a.out}/metrics.json and {a.out}/predictions.jsonl")
 
 
+def cmd_serve(a) -> None:
+    import os
+
+    from . import DEFAULT_MODEL
+    from .serve import ServeSettings, serve
+
+    for name in ("max_tokens_limit", "max_body_bytes", "max_batch", "max_queue"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if a.timeout <= 0:
+        raise ValueError("--timeout must be > 0")
+    settings = ServeSettings(
+        api_key=a.api_key or os.environ.get("GENTUNE_API_KEY") or None,
+        max_body_bytes=a.max_body_bytes, max_tokens_limit=a.max_tokens_limit,
+        max_batch=a.max_batch, max_queue=a.max_queue, timeout=a.timeout,
+        model_name=a.model_name, task=a.task)
+    serve(a.model or DEFAULT_MODEL, host=a.host, port=a.port, settings=settings)
+
+
 def cmd_demo(a) -> None:
     from .demo import demo
 
@@ -269,6 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_template(p)
     _add_decoding(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible API and a playground page")
+    p.add_argument("model", nargs="?", default=None,
+                   help="run directory, exported directory, model name or hub id "
+                        "(default: the embedded model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default loopback only; 0.0.0.0 = every "
+                        "interface, set an API key then)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="key every route but /health requires (default: $GENTUNE_API_KEY)")
+    p.add_argument("--task", help="task template for a plain model (runs know theirs)")
+    p.add_argument("--model-name", help="model id in /v1/models (default: the folder name)")
+    p.add_argument("--max-tokens-limit", type=int, default=1024,
+                   help="largest max_tokens a request may ask for")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="larger request bodies are refused with 413")
+    p.add_argument("--max-batch", type=int, default=8, help="prompts generated together")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait; more are refused at once with 429")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds per request, waiting included (then 504)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="fine-tune the embedded model on ACLSum and compare")
     p.add_argument("--out", default="runs/demo")

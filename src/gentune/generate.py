@@ -58,9 +58,13 @@ def _pad(tokenizer, stop: list[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
 
 
-def _finish(new: list[int], tokenizer, stop: list[int], decoding: Decoding) -> Generation:
-    """Cut at the first EOS and at the first stop string; decode."""
+def _finish(new: list[int], tokenizer, stop: list[int], decoding: Decoding, *,
+            cut: int | None = None) -> Generation:
+    """Cut at the first EOS and at the first stop string (and at `cut` tokens, where the
+    generation was stopped from outside); decode."""
     finished = False
+    if cut is not None:
+        new = new[:cut]
     for k, t in enumerate(new):
         if t in stop:
             new, finished = new[: k + 1], True
@@ -108,14 +112,16 @@ def _cache_kwarg(model) -> str:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = Decoding(), *,
              batch_size: int = 8, share_prefix: bool = True,
-             progress: Callable[[int], None] | None = None) -> list[Generation]:
+             progress: Callable[[int], None] | None = None,
+             should_stop: Callable[[int], bool] | None = None) -> list[Generation]:
     """Generate for each prompt (token ids). Returns len(prompts) × num_return_sequences
     generations, grouped by prompt, in the prompts' order.
 
     Prompts are sorted by length and left-padded per batch, so little compute goes to padding;
     the KV cache is used. The prefix all prompts share (system turn, instruction) is computed
     once and its cache reused by every batch (`share_prefix`). `progress`, if given, is called
-    with the prompts done per batch.
+    with the prompts done per batch. `should_stop(i)`, checked after every token, ends prompt
+    i's generation early (a server's deadline or a client gone); its text is what was made.
     """
     import copy
 
@@ -148,6 +154,10 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = De
             mask[row, :shared] = 1
             mask[row, width - len(own):] = 1
         extra = {}
+        cut: dict[int, int] = {}  # row -> new tokens made when should_stop turned true
+        if should_stop is not None:
+            extra["stopping_criteria"] = _criteria(
+                lambda idx=idx: [should_stop(i) for i in idx], cut, width)
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(idx))
@@ -156,45 +166,89 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = De
                              generation_config=config,
                              tokenizer=tokenizer if decoding.stop else None, **extra)
         for row, i in enumerate(idx):
-            results[i] = [_finish(out[row * n + k, width:].tolist(), tokenizer, stop, decoding)
+            results[i] = [_finish(out[row * n + k, width:].tolist(), tokenizer, stop, decoding,
+                                  cut=cut.get(row))
                           for k in range(n)]
         if progress is not None:
             progress(len(idx))
     return [g for group in results for g in group]  # type: ignore[union-attr]
 
 
-def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding()
-           ) -> Iterator[str]:
+def _criteria(flags: Callable[[], list[bool]], cut: dict[int, int] | None = None,
+              width: int = 0):
+    """A stopping criterion from per-prompt flags (expanded over beams / return sequences).
+    `cut` records, per prompt row, how many new tokens there were when its flag turned true
+    (what follows is padding, not the model's)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Flags(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            values = flags()
+            if cut is not None:
+                for row, flag in enumerate(values):
+                    if flag:
+                        cut.setdefault(row, input_ids.shape[1] - width)
+            f = torch.tensor(values, dtype=torch.bool, device=input_ids.device)
+            return f.repeat_interleave(input_ids.shape[0] // len(f))
+
+    return StoppingCriteriaList([Flags()])
+
+
+def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(), *,
+           should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
     """Yield the text of one generation piece by piece as it is produced (greedy output equals
-    `generate`'s). Runs the generation in a background thread."""
+    `generate`'s). Runs the generation in a background thread, which ends early when
+    `should_stop()` turns true or when the caller closes the iterator. The iterator's return
+    value (StopIteration.value) is the whole `Generation`."""
     import threading
 
     from transformers import TextIteratorStreamer
 
     if decoding.num_beams > 1 or decoding.num_return_sequences > 1:
-        yield generate(model, tokenizer, [prompt], decoding, batch_size=1)[0].text
-        return
+        stop_one = (lambda i: should_stop()) if should_stop else None
+        gen = generate(model, tokenizer, [prompt], decoding, batch_size=1,
+                       should_stop=stop_one)[0]
+        yield gen.text
+        return gen
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     config = generation_config(model, tokenizer, decoding)
+    stop = eos_ids(model, tokenizer)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt], device=device)
+    closed = threading.Event()
+    done: list = []
 
     def run():
-        with torch.no_grad():
-            if decoding.do_sample:
-                torch.manual_seed(decoding.seed)
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                           generation_config=config, streamer=streamer,
-                           tokenizer=tokenizer if decoding.stop else None)
+        try:
+            with torch.no_grad():
+                if decoding.do_sample:
+                    torch.manual_seed(decoding.seed)
+                out = model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids),
+                    generation_config=config, streamer=streamer,
+                    tokenizer=tokenizer if decoding.stop else None,
+                    stopping_criteria=_criteria(
+                        lambda: [closed.is_set() or bool(should_stop and should_stop())]))
+            done.append(_finish(out[0, len(prompt):].tolist(), tokenizer, stop, decoding))
+        except BaseException as e:  # re-raised in the caller's thread
+            done.append(e)
+            streamer.end()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     text = ""
-    for piece in streamer:
-        text += piece
-        cut = min((text.find(s) for s in decoding.stop if s and s in text), default=-1)
-        if cut >= 0:  # a stop string: emit what precedes it, then end
-            yield piece[: max(0, len(piece) - (len(text) - cut))]
-            break
-        yield piece
-    thread.join()
+    try:
+        for piece in streamer:
+            text += piece
+            cut = min((text.find(s) for s in decoding.stop if s and s in text), default=-1)
+            if cut >= 0:  # a stop string: emit what precedes it, then end
+                yield piece[: max(0, len(piece) - (len(text) - cut))]
+                closed.set()
+                break
+            yield piece
+    finally:
+        closed.set()  # the caller left early (or we are done): stop the generation thread
+        thread.join()
+    if done and isinstance(done[0], BaseException):
+        raise done[0]
+    return done[0] if done else None

@@ -1,0 +1,447 @@
+"""`gentune serve`: an OpenAI-compatible HTTP API and a playground page (FastAPI + uvicorn).
+
+    GET  /                      the playground (plain HTML + JS served from here, nothing external)
+    GET  /health                liveness and queue figures (the one route open without a key)
+    GET  /v1/models             the served model
+    POST /v1/completions        prompt(s) → text, through the model's task template
+    POST /v1/chat/completions   messages → reply, through the model's chat template; `stream`
+
+Prompts go through the same template, `encode_prompt` and `generate()` as `gentune generate`, so
+the answer is the same. Safe by default: loopback only unless told; with an API key every route
+but /health needs it; bodies over a limit → 413; max_tokens over a limit or past the context →
+400; malformed JSON or fields → 422; a full queue → 429 at once; a per-request timeout → 504.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, replace
+from importlib.resources import files
+
+from .config import Decoding
+from .data import Record
+from .encode import encode_prompt
+from .evaluate import default_decoding
+from .generate import Generation
+from .models import context_length
+from .openai_api import ChatRequest, CompletionRequest, RequestError
+from .runs import Loaded
+from .scheduler import Busy, GenerationFailed, Job, Scheduler, TimedOut
+from .tasks import PromptTemplate, build_template, get_task
+
+log = logging.getLogger("gentune.serve")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    api_key: str | None = None  # required on every route but /health when set
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    max_tokens_limit: int = 1024  # max_tokens above this get 400
+    max_batch: int = 8  # prompts generated together
+    max_queue: int = 64  # requests waiting; one more gets 429 at once
+    timeout: float = 120.0  # seconds per request, waiting included; then 504
+    model_name: str | None = None  # the id in /v1/models (default: the run's folder name)
+    task: str | None = None  # task template for a plain model (default: dialogue or text)
+
+
+def templates(loaded: Loaded, task: str | None) -> tuple[PromptTemplate, PromptTemplate]:
+    """(template for /v1/completions, template for /v1/chat/completions).
+
+    A run or exported directory brings its own; a plain model gets the task's (dialogue when
+    its tokenizer has a chat template, free text otherwise). Chat requests use the run's
+    template unless it is a free-text one, which has no turns.
+    """
+    tok = loaded.tokenizer
+    if loaded.template is not None:
+        if task and task != loaded.template.task:
+            raise ValueError(f"{loaded.name} was trained for task {loaded.template.task!r}, "
+                             f"not {task!r}; drop --task")
+        completion = loaded.template
+    else:
+        task = task or ("dialogue" if getattr(tok, "chat_template", None) else "text")
+        completion = build_template(get_task(task), tok)
+    chat = completion if completion.task != "text" else build_template(get_task("dialogue"), tok)
+    return completion, chat
+
+
+def prompt_record(template: PromptTemplate, text: str, *, row: int = 1,
+                  source: str = "<prompt>") -> Record:
+    """A bare prompt as a record of the template's task: what `gentune generate "..."` does."""
+    if template.task == "dialogue":
+        return Record(source=source, row=row, messages=({"role": "user", "content": text},))
+    return Record(source=source, row=row, input=text)
+
+
+class _Trailing:
+    """Holds back trailing whitespace of a stream, so the streamed text equals the non-streamed
+    (stripped) one exactly: leading whitespace is dropped, inner whitespace sent when followed."""
+
+    def __init__(self):
+        self.held, self.started = "", False
+
+    def feed(self, piece: str) -> str:
+        text = self.held + piece
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        body = text.rstrip()
+        self.held = text[len(body):]
+        return body
+
+
+def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    model, tok = loaded.model, loaded.tokenizer
+    completion_tpl, chat_tpl = templates(loaded, settings.task)
+    context = context_length(model)
+    name = settings.model_name or _default_name(loaded)
+    created = int(time.time())
+    scheduler = Scheduler(model, tok, max_batch=settings.max_batch, max_queue=settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        scheduler.close()
+
+    app = FastAPI(title="gentune", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.scheduler = scheduler
+    app.state.model_name = name
+    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+
+    # ---- errors, all in OpenAI's shape {"error": {message, type, param, code}} -----------
+    def error(status: int, message: str, kind: str, param=None, code=None, headers=None):
+        return JSONResponse({"error": {"message": message, "type": kind, "param": param,
+                                       "code": code}}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            if e.get("type") == "json_invalid":
+                ctx = e.get("ctx") or {}
+                problems.append(f"malformed JSON: {ctx.get('error', e.get('msg'))}")
+            elif e.get("type") == "extra_forbidden":
+                problems.append(f"{where}: unknown field")
+            else:
+                problems.append(f"{where or 'body'}: {e.get('msg')}")
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
+        return error(422, "; ".join(problems) or "invalid request", "invalid_request_error",
+                     param, "invalid_body")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), "invalid_request_error",
+                     headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestError)
+    async def bad_request(request, exc: RequestError):
+        return error(400, str(exc), "invalid_request_error", exc.param)
+
+    @app.exception_handler(Busy)
+    async def busy(request, exc: Busy):
+        return error(429, str(exc), "server_busy", code="queue_full",
+                     headers={"Retry-After": "1"})
+
+    @app.exception_handler(TimedOut)
+    async def timed_out(request, exc: TimedOut):
+        return error(504, f"{exc} ({settings.timeout:g} s, gentune serve --timeout); "
+                     "lower max_tokens or retry", "timeout", code="timeout")
+
+    @app.exception_handler(_NotFound)
+    async def not_found(request, exc: _NotFound):
+        return error(404, str(exc), "invalid_request_error", "model", "model_not_found")
+
+    @app.exception_handler(GenerationFailed)
+    async def failed(request, exc: GenerationFailed):
+        return error(500, str(exc), "server_error", code="generation_failed")
+
+    @app.exception_handler(Exception)
+    async def crashed(request, exc: Exception):
+        log.exception("request failed")
+        return error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+    # ---- helpers --------------------------------------------------------------------------
+    def check_model(body) -> None:
+        if body.model not in (None, "", name):
+            raise _NotFound(f"model {body.model!r} is not served here; this server serves "
+                            f"{name!r} (GET /v1/models)")
+
+    def fit(ids: list[int], body, decoding: Decoding, where: str) -> Decoding:
+        """Check prompt + output against the context (400), or shrink an unasked default."""
+        room = context - len(ids)
+        asked = body.requested_tokens()
+        if asked is not None and asked > room or room < 1:
+            raise RequestError(
+                f"{where}: the prompt has {len(ids)} tokens and max_tokens is "
+                f"{asked or decoding.max_new_tokens}, together more than the model's context "
+                f"of {context} tokens; shorten the prompt or lower max_tokens", "max_tokens")
+        return replace(decoding, max_new_tokens=min(decoding.max_new_tokens, room))
+
+    def encode(record: Record, template: PromptTemplate) -> list[int]:
+        ids, _, _ = encode_prompt(record, template, tok, max_length=10**9)
+        return ids
+
+    def make_decoding(body, template: PromptTemplate) -> Decoding:
+        d = body.decoding(default_decoding(template),
+                          max_tokens_limit=settings.max_tokens_limit)
+        if d.do_sample and body.seed is None:  # as OpenAI: unseeded sampling differs per call
+            d = replace(d, seed=secrets.randbelow(2**31))
+        return d
+
+    def usage(prompt_tokens: int, gens: list[Generation]) -> dict:
+        done = sum(g.new_tokens for g in gens)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": done,
+                "total_tokens": prompt_tokens + done}
+
+    def job(prompts: list[list[int]], decoding: Decoding) -> Job:
+        return Job(prompts=prompts, decoding=decoding,
+                   deadline=time.monotonic() + settings.timeout)
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    async def streamed(j: Job, prompt_tokens: int, chunk, include_usage: bool):
+        """Server-sent events: the pieces, a final chunk with finish_reason, [DONE]. The
+        response starts once the first piece is there, so a full queue (429) or a timeout
+        while waiting (504) is still an HTTP status."""
+        pieces = scheduler.stream(j)
+        try:
+            first = await anext(pieces)
+        except StopAsyncIteration:
+            first = None
+
+        async def events():
+            hold = _Trailing()
+            opening = chunk(None, None, start=True)
+            if opening:
+                yield sse(opening)
+            item = first
+            try:
+                while item is not None:
+                    if isinstance(item, Generation):
+                        yield sse(chunk(None, _reason(item)))
+                        if include_usage:
+                            yield sse({**chunk(None, None), "choices": [],
+                                       "usage": usage(prompt_tokens, [item])})
+                        break
+                    text = hold.feed(item)
+                    if text:
+                        yield sse(chunk(text, None))
+                    item = await anext(pieces, None)
+            except Exception as e:  # noqa: BLE001 — the status is sent already: say it here
+                kind = "timeout" if isinstance(e, TimedOut) else "server_error"
+                yield sse({"error": {"message": str(e), "type": kind}})
+            finally:
+                await pieces.aclose()
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    # ---- routes ---------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "context": context, **scheduler.stats()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
+                                            "owned_by": "gentune", "context_length": context,
+                                            "task": completion_tpl.task}]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def one_model(model_id: str):
+        if model_id != name:
+            raise _NotFound(f"model {model_id!r} is not served here; this server serves {name!r}")
+        return {"id": name, "object": "model", "created": created, "owned_by": "gentune"}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        check_model(body)
+        texts = body.prompts()
+        decoding = make_decoding(body, completion_tpl)
+        prompts = []
+        for i, text in enumerate(texts):
+            if body.raw:
+                ids = tok(text, add_special_tokens=True)["input_ids"]
+            else:
+                ids = encode(prompt_record(completion_tpl, text, row=i + 1), completion_tpl)
+            decoding = fit(ids, body, decoding, f"prompt {i}" if len(texts) > 1 else "prompt")
+            prompts.append(ids)
+        rid, n_prompt = f"cmpl-{secrets.token_hex(12)}", sum(map(len, prompts))
+
+        def chunk(text, reason, start=False):
+            if start:
+                return None
+            return {"id": rid, "object": "text_completion", "created": int(time.time()),
+                    "model": name, "choices": [{"index": 0, "text": text or "",
+                                                "finish_reason": reason, "logprobs": None}]}
+
+        if body.stream:
+            return await streamed(job(prompts, decoding), n_prompt, chunk,
+                                  _usage_wanted(body))
+        gens = await scheduler.complete(job(prompts, decoding))
+        return {"id": rid, "object": "text_completion", "created": int(time.time()),
+                "model": name, "choices": [
+                    {"index": k, "text": g.text, "finish_reason": _reason(g), "logprobs": None}
+                    for k, g in enumerate(gens)],
+                "usage": usage(n_prompt, gens)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        check_model(body)
+        record = Record(source="<chat>", row=1, messages=body.conversation())
+        decoding = make_decoding(body, chat_tpl)
+        ids = encode(record, chat_tpl)
+        decoding = fit(ids, body, decoding, "messages")
+        rid = f"chatcmpl-{secrets.token_hex(12)}"
+
+        def chunk(text, reason, start=False):
+            delta = {"role": "assistant", "content": ""} if start else (
+                {"content": text} if text is not None else {})
+            return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": name, "choices": [{"index": 0, "delta": delta,
+                                                "finish_reason": reason, "logprobs": None}]}
+
+        if body.stream:
+            return await streamed(job([ids], decoding), len(ids), chunk,
+                                  _usage_wanted(body))
+        gens = await scheduler.complete(job([ids], decoding))
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()),
+                "model": name, "choices": [
+                    {"index": k, "message": {"role": "assistant", "content": g.text},
+                     "finish_reason": _reason(g), "logprobs": None}
+                    for k, g in enumerate(gens)],
+                "usage": usage(len(ids), gens)}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        page = files("gentune").joinpath("static/playground.html").read_text()
+        return HTMLResponse(page, headers={
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
+    return app
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _default_name(loaded: Loaded) -> str:
+    from pathlib import Path
+
+    spec = str(loaded.name).rstrip("/")
+    return Path(spec).name if Path(spec).exists() else spec
+
+
+def _reason(g: Generation) -> str:
+    return "stop" if g.finished else "length"
+
+
+def _usage_wanted(body) -> bool:
+    return bool((body.stream_options or {}).get("include_usage"))
+
+
+class Guard:
+    """ASGI middleware: the API key (every route but /health) and the request body limit.
+
+    The key is accepted as `Authorization: Bearer KEY` (OpenAI clients) or HTTP Basic with the
+    key as password (so a browser can open the playground: it asks once). The body is read here
+    up to the limit and handed on; past the limit the answer is 413 without reading further.
+    """
+
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int):
+        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        if self.api_key and scope["path"] != "/health" and not self._authorized(headers):
+            challenge = 'Basic realm="gentune"' if scope["path"] == "/" else "Bearer"
+            return await _reply(send, 401, "missing or wrong API key: send the header "
+                                "'Authorization: Bearer <key>'", "authentication_error",
+                                {"www-authenticate": challenge})
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            return await _reply(send, 413, _too_big(self.max_body), "invalid_request_error")
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.max_body:
+                    return await _reply(send, 413, _too_big(self.max_body),
+                                        "invalid_request_error")
+            replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+            async def receive_again():
+                return replay.pop() if replay else await receive()
+
+            return await self.app(scope, receive_again, send)
+        return await self.app(scope, receive, send)
+
+    def _authorized(self, headers: dict) -> bool:
+        auth = headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        given = ""
+        if scheme.lower() == "bearer":
+            given = value.strip()
+        elif scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip()).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                given = ""
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+
+def _too_big(limit: int) -> str:
+    return (f"request body over the limit of {limit} bytes "
+            "(gentune serve --max-body-bytes)")
+
+
+async def _reply(send, status: int, message: str, kind: str, headers: dict | None = None):
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None,
+                                 "code": None}}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000,
+          settings: ServeSettings = ServeSettings()) -> None:
+    """Load the model and serve it until interrupted."""
+    import uvicorn
+
+    from .runs import load_for_inference
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        log.warning("listening on %s without an API key: anyone who can reach this machine "
+                    "can use the model (set --api-key or GENTUNE_API_KEY)", host)
+    loaded = load_for_inference(spec)
+    app = create_app(loaded, settings)
+    print(f"gentune: serving {app.state.model_name} on http://{host}:{port}/ "
+          f"(playground at /, API at /v1)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
