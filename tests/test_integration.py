@@ -60,3 +60,32 @@ def test_demo_end_to_end_in_small(tmp_path):
     for name in ("comparison.md", "eval/report.html", "eval/metrics.json",
                  "eval/base/metrics.json", "run/model/adapter_model.safetensors"):
         assert (tmp_path / "demo" / name).exists(), name
+
+
+@pytest.mark.integration
+def test_serve_the_embedded_model_answers_as_gentune_generate(capsys):
+    """The embedded model behind the OpenAI-compatible API: the chat answer is the CLI's."""
+    from fastapi.testclient import TestClient
+
+    from gentune.cli import main
+    from gentune.runs import load_for_inference
+    from gentune.serve import create_app
+
+    question = "What is the capital of France?"
+    capsys.readouterr()
+    assert main(["generate", "smollm2-135m", question, "--task", "dialogue",
+                 "--max-new-tokens", "24"]) == 0
+    want = capsys.readouterr().out.strip()
+    assert "Paris" in want
+    with TestClient(create_app(load_for_inference("smollm2-135m"))) as c:
+        r = c.post("/v1/chat/completions",
+                   json={"messages": [{"role": "user", "content": question}], "max_tokens": 24})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == want
+        r = c.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": question}], "max_tokens": 24,
+            "stream": True})
+        text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+                       for line in r.text.splitlines()
+                       if line.startswith("data: {") and '"choices": [{' in line)
+        assert text == want

@@ -448,3 +448,19 @@ def test_cli_serve_defaults_to_loopback_and_reads_the_key_from_env(monkeypatch, 
     assert main(["serve", trained_run, "--api-key", "flag", "--max-queue", "3"]) == 0
     assert seen["settings"].api_key == "flag" and seen["settings"].max_queue == 3
     assert main(["serve", trained_run, "--max-batch", "0"]) == 2
+
+
+def test_closing_a_stream_stops_its_generation(tiny_llama):
+    """A streaming client that leaves: the iterator is closed, the generation thread ends at
+    the next token instead of running to max_new_tokens."""
+    from gentune.config import Decoding
+    from gentune.generate import stream
+
+    loaded = load_for_inference(tiny_llama)  # random weights: never says EOS by itself
+    calls = []
+    hook = loaded.model.register_forward_hook(lambda *a: calls.append(1))
+    pieces = stream(loaded.model, loaded.tokenizer, [5, 6, 7, 8], Decoding(max_new_tokens=200))
+    next(pieces)
+    pieces.close()  # returns once the generation thread has ended
+    hook.remove()
+    assert len(calls) < 100
