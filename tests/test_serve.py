@@ -464,3 +464,17 @@ def test_closing_a_stream_stops_its_generation(tiny_llama):
     pieces.close()  # returns once the generation thread has ended
     hook.remove()
     assert len(calls) < 100
+
+
+def test_serves_an_exported_directory_with_its_template(trained_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from gentune.export import export
+
+    out = export(trained_run, tmp_path / "exported")
+    app = create_app(load_for_inference(str(out)))
+    with TestClient(app) as c:
+        models = c.get("/v1/models").json()["data"][0]
+        assert models["id"] == "exported" and models["task"] == "summarization"
+        r = c.post("/v1/completions", json={"prompt": PROMPT})
+        assert r.json()["choices"][0]["text"] == "Fox jumps dog."
