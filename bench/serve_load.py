@@ -1,13 +1,14 @@
 """Load test of `gentune serve`: N concurrent clients for a bounded time against a local server.
 
 Starts `gentune serve MODEL` on a free loopback port (a separate process, as users run it),
-then for each client count runs that many clients, each sending chat requests back to back
-for --duration seconds. When the time is up no new request is sent, and every request already
+once per --max-batch value (side by side: 1 = no batching of concurrent requests), then for
+each client count runs that many clients, each sending chat requests back to back for
+--duration seconds. When the time is up no new request is sent, and every request already
 sent is waited for: "lost" counts requests that never got an HTTP answer. Prints one row per
 client count: requests/s, p50/p95 latency, generated tokens/s, and errors by kind.
 
     .venv/bin/python bench/serve_load.py [--model smollm2-135m|RUN] [--clients 1,8,32]
-                                         [--duration 60] [--max-tokens 16]
+                                         [--max-batch 1,8] [--duration 30] [--max-tokens 16]
 """
 
 from __future__ import annotations
@@ -112,41 +113,47 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="model, run or exported directory")
     p.add_argument("--clients", default="1,8,32", help="client counts, comma-separated")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of load per count")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of load per count")
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--max-batch", default="1,8", help="server --max-batch values to compare")
     p.add_argument("--server-args", default="", help="extra flags for gentune serve")
     a = p.parse_args()
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    gentune = os.path.join(os.path.dirname(sys.executable), "gentune")
-    cmd = [gentune, "serve", a.model, "--port", str(port), *a.server_args.split()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rows = []
-    try:
-        asyncio.run(wait_ready(url, proc))
-        asyncio.run(load(url, 2, 5, a.max_tokens))  # warm-up
-        for n in (int(x) for x in a.clients.split(",")):
-            rows.append(asyncio.run(load(url, n, a.duration, a.max_tokens)))
-            print(f"  {n} clients done", file=sys.stderr, flush=True)
-    finally:
-        proc.terminate()
+    for batch in (int(x) for x in a.max_batch.split(",")):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        gentune = os.path.join(os.path.dirname(sys.executable), "gentune")
+        cmd = [gentune, "serve", a.model, "--port", str(port), "--max-batch", str(batch),
+               *a.server_args.split()]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            asyncio.run(wait_ready(url, proc))
+            asyncio.run(load(url, 2, 5, a.max_tokens))  # warm-up
+            for n in (int(x) for x in a.clients.split(",")):
+                rows.append({"batch": batch, **asyncio.run(load(url, n, a.duration,
+                                                                 a.max_tokens))})
+                print(f"  max-batch {batch}, {n} clients done", file=sys.stderr, flush=True)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     print(f"\ngentune serve {a.model} on loopback; chat requests, max_tokens={a.max_tokens}, "
           f"{a.duration:g} s of load per row {a.server_args}\n")
-    print("| clients | sent | answered | ok | errors | lost | requests/s | p50 s | p95 s "
-          "| generated tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| max batch | clients | sent | answered | ok | errors | lost | requests/s | p50 s "
+          "| p95 s | generated tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         lost = sum(v for k, v in r["errors"].items() if k.startswith("lost"))
         errors = {k: v for k, v in r["errors"].items() if not k.startswith("lost")}
         err = ", ".join(f"{k}: {v}" for k, v in errors.items()) or "0"
-        print(f"| {r['clients']} | {r['sent']} | {r['answered']} | {r['ok']} | {err} | {lost} "
-              f"| {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['tok_s']:.1f} |")
+        print(f"| {r['batch']} | {r['clients']} | {r['sent']} | {r['answered']} | {r['ok']} "
+              f"| {err} | {lost} | {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} "
+              f"| {r['tok_s']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -478,3 +478,21 @@ def test_serves_an_exported_directory_with_its_template(trained_run, tmp_path):
         assert models["id"] == "exported" and models["task"] == "summarization"
         r = c.post("/v1/completions", json={"prompt": PROMPT})
         assert r.json()["choices"][0]["text"] == "Fox jumps dog."
+
+
+def test_messages_the_template_refuses_are_a_400(loaded):
+    from dataclasses import replace
+
+    from .conftest import CHATML
+
+    strict = ("{% if messages[0]['role'] != 'user' %}"
+              "{{ raise_exception('conversations start with the user') }}{% endif %}" + CHATML)
+    picky = replace(loaded, template=replace(loaded.template, chat_template=strict))
+    with client(picky) as c:
+        r = c.post("/v1/chat/completions", headers=AUTH, json={"messages": [
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
+        assert r.status_code == 400
+        assert "conversations start with the user" in r.json()["error"]["message"]
+        r = c.post("/v1/chat/completions", headers=AUTH,
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        assert r.status_code == 200

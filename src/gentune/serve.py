@@ -191,7 +191,13 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
         return replace(decoding, max_new_tokens=min(decoding.max_new_tokens, room))
 
     def encode(record: Record, template: PromptTemplate) -> list[int]:
-        ids, _, _ = encode_prompt(record, template, tok, max_length=10**9)
+        """The prompt's ids, never shortened (too long is a 400, not a silent cut); a template
+        that cannot render these messages is the request's fault (400), not the server's."""
+        try:
+            ids, _, _ = encode_prompt(record, template, tok, max_length=10**9)
+        except Exception as e:  # noqa: BLE001 — jinja errors have no common base we import
+            raise RequestError(f"the messages cannot be rendered with the model's template: "
+                               f"{type(e).__name__}: {e}", "messages") from None
         return ids
 
     def make_decoding(body, template: PromptTemplate) -> Decoding:
