@@ -257,20 +257,31 @@ async def _wait_for(pred, timeout=10.0):
         await asyncio.sleep(0.01)
 
 
+BODY = {"prompt": PROMPT, "max_tokens": 4}
+
+
+def asgi(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+async def occupy(c: httpx.AsyncClient, app) -> asyncio.Task:
+    """Send a request and wait until the (blocked) worker is running it."""
+    first = asyncio.create_task(c.post("/v1/completions", json=BODY))
+    await _wait_for(lambda: app.state.scheduler.stats()["running"] == 1)
+    return first
+
+
 def test_full_queue_answers_429_at_once(loaded, monkeypatch):
     app = create_app(loaded, ServeSettings(max_queue=1, max_batch=1))
     sched = app.state.scheduler
 
     async def scenario(release):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            body = {"prompt": PROMPT, "max_tokens": 4}
-            first = asyncio.create_task(c.post("/v1/completions", json=body))
-            await _wait_for(lambda: sched.stats()["running"] == 1)
-            second = asyncio.create_task(c.post("/v1/completions", json=body))
+        async with asgi(app) as c:
+            first = await occupy(c, app)
+            second = asyncio.create_task(c.post("/v1/completions", json=BODY))
             await _wait_for(lambda: sched.stats()["queued"] == 1)
             start = time.monotonic()
-            third = await c.post("/v1/completions", json=body)
+            third = await c.post("/v1/completions", json=BODY)
             refused_in = time.monotonic() - start
             stream = await c.post("/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "hi"}], "stream": True})
@@ -295,15 +306,12 @@ def test_request_timeout_504_then_still_serving(loaded, monkeypatch):
     sched = app.state.scheduler
 
     async def scenario(release):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            body = {"prompt": PROMPT, "max_tokens": 4}
-            first = asyncio.create_task(c.post("/v1/completions", json=body))
-            await _wait_for(lambda: sched.stats()["running"] == 1)
-            waiting = await c.post("/v1/completions", json=body)  # times out in the queue
+        async with asgi(app) as c:
+            first = await occupy(c, app)
+            waiting = await c.post("/v1/completions", json=BODY)  # times out in the queue
             release.set()
             done = await first
-            again = await c.post("/v1/completions", json=body)
+            again = await c.post("/v1/completions", json=BODY)
             return waiting, done, again
 
     with blocked_worker(monkeypatch) as release:
@@ -365,8 +373,7 @@ def test_concurrent_greedy_requests_are_batched_with_the_same_answers(loaded, mo
     app = create_app(loaded, ServeSettings(max_batch=8))
 
     async def scenario():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with asgi(app) as c:
             reqs = [c.post("/v1/completions", json={"prompt": p["input"]}) for p in PAIRS]
             return await asyncio.gather(*reqs)
 
