@@ -444,8 +444,11 @@ def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000,
     from .runs import load_for_inference
 
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
-        log.warning("listening on %s without an API key: anyone who can reach this machine "
-                    "can use the model (set --api-key or GENTUNE_API_KEY)", host)
+        import sys
+
+        print(f"gentune serve: warning: listening on {host} without an API key: anyone who "
+              "can reach this machine can use the model (set --api-key or GENTUNE_API_KEY)",
+              file=sys.stderr, flush=True)
     loaded = load_for_inference(spec)
     app = create_app(loaded, settings)
     print(f"gentune: serving {app.state.model_name} on http://{host}:{port}/ "
