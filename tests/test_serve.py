@@ -115,6 +115,14 @@ def test_decoding_options_pass_through(loaded):
         assert ch["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == 2
         r = c.post("/v1/completions", headers=AUTH, json={"prompt": PROMPT, "stop": ["jumps"]})
         assert r.json()["choices"][0]["text"] == "Fox"
+        r = c.post("/v1/completions", headers=AUTH,
+                   json={"prompt": PROMPT, "stop": "jumps", "stream": True})
+        events = sse_events(r.text)
+        assert "".join(e["choices"][0]["text"] for e in events[:-1]) == "Fox"
+        assert events[-2]["choices"][0]["finish_reason"] == "stop"
+        r = c.post("/v1/completions", headers=AUTH,  # untemplated: the text as it is
+                   json={"prompt": PROMPT, "raw": True, "max_tokens": 3})
+        assert r.json()["usage"]["prompt_tokens"] == len(loaded.tokenizer(PROMPT)["input_ids"])
         sampled = {"prompt": PROMPT, "temperature": 1.5, "seed": 3, "n": 3, "max_tokens": 8}
         a = c.post("/v1/completions", headers=AUTH, json=sampled).json()["choices"]
         b = c.post("/v1/completions", headers=AUTH, json=sampled).json()["choices"]

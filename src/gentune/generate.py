@@ -199,7 +199,8 @@ def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(),
     """Yield the text of one generation piece by piece as it is produced (greedy output equals
     `generate`'s). Runs the generation in a background thread, which ends early when
     `should_stop()` turns true or when the caller closes the iterator. The iterator's return
-    value (StopIteration.value) is the whole `Generation`."""
+    value (StopIteration.value) is the whole `Generation`. A piece may be empty (the streamer
+    holds back a word until it is complete, and an ending that may grow into a stop string)."""
     import threading
 
     from transformers import TextIteratorStreamer
@@ -236,16 +237,26 @@ def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(),
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    text = ""
+    text, sent = "", 0  # all text so far; how much of it was yielded
+    stops = [s for s in decoding.stop if s]
     try:
         for piece in streamer:
             text += piece
-            cut = min((text.find(s) for s in decoding.stop if s and s in text), default=-1)
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:  # a stop string: emit what precedes it, then end
-                yield piece[: max(0, len(piece) - (len(text) - cut))]
+                if cut > sent:
+                    yield text[sent:cut]
+                sent = len(text)
                 closed.set()
                 break
-            yield piece
+            # hold back an ending that may still grow into a stop string
+            hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])),
+                       default=0)
+            new = text[sent:len(text) - hold]
+            sent += len(new)
+            yield new  # possibly "": one piece per token, so a consumer can leave any time
+        if sent < len(text):  # the generation ended: what was held back is plain text
+            yield text[sent:]
     finally:
         closed.set()  # the caller left early (or we are done): stop the generation thread
         thread.join()
