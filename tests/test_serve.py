@@ -511,3 +511,43 @@ def test_messages_the_template_refuses_are_a_400(loaded):
         r = c.post("/v1/chat/completions", headers=AUTH,
                    json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert r.status_code == 200
+
+
+def test_stream_timeouts(loaded, monkeypatch):
+    """Waiting past the deadline: a plain 504 (the stream has not started). Past it while
+    streaming: the status is sent already, so an error event says it, then [DONE]."""
+    from gentune.generate import Generation
+
+    app = create_app(loaded, ServeSettings(timeout=0.5, max_batch=1))
+    chat = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    async def queued(release):
+        async with asgi(app) as c:
+            first = await occupy(c, app)
+            waiting = await c.post("/v1/chat/completions", json=chat)
+            release.set()
+            await first
+            return waiting
+
+    with blocked_worker(monkeypatch) as release:
+        waiting = asyncio.run(queued(release))
+    assert waiting.status_code == 504
+
+    def slow_stream(model, tok, prompt, decoding, should_stop):
+        yield "Fox "
+        time.sleep(0.8)
+        assert should_stop()  # the deadline has passed: the generation is told to stop
+        return Generation(text="Fox", new_tokens=1, finished=False)
+
+    monkeypatch.setattr(scheduler_module, "stream", slow_stream)
+
+    async def late():
+        async with asgi(app) as c:
+            return await c.post("/v1/chat/completions", json=chat)
+
+    r = asyncio.run(late())
+    app.state.scheduler.close()
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]" and events[-2]["error"]["type"] == "timeout"
+    assert events[1]["choices"][0]["delta"]["content"] == "Fox"
