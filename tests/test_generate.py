@@ -79,7 +79,7 @@ def test_stream_gives_the_same_text_as_generate(tiny_llama):
     d = Decoding(max_new_tokens=12)
     for prompt in ids[:3]:
         want = generate(loaded.model, loaded.tokenizer, [prompt], d)[0].text
-        assert "".join(stream(loaded.model, loaded.tokenizer, prompt, d)).strip() == want
+        assert "".join(stream(loaded.model, loaded.tokenizer, prompt, d)) == want
 
 
 def test_decoding_options(tiny_llama):

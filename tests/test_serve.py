@@ -534,7 +534,7 @@ def test_stream_timeouts(loaded, monkeypatch):
     assert waiting.status_code == 504
 
     def slow_stream(model, tok, prompt, decoding, should_stop):
-        yield "Fox "
+        yield "Fox"  # stream() yields generate()'s text: no trailing space
         time.sleep(0.8)
         assert should_stop()  # the deadline has passed: the generation is told to stop
         return Generation(text="Fox", new_tokens=1, finished=False)

@@ -48,11 +48,9 @@ def chat(spec: str, *, decoding_overrides: dict | None = None, system: str | Non
         write("model> ")
         reply = ""
         for piece in stream(loaded.model, loaded.tokenizer, ids, decoding):
-            if not reply:
-                piece = piece.lstrip()
             reply += piece
             write(piece)
             if hasattr(sys.stdout, "flush"):
                 sys.stdout.flush()
         write("\n")
-        history.append({"role": "assistant", "content": reply.strip()})
+        history.append({"role": "assistant", "content": reply})

@@ -124,11 +124,7 @@ def cmd_generate(a) -> None:
         ids, _, _ = encode_prompt(records[0], template, loaded.tokenizer,
                                   max_length=context_length(loaded.model)
                                   - decoding.max_new_tokens)
-        started = False
         for piece in stream(loaded.model, loaded.tokenizer, ids, decoding):
-            if not started:  # generate() strips leading whitespace; so does the stream
-                piece = piece.lstrip()
-                started = bool(piece)
             print(piece, end="", flush=True)
         print()
         return

@@ -199,8 +199,10 @@ def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(),
     """Yield the text of one generation piece by piece as it is produced (greedy output equals
     `generate`'s). Runs the generation in a background thread, which ends early when
     `should_stop()` turns true or when the caller closes the iterator. The iterator's return
-    value (StopIteration.value) is the whole `Generation`. A piece may be empty (the streamer
-    holds back a word until it is complete, and an ending that may grow into a stop string)."""
+    value (StopIteration.value) is the whole `Generation`. The pieces join to exactly
+    `generate`'s text (stripped, cut before a stop string); a piece may be empty (the streamer
+    holds back a word until it is complete; trailing whitespace and an ending that may grow
+    into a stop string wait here)."""
     import threading
 
     from transformers import TextIteratorStreamer
@@ -237,26 +239,32 @@ def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(),
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    text, sent = "", 0  # all text so far; how much of it was yielded
+    # The text so far, as generate() would show it (leading whitespace dropped, trailing
+    # whitespace held back until more follows), and how much of it was yielded.
+    text, sent = "", 0
     stops = [s for s in decoding.stop if s]
     try:
         for piece in streamer:
             text += piece
+            if not sent:
+                text = text.lstrip()
             cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:  # a stop string: emit what precedes it, then end
-                if cut > sent:
-                    yield text[sent:cut]
+                end = len(text[:cut].rstrip())
+                if end > sent:
+                    yield text[sent:end]
                 sent = len(text)
                 closed.set()
                 break
-            # hold back an ending that may still grow into a stop string
+            # hold back an ending that may grow into a stop string, and whitespace before it
             hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])),
                        default=0)
-            new = text[sent:len(text) - hold]
-            sent += len(new)
-            yield new  # possibly "": one piece per token, so a consumer can leave any time
-        if sent < len(text):  # the generation ended: what was held back is plain text
-            yield text[sent:]
+            end = max(sent, len(text[:len(text) - hold].rstrip()))
+            yield text[sent:end]  # possibly "": one piece per token, so a consumer can leave
+            sent = end
+        rest = text[sent:].rstrip()
+        if rest:  # the generation ended: what was held back (bar whitespace) is plain text
+            yield rest
     finally:
         closed.set()  # the caller left early (or we are done): stop the generation thread
         thread.join()

@@ -77,23 +77,6 @@ def prompt_record(template: PromptTemplate, text: str, *, row: int = 1,
     return Record(source=source, row=row, input=text)
 
 
-class _Trailing:
-    """Holds back trailing whitespace of a stream, so the streamed text equals the non-streamed
-    (stripped) one exactly: leading whitespace is dropped, inner whitespace sent when followed."""
-
-    def __init__(self):
-        self.held, self.started = "", False
-
-    def feed(self, piece: str) -> str:
-        text = self.held + piece
-        if not self.started:
-            text = text.lstrip()
-            self.started = bool(text)
-        body = text.rstrip()
-        self.held = text[len(body):]
-        return body
-
-
 def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
     from contextlib import asynccontextmanager
 
@@ -230,7 +213,6 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
             first = None
 
         async def events():
-            hold = _Trailing()
             opening = chunk(None, None, start=True)
             if opening:
                 yield sse(opening)
@@ -243,9 +225,8 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
                             yield sse({**chunk(None, None), "choices": [],
                                        "usage": usage(prompt_tokens, [item])})
                         break
-                    text = hold.feed(item)
-                    if text:
-                        yield sse(chunk(text, None))
+                    if item:
+                        yield sse(chunk(item, None))
                     item = await anext(pieces, None)
             except Exception as e:  # noqa: BLE001 — the status is sent already: say it here
                 kind = "timeout" if isinstance(e, TimedOut) else "server_error"
