@@ -92,16 +92,13 @@ def cmd_plan(a) -> None:
 
 
 def _records_from_args(a, template):
-    from .data import Record, read_records
-    from .tasks import get_task
+    from .data import read_records
+    from .tasks import get_task, prompt_record
 
     if a.data:
         return read_records(a.data, kind=get_task(template.task).kind, fields=_fields(a),
                             require_output=False)
-    if template.task == "dialogue":
-        return [Record(source="<prompt>", row=1,
-                       messages=({"role": "user", "content": a.prompt},))]
-    return [Record(source="<prompt>", row=1, input=a.prompt)]
+    return [prompt_record(template, a.prompt)]
 
 
 def cmd_generate(a) -> None:

@@ -147,11 +147,11 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = De
         width = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
+        ids[:, :shared] = torch.tensor(prompts[0][:shared], dtype=torch.long)
+        mask[:, :shared] = 1
         for row, i in enumerate(idx):  # padding goes between the shared prefix and the rest
             own = prompts[i][shared:]
-            ids[row, :shared] = torch.tensor(prompts[i][:shared], dtype=torch.long)
             ids[row, width - len(own):] = torch.tensor(own, dtype=torch.long)
-            mask[row, :shared] = 1
             mask[row, width - len(own):] = 1
         extra = {}
         cut: dict[int, int] = {}  # row -> new tokens made when should_stop turned true

@@ -26,13 +26,13 @@ from importlib.resources import files
 from .config import Decoding
 from .data import Record
 from .encode import encode_prompt
-from .evaluate import default_decoding
+from .evaluate import default_decoding, resolve_template
 from .generate import Generation
 from .models import context_length
 from .openai_api import ChatRequest, CompletionRequest, RequestError
 from .runs import Loaded
 from .scheduler import Busy, GenerationFailed, Job, Scheduler, TimedOut
-from .tasks import PromptTemplate, build_template, get_task
+from .tasks import PromptTemplate, build_template, get_task, prompt_record
 
 log = logging.getLogger("gentune.serve")
 
@@ -57,24 +57,11 @@ def templates(loaded: Loaded, task: str | None) -> tuple[PromptTemplate, PromptT
     template unless it is a free-text one, which has no turns.
     """
     tok = loaded.tokenizer
-    if loaded.template is not None:
-        if task and task != loaded.template.task:
-            raise ValueError(f"{loaded.name} was trained for task {loaded.template.task!r}, "
-                             f"not {task!r}; drop --task")
-        completion = loaded.template
-    else:
-        task = task or ("dialogue" if getattr(tok, "chat_template", None) else "text")
-        completion = build_template(get_task(task), tok)
+    if loaded.template is None and not task:
+        task = "dialogue" if getattr(tok, "chat_template", None) else "text"
+    completion = resolve_template(loaded, task)
     chat = completion if completion.task != "text" else build_template(get_task("dialogue"), tok)
     return completion, chat
-
-
-def prompt_record(template: PromptTemplate, text: str, *, row: int = 1,
-                  source: str = "<prompt>") -> Record:
-    """A bare prompt as a record of the template's task: what `gentune generate "..."` does."""
-    if template.task == "dialogue":
-        return Record(source=source, row=row, messages=({"role": "user", "content": text},))
-    return Record(source=source, row=row, input=text)
 
 
 def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):

@@ -134,6 +134,15 @@ class PromptTemplate:
         return msgs
 
 
+def prompt_record(template: PromptTemplate, text: str, *, row: int = 1,
+                  source: str = "<prompt>") -> Record:
+    """A bare prompt as a record of the template's task (`gentune generate "..."`, the
+    server's completions): a user turn for dialogue, the input otherwise."""
+    if template.task == "dialogue":
+        return Record(source=source, row=row, messages=({"role": "user", "content": text},))
+    return Record(source=source, row=row, input=text)
+
+
 def build_template(task: Task, tokenizer, *, instruction: str | None = None,
                    source_lang: str | None = None, target_lang: str | None = None,
                    system: str | None = None, style: str = "auto") -> PromptTemplate:
