@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .errors import GentuneError, UsageError
+
 
 def _add_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-field", default="input", help="column holding the input")
@@ -22,11 +24,43 @@ def _add_template(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-lang", help="translation: target language, e.g. English")
 
 
+def _positive(kind):
+    """An argparse type: a number > 0 (a bad value is argparse's usage error, exit 2)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is a number from 1 to 65535")
+    return int(text)
+
+
+def _out_dir(path: str) -> Path:
+    """An output directory: may exist, must not be a file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a directory")
+    return out
+
+
 def _add_decoding(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding (defaults: the task's)")
     g.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
     g.add_argument("--sample", action="store_true", default=None, dest="do_sample",
                    help="sample instead of greedy decoding")
+    g.add_argument("--greedy", action="store_false", dest="do_sample", default=None,
+                   help="greedy (or beam) decoding, also for tasks that sample by default")
     g.add_argument("--temperature", type=float, help="sampling temperature")
     g.add_argument("--top-p", type=float, help="nucleus sampling")
     g.add_argument("--top-k", type=int, help="top-k sampling")
@@ -38,7 +72,7 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-return-sequences", type=int, help="outputs per prompt")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--seed", type=int, help="seed for sampling")
-    g.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
+    g.add_argument("--batch-size", type=_positive(int), default=8, help="prompts per batch")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -106,9 +140,11 @@ def cmd_generate(a) -> None:
     from .runs import load_for_inference
 
     if (a.prompt is None) == (a.data is None):
-        raise SystemExit("gentune generate: give either a prompt or --data FILE (not both)")
+        raise UsageError("give either a prompt or --data FILE (not both)")
     if a.data and not a.out:
-        raise SystemExit("gentune generate: --data needs --out DIR for predictions.jsonl")
+        raise UsageError("--data needs --out DIR for predictions.jsonl")
+    if a.out:
+        _out_dir(a.out)
     loaded = load_for_inference(a.model)
     template = resolve_template(loaded, a.task, **_template_args(a))
     decoding = default_decoding(template, **_decoding_overrides(a))
@@ -118,9 +154,12 @@ def cmd_generate(a) -> None:
         from .generate import stream
         from .models import context_length
 
-        ids, _, _ = encode_prompt(records[0], template, loaded.tokenizer,
-                                  max_length=context_length(loaded.model)
-                                  - decoding.max_new_tokens)
+        limit = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
+        ids, _, shortened = encode_prompt(records[0], template, loaded.tokenizer,
+                                          max_length=limit)
+        if shortened:
+            print(f"gentune generate: note: the input was shortened to fit the {limit}-token "
+                  "prompt limit (the run's training length)", file=sys.stderr)
         for piece in stream(loaded.model, loaded.tokenizer, ids, decoding):
             print(piece, end="", flush=True)
         print()
@@ -157,6 +196,7 @@ def cmd_export(a) -> None:
 def cmd_evaluate(a) -> None:
     from .evaluate import evaluate
 
+    _out_dir(a.out)
     result = evaluate(a.model, a.data, a.out, task=a.task, fields=_fields(a), limit=a.limit,
                       batch_size=a.batch_size, progress=not a.no_progress, compare=a.compare,
                       bootstrap=a.bootstrap, decoding_overrides=_decoding_overrides(a),
@@ -180,15 +220,11 @@ def cmd_serve(a) -> None:
     from . import DEFAULT_MODEL
     from .serve import ServeSettings, serve
 
-    for name in ("max_tokens_limit", "max_body_bytes", "max_batch", "max_queue"):
-        if getattr(a, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if a.timeout <= 0:
-        raise ValueError("--timeout must be > 0")
     settings = ServeSettings(
         api_key=a.api_key or os.environ.get("GENTUNE_API_KEY") or None,
         max_body_bytes=a.max_body_bytes, max_tokens_limit=a.max_tokens_limit,
-        max_batch=a.max_batch, max_queue=a.max_queue, timeout=a.timeout,
+        max_prompt_tokens=a.max_prompt_tokens, max_batch=a.max_batch, max_queue=a.max_queue,
+        timeout=a.timeout, header_timeout=a.header_timeout, body_timeout=a.body_timeout,
         model_name=a.model_name, task=a.task)
     serve(a.model or DEFAULT_MODEL, host=a.host, port=a.port, settings=settings)
 
@@ -211,7 +247,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = "" if f.default is MISSING else f" (default: {f.default})"
-        text = docs.get(f.name, "") + default
+        text = (docs.get(f.name, "") + default).replace("%", "%%")  # argparse formats help
         if f.name == "resume":
             p.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT",
                            help=text + "; alone: the latest complete checkpoint")
@@ -272,10 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled file")
     p.add_argument("--out", required=True, help="directory for predictions.jsonl, metrics.json")
     p.add_argument("--task", help="task, for a plain model (runs know theirs)")
-    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--limit", type=_positive(int), help="score only the first N rows")
     p.add_argument("--compare", metavar="BASE",
                    help="also score BASE (a model or run) on the same rows; writes report.html")
-    p.add_argument("--bootstrap", type=int, default=1000,
+    p.add_argument("--bootstrap", type=_positive(int), default=1000,
                    help="paired-bootstrap resamples for the intervals (seeded by --seed)")
     _add_fields(p)
     _add_template(p)
@@ -289,27 +325,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default loopback only; 0.0.0.0 = every "
                         "interface, set an API key then)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (1-65535)")
     p.add_argument("--api-key", default=None,
                    help="key every route but /health requires (default: $GENTUNE_API_KEY)")
     p.add_argument("--task", help="task template for a plain model (runs know theirs)")
     p.add_argument("--model-name", help="model id in /v1/models (default: the folder name)")
-    p.add_argument("--max-tokens-limit", type=int, default=1024,
+    p.add_argument("--max-tokens-limit", type=_positive(int), default=1024,
                    help="largest max_tokens a request may ask for")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
+    p.add_argument("--max-prompt-tokens", type=_positive(int), default=8192,
+                   help="prompt tokens a request may bring, summed over its prompts (then 400)")
+    p.add_argument("--max-body-bytes", type=_positive(int), default=1 << 20,
                    help="larger request bodies are refused with 413")
-    p.add_argument("--max-batch", type=int, default=8, help="prompts generated together")
-    p.add_argument("--max-queue", type=int, default=64,
+    p.add_argument("--max-batch", type=_positive(int), default=8,
+                   help="prompts generated together")
+    p.add_argument("--max-queue", type=_positive(int), default=64,
                    help="requests that may wait; more are refused at once with 429")
-    p.add_argument("--timeout", type=float, default=120.0,
+    p.add_argument("--timeout", type=_positive(float), default=120.0,
                    help="seconds per request, waiting included (then 504)")
+    p.add_argument("--header-timeout", type=_positive(float), default=10.0,
+                   help="seconds a client may take to send a request's headers (then the "
+                        "connection is closed)")
+    p.add_argument("--body-timeout", type=_positive(float), default=30.0,
+                   help="seconds a client may take to send a request's body (then 408)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="fine-tune the embedded model on ACLSum and compare")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--limit", type=int, help="evaluate on the first N validation rows only")
+    p.add_argument("--epochs", type=_positive(float), default=2.0)
+    p.add_argument("--max-steps", type=_positive(int))
+    p.add_argument("--limit", type=_positive(int),
+                   help="evaluate on the first N validation rows only")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -321,21 +366,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; returns the exit code: 0 done, 2 a user's mistake (one line naming the
+    file, row, field or flag and what to do), 130 interrupted, 1 a bug (with its traceback)."""
     import warnings
-
-    from .config import ConfigError
-    from .data import DataError
-    from .models import ModelError
 
     # third-party deprecation noise that users cannot act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as e:  # --help (0), or argparse's own usage error (2, already printed)
+        return e.code if isinstance(e.code, int) else 2
+    name = f"gentune {args.command}"
+    if unknown:  # named by the subcommand, with the nearest flag it has
+        return _fail(name, f"unrecognized arguments: {' '.join(unknown)}"
+                     + _nearest_flag(parser, args.command, unknown[0]))
     try:
         args.func(args)
-    except (ConfigError, DataError, ModelError, ValueError, FileNotFoundError) as e:
-        print(f"gentune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except GentuneError as e:
+        return _fail(name, str(e))
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # a path the user gave: missing, unreadable, not writable, or the disk is full
+        return _fail(name, f"{e.filename}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted" + (" (continue the run with --resume)"
+                                           if args.command == "train" else ""),
+              file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 — a bug: show everything, and ask for a report
+        import traceback
+
+        traceback.print_exc()
+        print(f"{name}: internal error: this is a bug in gentune, not in your input; please "
+              "report it with the command you ran and the traceback above", file=sys.stderr)
+        return 1
     return 0
+
+
+def _nearest_flag(parser: argparse.ArgumentParser, command: str, given: str) -> str:
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = [f for a in sub.choices[command]._actions for f in a.option_strings]
+    close = difflib.get_close_matches(given.split("=")[0], flags, n=1)
+    return f" (did you mean {close[0]}?)" if close else f" (see gentune {command} --help)"
+
+
+def _fail(name: str, message: str) -> int:
+    text = " ".join(line.strip() for line in message.strip().splitlines()) or "failed"
+    print(f"{name}: error: {text}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -12,19 +12,12 @@ from pathlib import Path
 from typing import Literal
 
 from . import DEFAULT_MODEL
+from .errors import ConfigError
 from .tasks import TASKS
 
 
-class ConfigError(ValueError):
-    """Invalid settings; the message lists every problem."""
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = problems or [message]
-
-
 def _fail(what: str, problems: list[str]):
-    raise ConfigError(f"invalid {what} settings:\n  - " + "\n  - ".join(problems), problems)
+    raise ConfigError(f"invalid {what} settings: " + "; ".join(problems), problems)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +63,7 @@ class TrainConfig:
     save_every: int | None = None  # checkpoint every N steps (always at the end)
     keep_last: int = 2  # checkpoints kept besides the best one
     resume: str | None = None  # "latest" or a checkpoint directory to continue from
+    overwrite: bool = False  # delete the run already in --out (checkpoints too) and start anew
     packing: bool = False  # pack several examples per row (they cannot attend to each other)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     compile: bool = False  # torch.compile the model
@@ -129,6 +123,9 @@ class TrainConfig:
               f"precision={self.precision!r}: choose auto, fp32, bf16 or fp16")
         check("final_model", lambda: self.final_model in ("best", "last"),
               f"final_model={self.final_model!r}: choose best or last")
+        check("resume overwrite", lambda: not (self.resume and self.overwrite),
+              "resume and overwrite: choose one (continue the run in --out, or delete it and "
+              "start again)")
         if problems:
             _fail("training", problems)
 
@@ -270,6 +267,10 @@ def _suggest(key: str, known: set[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+MIN_TEMPERATURE = 0.01  # lower sampling temperatures overflow the logits (use greedy)
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed accepts
+
+
 @dataclass(frozen=True, kw_only=True)
 class Decoding:
     max_new_tokens: int = 128  # tokens generated at most
@@ -290,8 +291,13 @@ class Decoding:
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if self.temperature <= 0:
-            problems.append(f"temperature={self.temperature}: must be > 0")
+        if not self.temperature >= MIN_TEMPERATURE:
+            problems.append(f"temperature={self.temperature}: must be >= {MIN_TEMPERATURE} "
+                            "(for greedy decoding, do not sample)")
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            problems.append(f"seed={self.seed}: must fit in 64 bits")
+        if not -100 <= self.length_penalty <= 100:
+            problems.append(f"length_penalty={self.length_penalty}: must be in [-100, 100]")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p={self.top_p}: must be in (0, 1]")
         if self.num_beams < 1:
@@ -300,8 +306,9 @@ class Decoding:
             problems.append(f"min_p={self.min_p}: must be in [0, 1)")
         if self.top_k < 0:
             problems.append(f"top_k={self.top_k}: must be >= 0")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty={self.repetition_penalty}: must be > 0")
+        if not 0.01 <= self.repetition_penalty <= 100:
+            problems.append(f"repetition_penalty={self.repetition_penalty}: must be in "
+                            "[0.01, 100]")
         if self.no_repeat_ngram_size < 0:
             problems.append(f"no_repeat_ngram_size={self.no_repeat_ngram_size}: must be >= 0")
         n = self.num_return_sequences

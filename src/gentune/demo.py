@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import DEFAULT_MODEL
 from .config import TrainConfig
+from .errors import UsageError
 from .evaluate import evaluate
 from .train import train
 
@@ -29,7 +30,7 @@ def aclsum_root() -> Path:
     dependencies are not needed)."""
     spec = importlib.util.find_spec("aclsum")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the demo needs the ACLSum data: run `pip install --no-deps aclsum` "
+        raise UsageError("the demo needs the ACLSum data: run `pip install --no-deps aclsum` "
                            "(or `./dev setup`, which installs it)")
     return Path(list(spec.submodule_search_locations)[0]) / "dataset"
 
@@ -98,7 +99,8 @@ def demo(out: str | Path = "runs/demo", *, epochs: float = 2.0, max_steps: int |
                       out=str(out / "run"), model=DEFAULT_MODEL, method="lora",
                       instruction=INSTRUCTION, epochs=epochs, max_steps=max_steps,
                       batch_size=8, max_length=384, progress=progress,
-                      eval_generate=0)  # the full comparison runs after training
+                      eval_generate=0,  # the full comparison runs after training
+                      overwrite=True)  # the demo replaces its own earlier run
     log(f"gentune demo: LoRA fine-tuning {DEFAULT_MODEL} on ACLSum (abstract -> title)")
     run = train(cfg, log=log)
     log("gentune demo: scoring the fine-tuned and the base model on the validation split")

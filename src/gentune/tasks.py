@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from .data import DataError, Kind, Record
+from .data import Kind, Record
+from .errors import ConfigError, DataError
 
 TaskName = Literal["summarization", "translation", "dialogue", "text"]
 
@@ -59,7 +60,7 @@ TASKS: dict[str, Task] = {
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[name]
 
 
@@ -79,6 +80,8 @@ class PromptTemplate:
     eos_token: str  # the string of the EOS token every target ends with
     chat_template: str | None = None  # the jinja template, copied from the tokenizer
     system: str | None = None  # optional system message for chat style
+    max_length: int | None = None  # tokens per example in training (prompt + target)
+    target_tokens: int | None = None  # the median target in training (EOS included)
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -87,6 +90,17 @@ class PromptTemplate:
     @classmethod
     def load(cls, path: str | Path) -> PromptTemplate:
         return cls(**json.loads(Path(path).read_text()))
+
+    def prompt_limit(self, context: int, max_new_tokens: int) -> int:
+        """The most tokens a prompt may have at inference. Training shortened inputs so that
+        prompt + target fit in `max_length`; at inference the same rule holds for a target of
+        the median training length, so such a row's prompt is token for token the one trained
+        on. Without a training limit (a plain model), or for free text: the context left after
+        `max_new_tokens`."""
+        room = context - max_new_tokens
+        if self.max_length is None:
+            return room
+        return min(room, self.max_length - (self.target_tokens or max_new_tokens))
 
     # ---- rendering ---------------------------------------------------------------------
     def segments(self, record: Record, tokenizer) -> list[Segment]:
@@ -150,17 +164,17 @@ def build_template(task: Task, tokenizer, *, instruction: str | None = None,
     text = task.instruction if instruction is None else instruction
     if task.name == "translation" and "{" in text:
         if not source_lang or not target_lang:
-            raise ValueError("task 'translation' needs --source-lang and --target-lang "
+            raise ConfigError("task 'translation' needs --source-lang and --target-lang "
                              "(e.g. --source-lang German --target-lang English)")
         text = text.format(source_lang=source_lang, target_lang=target_lang)
     if tokenizer.eos_token is None:
-        raise ValueError("the tokenizer has no EOS token; gentune needs one to teach the "
+        raise ConfigError("the tokenizer has no EOS token; gentune needs one to teach the "
                          "model to stop (set tokenizer.eos_token in the model directory)")
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if style == "auto":
         style = "chat" if has_chat and task.name != "text" else "plain"
     if style == "chat" and not has_chat:
-        raise ValueError("--template chat asked for, but the tokenizer has no chat template")
+        raise ConfigError("--template chat asked for, but the tokenizer has no chat template")
     return PromptTemplate(
         task=task.name, style=style, instruction=text, eos_token=tokenizer.eos_token,
         chat_template=tokenizer.chat_template if style == "chat" else None, system=system,
