@@ -15,6 +15,6 @@ rows = [r for split in ("train", "val", "test") for r in aclsum_rows(split, targ
 write_jsonl(Path(sys.argv[1]), rows)
 print(f"{len(rows)} rows -> {sys.argv[1]}")
 PY
-"$GT" train --task summarization --data "$OUT/data.jsonl" --out "$OUT/run"
+"$GT" train --task summarization --data "$OUT/data.jsonl" --out "$OUT/run" --overwrite
 "$GT" evaluate smollm2-135m --task summarization --data "$OUT/run/heldout.jsonl" --out "$OUT/eval-base"
 "$GT" evaluate "$OUT/run" --data "$OUT/run/heldout.jsonl" --out "$OUT/eval-tuned"

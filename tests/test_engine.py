@@ -313,3 +313,70 @@ def test_gradient_checkpointing_keeps_the_loss_curve(tiny_llama, tmp_path, metho
                           progress=False, tensorboard=False)
         curves.append([float(r["loss"]) for r in read_log(train(cfg, log=lambda *_: None))])
     assert curves[0] == pytest.approx(curves[1], rel=1e-5)
+
+
+def test_copied_run_with_moved_data_resumes_exactly(tiny_llama, reference, tmp_path):
+    """Resuming compares settings and the data's content, not paths: a run copied elsewhere,
+    with its data file moved, continues to the uninterrupted result."""
+    data, ref = reference
+    run = tmp_path / "run"
+    code, out = _run(_args(tiny_llama, data, run), {"GENTUNE_FAULT": "kill-after:10"})
+    assert code == -signal.SIGKILL, out
+    moved_data = tmp_path / "elsewhere" / "data-copy.jsonl"
+    moved_data.parent.mkdir()
+    moved_data.write_bytes(Path(data).read_bytes())
+    copy = tmp_path / "copied-run"
+    import shutil
+
+    shutil.copytree(run, copy)
+    shutil.rmtree(run)
+    code, out = _run(_args(tiny_llama, moved_data, copy, "--resume"))
+    assert code == 0, out
+    assert "resumed from" in out
+    _assert_same(copy, ref)
+    # other content under the same settings is refused, naming the file
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(Path(data).read_text().replace("#1", "#one"))
+    shutil.copytree(ref, tmp_path / "ref-copy")
+    (tmp_path / "ref-copy" / "manifest.json").unlink()
+    code, out = _run(_args(tiny_llama, changed, tmp_path / "ref-copy", "--resume"))
+    assert code == 2 and "the data file's content differs" in out
+
+
+def test_no_pickle_in_checkpoints(reference, monkeypatch, tiny_llama):
+    """Checkpoints hold safetensors and JSON only; loading one never unpickles."""
+    import pickle
+
+    _, ref = reference
+    last = checkpoint.latest(ref)
+    files = sorted(p.name for p in last.iterdir())
+    assert not [f for f in files if f.endswith((".pt", ".pkl", ".bin"))], files
+    assert {"optimizer.json", "optimizer.safetensors", "scheduler.json", "rng.json",
+            "rng.safetensors", "state.json", "trainable.safetensors"} <= set(files)
+
+    def refuse(*a, **k):
+        raise AssertionError("a checkpoint was unpickled")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    opt = checkpoint.load_tree(last, "optimizer")
+    assert opt["state"] and all(isinstance(k, int) for k in opt["state"])
+    assert isinstance(opt["param_groups"][0]["betas"], tuple)
+    rng = checkpoint.load_tree(last, "rng")
+    assert isinstance(rng["python"], tuple) and rng["torch"].dtype == torch.uint8
+
+
+def test_state_tree_round_trip_is_exact(tmp_path):
+    tree = {"state": {0: {"step": torch.tensor(3.0), "m": torch.randn(2, 3)}},
+            "groups": [{"betas": (0.9, 0.999), "lr": 1e-3 / 3, "none": None, "flag": True}],
+            "big": 2**63 + 5, "nan": float("nan"), "text": "ü"}
+    checkpoint.save_tree(tree, tmp_path, "t")
+    back = checkpoint.load_tree(tmp_path, "t")
+    assert back["groups"] == tree["groups"] and back["big"] == tree["big"]
+    assert back["text"] == "ü" and back["nan"] != back["nan"]
+    assert torch.equal(back["state"][0]["m"], tree["state"][0]["m"])
+    assert list(back["state"]) == [0]
+    (tmp_path / "optimizer.pt").write_bytes(b"old")
+    with pytest.raises(TrainingError, match="old pickle format"):
+        checkpoint.load(tmp_path, model=torch.nn.Linear(1, 1))

@@ -235,13 +235,13 @@ def test_chat_session(tiny_llama):
 
 
 def test_incomplete_run_and_long_prompts(tiny_llama, lora_run, tmp_path):
+    from gentune.errors import RunError
     from gentune.evaluate import evaluate
-    from gentune.models import ModelError
 
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{}")
-    with pytest.raises(ModelError, match="incomplete run directory"):
+    with pytest.raises(RunError, match="missing keys gentune_run, method, task, base_model"):
         load_for_inference(str(broken))
     data = write_jsonl(tmp_path / "long.jsonl", [{"input": "word " * 400, "output": "w"},
                                                  {"input": "short", "output": "s"}])

@@ -2,10 +2,12 @@
 
     RUN/checkpoints/step-00000012/
       trainable.safetensors   the trainable parameters (LoRA adapter or all weights)
-      optimizer.pt            AdamW state
-      scheduler.pt            learning-rate schedule state
-      rng.pt                  python, numpy and torch RNG states
+      optimizer.json + .safetensors   AdamW state (structure as JSON, tensors as safetensors)
+      scheduler.json          learning-rate schedule state
+      rng.json + .safetensors python, numpy and torch RNG states
       state.json              step, position in the data order, log rows, early-stopping state
+
+Nothing is unpickled: loading a checkpoint never runs code from its files.
 
 A checkpoint is written into a temporary directory and renamed into place; `state.json` is
 written last, so a directory named step-N always holds a complete checkpoint and a kill in the
@@ -22,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .errors import TrainingError
 
 PREFIX = "step-"
 
@@ -48,7 +53,9 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -57,7 +64,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -74,11 +82,11 @@ def save(run_dir: str | Path, step: int, *, model, optimizer, scheduler, state: 
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_tree(optimizer.state_dict(), tmp, "optimizer")
     if crash_hook:
         crash_hook("save")  # tests kill the process here, mid-save
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    save_tree(scheduler.state_dict(), tmp, "scheduler")
+    save_tree(rng_state(), tmp, "rng")
     with (tmp / "state.json").open("w") as f:
         json.dump({**state, "step": step}, f, default=str)
         f.flush()
@@ -118,18 +126,78 @@ def prune(run_dir: str | Path, *, keep_last: int, keep: tuple[int, ...] = ()) ->
 
 def load(path: Path, *, model, optimizer=None, scheduler=None) -> dict:
     """Restore weights (and optimizer, scheduler, RNG when given); returns state.json."""
-    weights = load_file(path / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise RuntimeError(f"{path}: checkpoint does not match the model ({missing[:3]}); "
-                           "resume with the same --model and --method")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    if scheduler is not None:
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / "state.json").read_text())
+    if (path / "optimizer.pt").exists():
+        raise TrainingError(f"{path}: a checkpoint in the old pickle format, which gentune no "
+                            "longer loads (it could run code); start the run again with "
+                            "--overwrite")
+    try:
+        weights = load_file(path / "trainable.safetensors")
+        params = dict(model.named_parameters())
+        missing = [n for n in weights if n not in params]
+        if missing:
+            raise TrainingError(f"{path}: checkpoint does not match the model ({missing[:3]}); "
+                                "resume with the same --model and --method")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        if optimizer is not None:
+            optimizer.load_state_dict(load_tree(path, "optimizer"))
+        if scheduler is not None:
+            scheduler.load_state_dict(load_tree(path, "scheduler"))
+            set_rng_state(load_tree(path, "rng"))
+        return json.loads((path / "state.json").read_text())
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise TrainingError(f"{path}: damaged checkpoint ({type(e).__name__}: {e}); resume from "
+                            "an earlier one with --resume CHECKPOINT, or start again with "
+                            "--overwrite") from None
+
+
+# ---- state dicts as JSON + safetensors (no pickle) -----------------------------------------
+def save_tree(obj, directory: Path, name: str) -> None:
+    """Write a nested state (dicts with any keys, lists, tuples, numbers, strings, tensors) as
+    NAME.json, with its tensors in NAME.safetensors. Floats keep their exact value (repr)."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(x):
+        if isinstance(x, torch.Tensor):
+            key = str(len(tensors))
+            tensors[key] = x.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if isinstance(x, dict):
+            if all(isinstance(k, str) for k in x):
+                return {"__dict__": {k: encode(v) for k, v in x.items()}}
+            return {"__items__": [[encode(k), encode(v)] for k, v in x.items()]}
+        if isinstance(x, tuple):
+            return {"__tuple__": [encode(v) for v in x]}
+        if isinstance(x, list):
+            return [encode(v) for v in x]
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"cannot save {type(x).__name__} in a checkpoint")
+
+    tree = encode(obj)
+    if tensors:
+        save_file(tensors, directory / f"{name}.safetensors")
+    (directory / f"{name}.json").write_text(json.dumps(tree))
+
+
+def load_tree(directory: Path, name: str):
+    """The state written by `save_tree`."""
+    tree = json.loads((directory / f"{name}.json").read_text())
+    file = directory / f"{name}.safetensors"
+    tensors = load_file(file) if file.exists() else {}
+
+    def decode(x):
+        if isinstance(x, list):
+            return [decode(v) for v in x]
+        if not isinstance(x, dict):
+            return x
+        if "__tensor__" in x:
+            return tensors[x["__tensor__"]]
+        if "__tuple__" in x:
+            return tuple(decode(v) for v in x["__tuple__"])
+        if "__items__" in x:
+            return {decode(k): decode(v) for k, v in x["__items__"]}
+        return {k: decode(v) for k, v in x["__dict__"].items()}
+
+    return decode(tree)

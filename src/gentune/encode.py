@@ -78,6 +78,23 @@ def _tokens(tokenizer, segments: list[Segment], eos_id: int, eos: str) -> tuple[
     return ids, labels
 
 
+def _render(method, record: Record, tokenizer) -> list[Segment]:
+    """The template's segments for a record; a template that cannot render it (a chat template
+    that raises, say) names the row."""
+    try:
+        return method(record, tokenizer)
+    except DataError as e:
+        if str(e).startswith(record.where):
+            raise
+        raise DataError(f"{record.where}: {e}") from None
+    except Exception as e:  # noqa: BLE001 — jinja2 errors of the model's own chat template
+        if type(e).__module__.split(".")[0] != "jinja2":
+            raise
+        raise DataError(f"{record.where}: the model's chat template refuses this conversation: "
+                        f"{e} (use --skip-invalid to drop such rows, or --template plain)"
+                        ) from None
+
+
 def _shorten(record: Record, n_tokens: int, tokenizer) -> Record | None:
     """The record with its input shortened by about n_tokens (from the end); None if impossible."""
     from dataclasses import replace
@@ -116,7 +133,7 @@ def encode_example(record: Record, template: PromptTemplate, tokenizer, *,
     eos_id = tokenizer.convert_tokens_to_ids(template.eos_token)
     report.rows += 1
     if record.text is not None:  # free text: long texts become consecutive windows
-        ids, labels = _tokens(tokenizer, template.segments(record, tokenizer), eos_id,
+        ids, labels = _tokens(tokenizer, _render(template.segments, record, tokenizer), eos_id,
                               template.eos_token)
         if len(ids) <= max_length:
             out = [Example(ids, labels, record.where)]
@@ -129,7 +146,7 @@ def encode_example(record: Record, template: PromptTemplate, tokenizer, *,
         return out
     current = record
     for _ in range(8):  # shortening re-tokenizes, so converge in a few rounds
-        segs = template.segments(current, tokenizer)
+        segs = _render(template.segments, current, tokenizer)
         while segs and not segs[-1].trained:  # trailing context carries no loss
             segs.pop()
         ids, labels = _tokens(tokenizer, segs, eos_id, template.eos_token)
@@ -201,7 +218,7 @@ def encode_prompt(record: Record, template: PromptTemplate, tokenizer, *,
     eos_id = tokenizer.convert_tokens_to_ids(template.eos_token)
     current, shortened = record, False
     for _ in range(8):
-        segs = template.prompt_segments(current, tokenizer)
+        segs = _render(template.prompt_segments, current, tokenizer)
         ids, _ = _tokens(tokenizer, segs, eos_id, template.eos_token)
         if len(ids) <= max_length:
             return ids, "".join(s.text for s in segs), shortened
@@ -212,6 +229,18 @@ def encode_prompt(record: Record, template: PromptTemplate, tokenizer, *,
     raise DataError(f"{record.where}: the prompt does not fit in the model's context "
                     f"({max_length} tokens left for it); shorten the input or lower "
                     "--max-new-tokens")
+
+
+def with_length_limit(template: PromptTemplate, max_length: int,
+                      examples: list[Example]) -> PromptTemplate:
+    """The template carrying training's length limit, so inference shortens inputs by the same
+    rule (`PromptTemplate.prompt_limit`): max_length and the median target length of the
+    examples that have a prompt (free text has none)."""
+    from dataclasses import replace
+
+    targets = sorted(e.n_targets for e in examples if e.labels and e.labels[0] == IGNORE)
+    return replace(template, max_length=max_length,
+                   target_tokens=targets[len(targets) // 2] if targets else None)
 
 
 # ---- batching ------------------------------------------------------------------------------

@@ -14,15 +14,28 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import RunError, UsageError
 from .generate import eos_ids
-from .models import ModelError
-from .runs import is_run, load_for_inference
+from .runs import interrupted, load_for_inference, run_state
 
 
 def export(run: str | Path, out: str | Path) -> Path:
     run, out = Path(run), Path(out)
-    if not is_run(run):
-        raise ModelError(f"{run}: not a gentune run directory (no manifest.json/template.json)")
+    state = run_state(run)
+    if state == "interrupted":
+        raise interrupted(run)
+    if state is None:
+        raise RunError(f"{run}: not a gentune run directory (no manifest.json); give the --out "
+                       "of a finished `gentune train`")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a directory")
+    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents or \
+            out.resolve() in run.resolve().parents:
+        raise UsageError(f"--out {out}: inside or around the run {run}; export to a directory "
+                         "of its own")
+    if out.is_dir() and any(out.iterdir()) and not (out / "gentune_export.json").exists():
+        raise UsageError(f"--out {out}: the directory is not empty and holds no gentune "
+                         "export; choose a new or empty directory")
     loaded = load_for_inference(str(run), merge=True)
     model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.template
     if template.style == "chat":

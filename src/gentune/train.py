@@ -24,27 +24,35 @@ import torch
 
 from . import checkpoint, runs
 from .config import TrainConfig
-from .data import Fields, ReadReport, read_records, split_train_val, write_records
+from .data import (
+    Fields,
+    ReadReport,
+    fingerprint,
+    read_records,
+    record_key,
+    split_train_val,
+    write_records,
+)
 from .encode import (
     collate,
     encode_dataset,
     encode_prompt,
     length_grouped_batches,
     pack_examples,
+    with_length_limit,
 )
+from .errors import TrainingError
 from .models import context_length, corpus_nll, load_model, token_nll, wrap_lora
 from .tasks import build_template, get_task
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens",
               "tokens_per_s", "target_tokens_per_s", "peak_memory_mb", "elapsed_s",
               "val_loss", "val_perplexity", "val_metric"]
-# settings that may differ between a run and its resumption
-RESUMABLE = {"resume", "progress", "max_steps", "epochs", "save_every", "keep_last",
-             "tensorboard", "patience", "eval_budget_s"}
-
-
-class TrainingError(RuntimeError):
-    """Training stopped; the message says why and what to do."""
+# settings that may differ between a run and its resumption: they change neither the data
+# order nor the optimizer's path (the data files are compared by content, not by path, so a
+# copied or moved run can be resumed)
+RESUMABLE = {"resume", "overwrite", "out", "data", "val", "progress", "max_steps", "epochs",
+             "save_every", "keep_last", "tensorboard", "patience", "eval_budget_s"}
 
 
 def seed_everything(seed: int) -> None:
@@ -68,6 +76,32 @@ def load_data(cfg: TrainConfig):
     else:
         train, val = split_train_val(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
     return train, val, reports
+
+
+def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
+    """sha256 of the training (and validation) file: what resuming compares, not the paths."""
+    return {"data": fingerprint(cfg.data), **({"val": fingerprint(cfg.val)} if cfg.val else {})}
+
+
+def overlap_warnings(cfg: TrainConfig, train: list, val: list) -> list[str]:
+    """Validation that is (partly) the training data makes its scores optimistic: say so,
+    with counts."""
+    out = []
+    if cfg.val:
+        same = Path(cfg.val).resolve() == Path(cfg.data).resolve() or \
+            fingerprint(cfg.val) == fingerprint(cfg.data)
+        if same:
+            out.append(f"--val {cfg.val} is the training file --data {cfg.data}: validation "
+                       "scores will be optimistic; give held-out rows, or leave out --val to "
+                       "split some off")
+            return out
+    seen = {record_key(r) for r in train}
+    shared = [r.where for r in val if record_key(r) in seen]
+    if shared:
+        out.append(f"{len(shared)} of {len(val)} validation rows also occur in the training "
+                   f"data (e.g. {', '.join(shared[:3])}): validation scores will be optimistic;"
+                   " remove the duplicates")
+    return out
 
 
 class TargetLoss(torch.nn.Module):
@@ -129,7 +163,7 @@ def generation_metric(model, tokenizer, template, records, metric: str, *, rows:
     was_training = model.training
     model.eval()
     decoding = default_decoding(template, do_sample=False)
-    room = context_length(model) - decoding.max_new_tokens
+    room = template.prompt_limit(context_length(model), decoding.max_new_tokens)
     pool = records if rows is None else records[:rows]
     outputs, refs, start = [], [], time.time()
     for i in range(0, len(pool), batch_size):
@@ -157,6 +191,7 @@ class State:
     bad_evals: int = 0
     gen_rows: int | None = None  # size of the generation subset, fixed at the first validation
     stopped_early: bool = False
+    data_sha256: dict = field(default_factory=dict)  # the data trained on, checked on resume
 
 
 def _fault(point: str, step: int) -> None:
@@ -180,14 +215,41 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _check_resumable(out: Path, cfg: TrainConfig) -> None:
-    saved = json.loads((out / "train_config.json").read_text())
+def _check_resumable(run: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue `run` with settings that change the data order or the optimizer."""
+    file = run / "train_config.json"
+    if not file.exists():
+        return
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrainingError(f"{file}: cannot read it ({e}); the run directory is damaged: "
+                            "start again with --overwrite") from None
     now = cfg.to_dict()
     diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
              if k not in RESUMABLE and saved.get(k) != now.get(k)]
     if diffs:
-        raise TrainingError(f"{out}: cannot resume with different settings ({'; '.join(diffs)});"
-                            " use the original settings or a new --out")
+        raise TrainingError(f"{run}: cannot resume with different settings ({'; '.join(diffs)});"
+                            " use the original settings, --overwrite, or a new --out")
+
+
+def _resume_point(cfg: TrainConfig, out: Path, log) -> Path | None:
+    """The checkpoint to continue from (None: start from the beginning)."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "latest":
+        found = checkpoint.latest(out)
+        _check_resumable(out, cfg)
+        if found is None:
+            log(f"gentune: no complete checkpoint in {out}; starting from the beginning")
+        return found
+    found = Path(cfg.resume)
+    if not (found / "state.json").is_file():
+        raise TrainingError(f"--resume {cfg.resume}: not a complete checkpoint (a directory "
+                            "RUN/checkpoints/step-N with its state.json); give one, or --resume "
+                            "alone for the latest in --out")
+    _check_resumable(found.resolve().parent.parent, cfg)
+    return found
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -227,6 +289,8 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
         if rep.skipped:
             log(f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
                 f"{rep.skipped[0]}")
+    for warning in overlap_warnings(cfg, train_records, val_records):
+        log(f"gentune: warning: {warning}")
     model, tokenizer, resolved = load_model(cfg.model)
     template = build_template(task, tokenizer, instruction=cfg.instruction,
                               source_lang=cfg.source_lang, target_lang=cfg.target_lang,
@@ -241,6 +305,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     log(f"gentune: validation: {val_rep.summary()}")
     if not train_ex:
         raise TrainingError("no training examples left after encoding")
+    template = with_length_limit(template, max_length, train_ex)  # the same limit at inference
     if cfg.packing:
         n = len(train_ex)
         train_ex = pack_examples(train_ex, max_length)
@@ -274,16 +339,10 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
         log = lambda *_: None  # noqa: E731  (logs come from the main process only)
     world = accelerator.num_processes
 
-    # ---- resume? ------------------------------------------------------------------------
-    resume_from = None
-    if cfg.resume:
-        resume_from = checkpoint.latest(out) if cfg.resume == "latest" else Path(cfg.resume)
-        if resume_from is None:
-            log(f"gentune: no complete checkpoint in {out}; starting from the beginning")
-        elif not (resume_from / "state.json").exists():
-            raise TrainingError(f"{resume_from}: not a complete checkpoint")
-        else:
-            _check_resumable(out, cfg)
+    # ---- the run directory: a new run, this run continued, or an old one replaced ---------
+    runs.prepare_out(out, resume=bool(cfg.resume), overwrite=cfg.overwrite, main=main)
+    accelerator.wait_for_everyone()
+    resume_from = _resume_point(cfg, out, log)
 
     # ---- data and model -----------------------------------------------------------------
     prep = prepare(cfg, log=log)
@@ -291,8 +350,11 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     train_ex, val_ex, val_records = prep.train_ex, prep.val_ex, prep.val_records
     train_rep, val_rep, read_reports = prep.train_report, prep.val_report, prep.read_reports
     resolved, max_length = prep.resolved, prep.max_length
+    fingerprints = data_fingerprints(cfg)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        # not complete until the end: nothing loads an older model from here meanwhile
+        (out / "manifest.json").unlink(missing_ok=True)
         if not resume_from:
             runs.write_json(out / "train_config.json", cfg.to_dict())
             if not cfg.val:  # keep the held-out rows, so the run can be scored on them
@@ -311,10 +373,16 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler, optimizer,
         num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
-    state = State()
+    state = State(data_sha256=fingerprints)
     if resume_from:
         state = State(**checkpoint.load(resume_from, model=model, optimizer=optimizer,
                                         scheduler=scheduler))
+        changed = sorted(k for k in fingerprints if state.data_sha256.get(k, fingerprints[k])
+                         != fingerprints[k])
+        if changed:
+            raise TrainingError(f"--resume: the {' and '.join(changed)} file's content differs "
+                                f"from what {resume_from} was trained on; resume with the "
+                                "original data, or start again with --overwrite")
         log(f"gentune: resumed from {resume_from} (step {state.step})")
     loss_model = TargetLoss(model)
     if cfg.compile:
@@ -487,6 +555,9 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
         log_file.close()
         if tb:
             tb.close()
+        from .report import loss_curve_png
+
+        loss_curve_png(state.history, out / "loss.png")
         val_rows = [r for r in state.history if "val_loss" in r]
         runs.save_run(
             out, model=model, tokenizer=tokenizer, template=template, cfg=cfg,
@@ -508,9 +579,6 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
                 "total_seconds": round(time.time() - started, 2),
             },
         )
-        from .report import loss_curve_png
-
-        loss_curve_png(state.history, out / "loss.png")
         log(f"gentune: saved run to {out}")
     accelerator.wait_for_everyone()
     return out

@@ -1,0 +1,77 @@
+"""The run directory is never mixed or mistaken: an existing run is continued only with
+--resume and replaced only with --overwrite; a run is complete only once its last file is
+written, and nothing loads an interrupted one."""
+
+import pytest
+
+from gentune import checkpoint
+from gentune.config import TrainConfig
+from gentune.errors import RunError
+from gentune.runs import load_for_inference, run_state
+from gentune.train import train
+
+from .conftest import PAIRS, write_jsonl
+
+
+def _cfg(model, data, out, **kw) -> TrainConfig:
+    return TrainConfig(task="summarization", data=str(data), out=str(out), model=model,
+                       batch_size=4, eval_generate=0, progress=False, tensorboard=False,
+                       **{"max_steps": 2, "save_every": 1, "keep_last": 5, **kw})
+
+
+def _quiet(*_):
+    pass
+
+
+def test_existing_run_needs_resume_or_overwrite(tiny_gpt2, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    out = tmp_path / "run"
+    train(_cfg(tiny_gpt2, data, out), log=_quiet)
+    assert run_state(out) == "complete"
+    assert [p.name for p in checkpoint.complete(out)] == ["step-00000001", "step-00000002"]
+    with pytest.raises(RunError, match="already holds a complete run; add --resume to "
+                                       "continue it, --overwrite to delete it"):
+        train(_cfg(tiny_gpt2, data, out), log=_quiet)
+    (out / "stray.txt").write_text("from the old run")
+    train(_cfg(tiny_gpt2, data, out, max_steps=1, overwrite=True), log=_quiet)
+    assert not (out / "stray.txt").exists()  # the old run is gone, not mixed in
+    assert [p.name for p in checkpoint.complete(out)] == ["step-00000001"]
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header + one step
+
+
+def test_a_directory_that_is_no_run_is_never_deleted(tiny_gpt2, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    mine = tmp_path / "my-files"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    for extra in ({}, {"overwrite": True}, {"resume": "latest"}):
+        with pytest.raises(RunError, match="not empty and holds no gentune run"):
+            train(_cfg(tiny_gpt2, data, mine, **extra), log=_quiet)
+    assert (mine / "thesis.tex").read_text() == "precious"
+
+
+def test_a_continued_run_is_interrupted_until_it_is_complete(tiny_gpt2, tmp_path, monkeypatch):
+    """Continuing a finished run marks it unfinished first: a crash mid-way leaves an
+    interrupted run that nothing loads (never the older model), then --resume finishes it."""
+    import gentune.train as train_mod
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    out = tmp_path / "run"
+    train(_cfg(tiny_gpt2, data, out), log=_quiet)
+    load_for_inference(str(out))  # complete: loads
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "accumulate_gradients", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_gpt2, data, out, max_steps=4, resume="latest"), log=_quiet)
+    assert run_state(out) == "interrupted"
+    with pytest.raises(RunError, match=r"interrupted run \(last checkpoint: step 2\) — continue "
+                                       r"it with `gentune train --config .*train_config.json "
+                                       r"--resume`"):
+        load_for_inference(str(out))
+    monkeypatch.undo()
+    train(_cfg(tiny_gpt2, data, out, max_steps=4, resume="latest"), log=_quiet)
+    assert run_state(out) == "complete"
+    assert checkpoint.latest(out).name == "step-00000004"
