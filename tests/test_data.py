@@ -105,3 +105,56 @@ def test_unknown_model_offline_message():
         load_model("no-such-org/no-such-model-xyz")
     with pytest.raises(ModelError, match="no such directory"):
         load_model("./missing/model/dir")
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("few.tsv", "input\toutput\na\tb\nonly-one-cell\n",
+     r"few.tsv:3: the row has 1 cell, the header 2 columns \(input, output\); separate every "
+     r"cell with a tab"),
+    ("few.csv", "input,output,extra\na,b,c\nx,y\n",
+     r"few.csv:3: the row has 2 cells, the header 3 columns"),
+    ("null.jsonl", '{"input": "a", "output": null}\n',
+     r"null.jsonl:1: field 'output' is null; give it a string"),
+    ("assistant-first.jsonl",
+     '{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}\n',
+     r"assistant-first.jsonl:1: messages\[0\]: the conversation starts with the assistant's"),
+    ("system-then-assistant.jsonl",
+     '{"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}\n',
+     r"system-then-assistant.jsonl:1: messages\[1\]: the conversation starts with the assistant"),
+])
+def test_messages_point_the_right_way(tmp_path, name, content, expected):
+    p = tmp_path / name
+    p.write_text(content)
+    kind = "chat" if "messages" in content else "pairs"
+    with pytest.raises(DataError, match=expected):
+        read_records(p, kind=kind)
+
+
+def test_compressed_files_are_read_or_named(tmp_path):
+    import gzip
+    import zipfile
+
+    rows = '{"input": "a", "output": "b"}\n'
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(rows.encode()))
+    assert read_records(tmp_path / "d.jsonl.gz", kind="pairs")[0].output == "b"
+    (tmp_path / "gz-named-plain.jsonl").write_bytes(gzip.compress(rows.encode()))
+    with pytest.raises(DataError, match=r"gz-named-plain.jsonl: the file is compressed \(gz\), "
+                       r"not plain text; rename it to gz-named-plain.jsonl.gz"):
+        read_records(tmp_path / "gz-named-plain.jsonl", kind="pairs")
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
+        z.writestr("d.jsonl", rows)
+    (tmp_path / "d.zip").rename(tmp_path / "zipped.jsonl")
+    with pytest.raises(DataError, match=r"compressed \(zip\), not plain text; extract it first"):
+        read_records(tmp_path / "zipped.jsonl", kind="pairs")
+
+
+def test_utf16_and_utf32_by_their_byte_order_mark(tmp_path):
+    text = "input,output\ncafé,日本語\n"
+    for enc in ("utf-16", "utf-16-be", "utf-32"):
+        p = tmp_path / f"{enc}.csv"
+        data = text.encode(enc)
+        if enc == "utf-16-be":
+            data = b"\xfe\xff" + data
+        p.write_bytes(data)
+        rec = read_records(p, kind="pairs")[0]
+        assert (rec.input, rec.output) == ("café", "日本語"), enc

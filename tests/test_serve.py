@@ -194,7 +194,8 @@ def test_400_limits_and_unsupported(loaded):
         assert r.status_code == 400
         assert "context of 256 tokens" in r.json()["error"]["message"]
         r = post("/v1/chat/completions", messages=[{"role": "user", "content": "dog " * 400}])
-        assert r.status_code == 400  # the prompt alone does not fit
+        # past the run's training length: shortened as `gentune generate` shortens it, counted
+        assert r.status_code == 200 and r.json()["gentune"]["prompts_shortened"] == 1
         assert post("/v1/chat/completions", messages=msgs).status_code == 200  # shrunk default
         assert post("/v1/completions", prompt="hi", presence_penalty=0.5).status_code == 400
         assert post("/v1/completions", prompt="hi", logprobs=3).status_code == 400
@@ -402,9 +403,13 @@ def free_port() -> int:
 def live_server(loaded, **settings):
     import uvicorn
 
+    from gentune.serve import server_config
+
     app = create_app(loaded, ServeSettings(**settings))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port,
+                                          settings=ServeSettings(**settings),
+                                          log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     end = time.monotonic() + 20
@@ -551,3 +556,100 @@ def test_stream_timeouts(loaded, monkeypatch):
     events = sse_events(r.text)
     assert events[-1] == "[DONE]" and events[-2]["error"]["type"] == "timeout"
     assert events[1]["choices"][0]["delta"]["content"] == "Fox"
+
+
+# ---- client input never gets a 500 --------------------------------------------------------
+CHAT = [{"role": "user", "content": "hello world"}]
+HOSTILE = [  # (route, body, status, field the answer must name)
+    ("/v1/completions", {"prompt": PROMPT, "temperature": 1e-300}, 400, "temperature"),
+    ("/v1/chat/completions", {"messages": CHAT, "temperature": 1e-9}, 400, "temperature"),
+    ("/v1/completions", {"prompt": PROMPT, "seed": 2**64}, 422, "seed"),
+    ("/v1/completions", {"prompt": PROMPT, "seed": -(2**70)}, 422, "seed"),
+    ("/v1/completions", {"prompt": "\ud800 lone surrogate"}, 422, "prompt"),
+    ("/v1/completions", {"prompt": ["ok", "bad \udfff"]}, 422, "prompt"),
+    ("/v1/completions", {"prompt": PROMPT, "stop": ["\ud83d"]}, 422, "stop"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x\udc00"}]}, 422,
+     "messages"),
+    ("/v1/completions", {"prompt": PROMPT, "model": "\ud800"}, 422, "model"),
+    ("/v1/completions", {"prompt": PROMPT, "user": "\ud800"}, 422, "user"),
+    ("/v1/completions", {"prompt": PROMPT, "length_penalty": 1e308, "num_beams": 2}, 422,
+     "length_penalty"),
+    ("/v1/completions", {"prompt": PROMPT, "repetition_penalty": 1e-300}, 422,
+     "repetition_penalty"),
+    ("/v1/completions", {"prompt": PROMPT, "top_k": 2**80}, 422, "top_k"),
+    ("/v1/completions", {"prompt": PROMPT, "no_repeat_ngram_size": 2**70}, 422,
+     "no_repeat_ngram_size"),
+    ("/v1/completions", {"prompt": PROMPT, "stop": "x" * 10_000}, 400, "stop"),
+    ("/v1/completions", {"prompt": [], "max_tokens": 3}, 422, "prompt"),
+    ("/v1/completions", {"prompt": "", "raw": True, "max_tokens": 3}, 422, "prompt"),
+    ("/v1/completions", {"prompt": [" ", ""], "raw": True, "max_tokens": 3}, 400, "prompt"),
+    ("/v1/completions", {"prompt": PROMPT, "max_tokens": 2**70}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": PROMPT, "n": 2, "num_beams": 2, "top_p": 1e-300}, 200, None),
+]
+
+
+@pytest.mark.parametrize("route,body,status,field", HOSTILE)
+def test_hostile_values_are_4xx_naming_the_field(loaded, route, body, status, field):
+    with client(loaded) as c:
+        r = c.post(route, headers={**AUTH, "content-type": "application/json"},
+                   content=json.dumps(body).encode())
+        assert r.status_code == status, r.text
+        if field:
+            err = r.json()["error"]
+            assert field in f"{err['param']} {err['message']}", r.text
+
+
+@pytest.mark.parametrize("raw,status", [(b'{"prompt": "x", "temperature": NaN}', 422),
+                                        (b'{"prompt": "x", "length_penalty": Infinity}', 422),
+                                        (b'{"prompt": "x", "top_p": -Infinity}', 422),
+                                        (b'{"prompt": "caf\xe9"}', 400)])
+def test_non_finite_numbers_and_bad_bytes_are_4xx(loaded, raw, status):
+    with client(loaded) as c:
+        r = c.post("/v1/completions", headers={**AUTH, "content-type": "application/json"},
+                   content=raw)
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["message"]
+
+
+def test_prompt_tokens_per_request_are_bounded(loaded):
+    one = len(loaded.tokenizer(PROMPT)["input_ids"])
+    with client(loaded, max_prompt_tokens=8 * one) as c:
+        r = c.post("/v1/completions", headers=AUTH, json={"prompt": [PROMPT] * 8,
+                                                          "max_tokens": 2})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "prompt" and "--max-prompt-tokens" in err["message"]
+        assert f"limit of {8 * one}" in err["message"]
+        r = c.post("/v1/completions", headers=AUTH, json={"prompt": [PROMPT] * 2,
+                                                          "max_tokens": 2})
+        assert r.status_code == 200, r.text
+    with client(loaded, max_prompt_tokens=2 * one) as c:
+        r = c.post("/v1/chat/completions", headers=AUTH, json={
+            "messages": [{"role": "user", "content": PROMPT * 3}], "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+def test_slow_clients_are_cut_off(loaded):
+    """A client that sends its headers (or its body) too slowly loses the connection (or gets
+    408) instead of holding it."""
+    with live_server(loaded, header_timeout=0.5, body_timeout=0.5) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            start = time.monotonic()
+            assert s.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - start < 4
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\":")
+            start = time.monotonic()
+            reply = b""
+            while chunk := s.recv(4096):  # until the server closes the connection
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408") and b"--body-timeout" in reply
+            assert time.monotonic() - start < 4
+        # a normal client on a kept-alive connection is still served
+        with httpx.Client() as h:
+            assert h.get(f"{url}/health").status_code == 200
+            time.sleep(0.1)
+            assert h.get(f"{url}/health").status_code == 200

@@ -23,7 +23,7 @@ def chat(spec: str, *, decoding_overrides: dict | None = None, system: str | Non
     if template is None or template.task != "dialogue":
         template = build_template(get_task("dialogue"), loaded.tokenizer)
     decoding = default_decoding(template, **(decoding_overrides or {}))
-    room = context_length(loaded.model) - decoding.max_new_tokens
+    room = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     write(f"gentune chat with {spec} ({HELP})\n")
     while True:

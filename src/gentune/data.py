@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .errors import DataError
+
 ROLES = ("system", "user", "assistant")
-
-
-class DataError(ValueError):
-    """Bad user data; the message names file, row and field and what to do."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,11 +79,10 @@ def read_records(
         raise DataError(f"{path}: no such file (check the path given to --data/--val)")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; give a .jsonl, .csv, .tsv or .txt file")
-    raw = path.read_bytes()
+    raw, suffix = _read_bytes(path)
     text = _decode(path, raw)
     if not text.strip():
         raise DataError(f"{path}: the file is empty; it needs at least one row")
-    suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         rows = _jsonl_rows(path, text)
     elif suffix in (".csv", ".tsv"):
@@ -94,7 +91,8 @@ def read_records(
         rows = _text_rows(text)
     else:
         raise DataError(
-            f"{path}: unknown file type {suffix!r}; use .jsonl, .csv, .tsv or .txt"
+            f"{path}: unknown file type {suffix!r}; use .jsonl, .csv, .tsv or .txt (optionally "
+            "compressed: .gz, .bz2, .xz)"
         )
     report = report if report is not None else ReadReport(path=str(path))
     records = []
@@ -114,7 +112,50 @@ def read_records(
     return records
 
 
+COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+_MAGIC = {b"\x1f\x8b": ".gz", b"BZh": ".bz2", b"\xfd7zXZ": ".xz", b"PK\x03\x04": ".zip",
+          b"(\xb5/\xfd": ".zst"}
+
+
+def _read_bytes(path: Path) -> tuple[bytes, str]:
+    """The file's bytes, decompressed where its name ends in .gz/.bz2/.xz, and the suffix that
+    says its format (data.jsonl.gz → .jsonl). Other archives are named, never misread."""
+    import importlib
+
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
+    suffix = path.suffix.lower()
+    if suffix in COMPRESSED:
+        module = importlib.import_module(COMPRESSED[suffix])
+        try:
+            raw = module.decompress(raw)
+        except (OSError, EOFError, ValueError) as e:
+            raise DataError(f"{path}: cannot decompress it as {suffix} ({e}); the file is "
+                            "damaged or not really compressed that way") from None
+        return raw, Path(path.stem).suffix.lower()
+    kind = next((k for magic, k in _MAGIC.items() if raw.startswith(magic)), None)
+    if kind:
+        hint = (f"rename it to {path.name}{kind}" if kind in COMPRESSED else
+                "extract it first; gentune reads .gz, .bz2 and .xz directly")
+        raise DataError(f"{path}: the file is compressed ({kind[1:]}), not plain text; {hint}")
+    return raw, suffix
+
+
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
 def _decode(path: Path, raw: bytes) -> str:
+    for bom, encoding in _BOMS:  # UTF-16/32, as some editors (and Excel) save text
+        if raw.startswith(bom):
+            try:
+                return raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: starts with a {encoding.upper()} byte-order mark but "
+                                f"byte {e.start} is not {encoding.upper()}; re-save the file as "
+                                "UTF-8") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -158,6 +199,14 @@ def _csv_rows(path: Path, text: str, delimiter: str):
                 f"{path}:{reader.line_num}: more cells than header columns "
                 f"({len(reader.fieldnames)}); quote cells that contain the delimiter"
             )
+        if any(v is None for v in row.values()):
+            cells = sum(v is not None for v in row.values())
+            sep = "tab" if delimiter == "\t" else repr(delimiter)
+            raise DataError(
+                f"{path}:{reader.line_num}: the row has {cells} cell{'s' * (cells != 1)}, the "
+                f"header {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)}); "
+                f"separate every cell with a {sep} (use --skip-invalid to drop such rows)"
+            )
         yield reader.line_num, row
 
 
@@ -178,7 +227,11 @@ def _text_rows(text: str):
 
 def _field(where: str, row: dict, name: str, *, required: bool = True) -> str | None:
     hint = " (use --skip-invalid to drop such rows)"
-    if name not in row or row[name] is None:
+    if row.get(name, "") is None:
+        if not required:
+            return None
+        raise DataError(f"{where}: field {name!r} is null; give it a string{hint}")
+    if name not in row:
         if not required:
             return None
         have = ", ".join(map(repr, row)) or "none"
@@ -239,6 +292,9 @@ def _messages(where: str, row: dict, name: str, require_output: bool) -> tuple[d
             raise DataError(f"{at}.content must be a non-empty string{hint}")
         if role == "system" and i != 0:
             raise DataError(f"{at}: a system message may only come first{hint}")
+        if role == "assistant" and not any(m["role"] == "user" for m in out):
+            raise DataError(f"{at}: the conversation starts with the assistant's turn; the "
+                            f"first turn (after an optional system message) is the user's{hint}")
         out.append({"role": role, "content": content})
     if require_output and not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{where}: {name!r} has no assistant turn to learn from{hint}")
@@ -261,6 +317,12 @@ def split_train_val(records: list[Record], *, val_fraction: float, seed: int,
     train = [r for i, r in enumerate(records) if i not in val_idx]
     val = [r for i, r in enumerate(records) if i in val_idx]
     return train, val
+
+
+def record_key(record: Record) -> tuple:
+    """A record's content, without where it came from: equal keys are duplicate rows."""
+    return (record.input, record.output, record.messages and tuple(
+        (m["role"], m["content"]) for m in record.messages), record.text)
 
 
 def fingerprint(path: str | Path) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 from .config import Decoding
 from .data import Fields, Record, read_records
 from .encode import encode_dataset, encode_prompt
+from .errors import DataError, UsageError
 from .generate import generate
 from .metrics import (
     METRICS,
@@ -31,11 +34,11 @@ def resolve_template(loaded: Loaded, task: str | None, **template_args) -> Promp
     """The run's saved template, or one built for `task` from the model's tokenizer."""
     if loaded.template is not None:
         if task and task != loaded.template.task:
-            raise ValueError(f"{loaded.name} was trained for task {loaded.template.task!r}, "
+            raise UsageError(f"{loaded.name} was trained for task {loaded.template.task!r}, "
                              f"not {task!r}; drop --task")
         return loaded.template
     if not task:
-        raise ValueError(f"{loaded.name} is a plain model: name the task with --task "
+        raise UsageError(f"{loaded.name} is a plain model: name the task with --task "
                          "(summarization, translation, dialogue, text)")
     return build_template(get_task(task), loaded.tokenizer, **template_args)
 
@@ -52,7 +55,7 @@ def predict(loaded: Loaded, template: PromptTemplate, records: list[Record],
     reference (when there is one), and whether the model stopped by itself."""
     from tqdm.auto import tqdm
 
-    room = context_length(loaded.model) - decoding.max_new_tokens
+    room = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
     prompts, texts, shortened = [], [], []
     for rec in records:
         ids, text, short = encode_prompt(rec, template, loaded.tokenizer, max_length=room)
@@ -80,14 +83,17 @@ def predict(loaded: Loaded, template: PromptTemplate, records: list[Record],
 
 @torch.no_grad()
 def corpus_perplexity(loaded: Loaded, template: PromptTemplate, records: list[Record], *,
-                      batch_size: int = 8, max_length: int = 1024) -> tuple[float, int]:
-    """(perplexity over the references' target tokens, number of tokens)."""
-    max_length = min(max_length, context_length(loaded.model))
-    examples, _ = encode_dataset(records, template, loaded.tokenizer, max_length=max_length,
-                                 skip_long_targets=True)
+                      batch_size: int = 8) -> tuple[float, int, list[str]]:
+    """(perplexity over the references' target tokens, number of tokens, rows left out).
+
+    Rows are encoded as in training (the run's max_length; 1024 for a plain model); a row
+    whose target cannot fit is left out of perplexity — and named in the third value."""
+    max_length = min(template.max_length or 1024, context_length(loaded.model))
+    examples, report = encode_dataset(records, template, loaded.tokenizer,
+                                      max_length=max_length, skip_long_targets=True)
     total, count = corpus_nll(loaded.model, examples, loaded.tokenizer.pad_token_id,
                               batch_size)
-    return perplexity(total, count), count
+    return perplexity(total, count), count, report.too_long
 
 
 def _score(spec: str, loaded: Loaded, template: PromptTemplate, records: list[Record],
@@ -107,11 +113,16 @@ def _score(spec: str, loaded: Loaded, template: PromptTemplate, records: list[Re
         else:
             metrics.update(diversity(outputs))
         metrics["stopped_by_eos"] = 100.0 * sum(r["stopped"] for r in rows) / len(rows)
-    ppl, n_tok = corpus_perplexity(loaded, template, records, batch_size=batch_size)
+    ppl, n_tok, left_out = corpus_perplexity(loaded, template, records, batch_size=batch_size)
+    if left_out:
+        print(f"gentune: warning: {len(left_out)} of {len(records)} rows left out of perplexity"
+              f" (target longer than the {template.max_length or 1024}-token limit: "
+              f"{', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''})",
+              file=sys.stderr)
     metrics["perplexity"] = ppl
     order = TASK_METRICS[template.task]
     ordered = [k for k in order if k in metrics] + sorted(k for k in metrics if k not in order)
-    result = {k: round(metrics[k], 4) for k in ordered}
+    result = {k: round(metrics[k], 4) if math.isfinite(metrics[k]) else None for k in ordered}
     result["meta"] = {
         "model": str(spec),
         "task": template.task,
@@ -119,6 +130,8 @@ def _score(spec: str, loaded: Loaded, template: PromptTemplate, records: list[Re
         "data": str(data),
         "rows": len(records),
         "target_tokens": n_tok,
+        "perplexity_rows": len(records) - len(left_out),
+        "perplexity_rows_left_out": left_out,
         "prompts_shortened": sum(r["prompt_shortened"] for r in rows),
         "units": {k: asdict(METRICS[k]) for k in ordered if k in METRICS},
         "decoding": asdict(decoding),
@@ -152,9 +165,11 @@ def evaluate(spec: str, data: str, out: str | Path, *, task: str | None = None,
     refs_missing = [r.where for r in records if template.reference(r) is None
                     and r.text is None]
     if refs_missing:
-        raise ValueError(f"{refs_missing[0]}: no reference to score against "
+        raise DataError(f"{refs_missing[0]}: no reference to score against "
                          f"({len(refs_missing)} rows); evaluation needs labelled rows — use "
                          "`gentune generate` for unlabelled inputs")
+    for warning in training_overlap(loaded, data, records):
+        print(f"gentune: warning: {warning}", file=sys.stderr)
     decoding = default_decoding(template, **(decoding_overrides or {}))
     result, rows = _score(spec, loaded, template, records, decoding, out, data=data,
                           batch_size=batch_size, progress=progress)
@@ -178,13 +193,26 @@ def evaluate(spec: str, data: str, out: str | Path, *, task: str | None = None,
     return result
 
 
+def training_overlap(loaded: Loaded, data: str, records: list[Record]) -> list[str]:
+    """Scoring a run on the rows it was trained on measures memory, not skill: say so."""
+    from .data import fingerprint
+
+    trained = [d for d in (loaded.manifest or {}).get("data", []) if isinstance(d, dict)]
+    if not trained:
+        return []
+    if fingerprint(data) == trained[0].get("sha256"):
+        return [f"{data} is the file this run was trained on: the scores measure memorised "
+                "rows; evaluate on held-out rows (RUN/heldout.jsonl when no --val was given)"]
+    return []
+
+
 def compare_results(task: str, base: dict, tuned: dict, base_rows: list[dict],
                     tuned_rows: list[dict], *, samples: int, seed: int) -> dict:
     """Per metric: both values, the difference, and its paired-bootstrap interval."""
     refs = [r["reference"] for r in tuned_rows]
     table = []
     for name in TASK_METRICS[task]:
-        if name not in tuned or name not in base:
+        if tuned.get(name) is None or base.get(name) is None:  # absent or undefined (null)
             continue
         entry = {"metric": name, "base": base[name], "tuned": tuned[name],
                  "difference": tuned[name] - base[name],

@@ -53,6 +53,50 @@ def _sentences(text: str) -> str:
     return "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s)
 
 
+class RougeTokenizer:
+    """rouge-score's tokenizer for every script. Its default keeps only [a-z0-9], so Chinese,
+    Arabic or emoji text scores 0 against itself. Here ASCII words go through rouge-score's own
+    tokenizer (lower-cased, Porter-stemmed: English scores are unchanged); words of other
+    scripts are kept whole; characters of scripts written without spaces (Han, kana, Thai, Lao,
+    Khmer, Myanmar) and symbols such as emoji are one token each; punctuation is dropped."""
+
+    def __init__(self):
+        from rouge_score.tokenizers import DefaultTokenizer
+
+        self._ascii = DefaultTokenizer(use_stemmer=True)
+
+    def tokenize(self, text: str) -> list[str]:
+        import unicodedata
+
+        tokens: list[str] = []
+        word: list[str] = []
+
+        def flush():
+            if word:
+                w = "".join(word)
+                tokens.extend(self._ascii.tokenize(w) if w.isascii() else [w])
+                word.clear()
+
+        for ch in text.lower():
+            cat = unicodedata.category(ch)
+            if ch.isascii() and not ch.isalnum():
+                flush()
+            elif _UNSPACED.match(ch) or cat.startswith("S"):
+                flush()
+                tokens.append(ch)
+            elif cat[0] in "LNM":
+                word.append(ch)
+            else:  # spaces, punctuation, joiners and variation selectors
+                flush()
+        flush()
+        return tokens
+
+
+# scripts written without spaces between words: one token per character
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+
 _SCORER = None
 
 
@@ -62,7 +106,7 @@ def _scorer():
         from rouge_score import rouge_scorer
 
         _SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
-                                           use_stemmer=True)
+                                           tokenizer=RougeTokenizer())
     return _SCORER
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config import Decoding
+from .config import MIN_TEMPERATURE, SEED_RANGE, Decoding
 
 
 class RequestError(ValueError):
@@ -24,18 +24,47 @@ class RequestError(ValueError):
         self.param = param
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _no_surrogates(value, path: str = ""):
+    """Text must be encodable: an unpaired surrogate (JSON "\\ud800") would break the
+    tokenizer and the reply, so it is the request's error (422 naming the field)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{path or 'text'} contains an unpaired surrogate "
+                             f"(\\u{ord(value[e.start]):04x} at {e.start}); send valid "
+                             "Unicode") from None
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _no_surrogates(v, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_surrogates(k, path)
+            _no_surrogates(v, f"{path}.{k}" if path else str(k))
+    return value
 
+
+class _Strict(BaseModel):
+    # unknown fields, NaN and infinities are refused (422) rather than reaching generation
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_text(cls, value):
+        return _no_surrogates(value)
+
+
+class _Body(_Strict):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
+    # 0 is greedy; a positive temperature below MIN_TEMPERATURE would overflow the logits
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: dict | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     user: str | None = None
     # OpenAI fields gentune supports only at their neutral value
     presence_penalty: float | None = None
@@ -43,12 +72,12 @@ class _Body(BaseModel):
     logit_bias: dict | None = None
     logprobs: bool | int | None = None
     # gentune's own decoding options (an OpenAI client sends them through extra_body)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=1 << 31)
     min_p: float | None = Field(None, ge=0, lt=1)
-    repetition_penalty: float | None = Field(None, gt=0)
-    no_repeat_ngram_size: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=1 << 31)
     num_beams: int | None = Field(None, ge=1, le=16)
-    length_penalty: float | None = None
+    length_penalty: float | None = Field(None, ge=-100, le=100)
 
     def requested_tokens(self) -> int | None:
         return self.max_tokens
@@ -68,8 +97,12 @@ class _Body(BaseModel):
                                f"{max_tokens_limit} (gentune serve --max-tokens-limit)",
                                "max_tokens")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stop) > 4 or any(not s for s in stop):
-            raise RequestError("stop: up to 4 non-empty strings", "stop")
+        if len(stop) > 4 or any(not s or len(s) > 256 for s in stop):
+            raise RequestError("stop: up to 4 non-empty strings of at most 256 characters",
+                               "stop")
+        if self.temperature is not None and 0 < self.temperature < MIN_TEMPERATURE:
+            raise RequestError(f"temperature={self.temperature:g}: use 0 for greedy decoding "
+                               f"or at least {MIN_TEMPERATURE} for sampling", "temperature")
         changes: dict = {"max_new_tokens": min(wanted or default.max_new_tokens,
                                                max_tokens_limit),
                          "num_return_sequences": self.n, "stop": tuple(stop)}
@@ -93,7 +126,8 @@ class _Body(BaseModel):
         try:
             return replace(default, **changes)
         except ValueError as e:
-            raise RequestError(str(e)) from None
+            bad = getattr(e, "problems", [""])[0].split("=")[0]
+            raise RequestError(str(e), bad or None) from None
 
 
 class CompletionRequest(_Body):
@@ -121,9 +155,7 @@ class CompletionRequest(_Body):
         return prompts
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Message(_Strict):
     role: Literal["system", "user", "assistant"]
     content: str
     name: str | None = None

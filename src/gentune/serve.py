@@ -14,6 +14,7 @@ but /health needs it; bodies over a limit → 413; max_tokens over a limit or pa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -26,6 +27,7 @@ from importlib.resources import files
 from .config import Decoding
 from .data import Record
 from .encode import encode_prompt
+from .errors import DataError
 from .evaluate import default_decoding, resolve_template
 from .generate import Generation
 from .models import context_length
@@ -37,16 +39,29 @@ from .tasks import PromptTemplate, build_template, get_task, prompt_record
 log = logging.getLogger("gentune.serve")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServeSettings:
     api_key: str | None = None  # required on every route but /health when set
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
     max_tokens_limit: int = 1024  # max_tokens above this get 400
+    max_prompt_tokens: int = 8192  # prompt tokens per request (summed over its prompts); 400
     max_batch: int = 8  # prompts generated together
     max_queue: int = 64  # requests waiting; one more gets 429 at once
     timeout: float = 120.0  # seconds per request, waiting included; then 504
+    header_timeout: float = 10.0  # seconds to send a request's headers; then the connection closes
+    body_timeout: float = 30.0  # seconds to send a request's body; then 408
     model_name: str | None = None  # the id in /v1/models (default: the run's folder name)
     task: str | None = None  # task template for a plain model (default: dialogue or text)
+
+    def __post_init__(self):
+        from .config import _fail
+
+        problems = [f"{name}={getattr(self, name)}: must be > 0"
+                    for name in ("max_body_bytes", "max_tokens_limit", "max_prompt_tokens",
+                                 "max_batch", "max_queue", "timeout", "header_timeout",
+                                 "body_timeout") if not getattr(self, name) > 0]
+        if problems:
+            _fail("server", problems)
 
 
 def templates(loaded: Loaded, task: str | None) -> tuple[PromptTemplate, PromptTemplate]:
@@ -64,7 +79,7 @@ def templates(loaded: Loaded, task: str | None) -> tuple[PromptTemplate, PromptT
     return completion, chat
 
 
-def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
+def create_app(loaded: Loaded, settings: ServeSettings | None = None):
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -72,6 +87,7 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
+    settings = settings or ServeSettings()
     model, tok = loaded.model, loaded.tokenizer
     completion_tpl, chat_tpl = templates(loaded, settings.task)
     context = context_length(model)
@@ -87,7 +103,8 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
     app = FastAPI(title="gentune", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.scheduler = scheduler
     app.state.model_name = name
-    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                       body_timeout=settings.body_timeout)
 
     # ---- errors, all in OpenAI's shape {"error": {message, type, param, code}} -----------
     def error(status: int, message: str, kind: str, param=None, code=None, headers=None):
@@ -149,6 +166,15 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
             raise _NotFound(f"model {body.model!r} is not served here; this server serves "
                             f"{name!r} (GET /v1/models)")
 
+    def within_prompt_limit(prompts: list[list[int]], param: str) -> None:
+        """A request buys at most `max_prompt_tokens` of prefill, summed over its prompts."""
+        n = sum(map(len, prompts))
+        if n > settings.max_prompt_tokens:
+            raise RequestError(
+                f"the request's prompts have {n} tokens in all, over this server's limit of "
+                f"{settings.max_prompt_tokens} (gentune serve --max-prompt-tokens); send fewer "
+                "or shorter prompts", param)
+
     def fit(ids: list[int], body, decoding: Decoding, where: str) -> Decoding:
         """Check prompt + output against the context (400), or shrink an unasked default."""
         room = context - len(ids)
@@ -160,15 +186,20 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
                 f"of {context} tokens; shorten the prompt or lower max_tokens", "max_tokens")
         return replace(decoding, max_new_tokens=min(decoding.max_new_tokens, room))
 
-    def encode(record: Record, template: PromptTemplate) -> list[int]:
-        """The prompt's ids, never shortened (too long is a 400, not a silent cut); a template
-        that cannot render these messages is the request's fault (400), not the server's."""
+    def encode(record: Record, template: PromptTemplate, decoding: Decoding,
+               param: str) -> tuple[list[int], bool]:
+        """The prompt's ids, shortened only as the run's training shortened inputs (its
+        max_length, as `gentune generate` does), never to squeeze into the context (that is a
+        400); a template that cannot render these messages is the request's fault (400)."""
+        limit = template.prompt_limit(10**9, decoding.max_new_tokens)
         try:
-            ids, _, _ = encode_prompt(record, template, tok, max_length=10**9)
+            ids, _, shortened = encode_prompt(record, template, tok, max_length=limit)
+        except DataError as e:
+            raise RequestError(str(e).removeprefix(f"{record.where}: "), param) from None
         except Exception as e:  # noqa: BLE001 — jinja errors have no common base we import
             raise RequestError(f"the messages cannot be rendered with the model's template: "
-                               f"{type(e).__name__}: {e}", "messages") from None
-        return ids
+                               f"{type(e).__name__}: {e}", param) from None
+        return ids, shortened
 
     def make_decoding(body, template: PromptTemplate) -> Decoding:
         d = body.decoding(default_decoding(template),
@@ -248,14 +279,21 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
         check_model(body)
         texts = body.prompts()
         decoding = make_decoding(body, completion_tpl)
-        prompts = []
+        prompts, shortened = [], 0
         for i, text in enumerate(texts):
+            where = f"prompt {i}" if len(texts) > 1 else "prompt"
             if body.raw:
                 ids = tok(text, add_special_tokens=True)["input_ids"]
+                if not ids:
+                    raise RequestError(f"{where} is empty: a raw prompt needs at least one "
+                                       "token", "prompt")
             else:
-                ids = encode(prompt_record(completion_tpl, text, row=i + 1), completion_tpl)
-            decoding = fit(ids, body, decoding, f"prompt {i}" if len(texts) > 1 else "prompt")
+                ids, short = encode(prompt_record(completion_tpl, text, row=i + 1),
+                                    completion_tpl, decoding, "prompt")
+                shortened += short
+            decoding = fit(ids, body, decoding, where)
             prompts.append(ids)
+        within_prompt_limit(prompts, "prompt")
         rid, n_prompt = f"cmpl-{secrets.token_hex(12)}", sum(map(len, prompts))
 
         def chunk(text, reason, start=False):
@@ -273,15 +311,16 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
                 "model": name, "choices": [
                     {"index": k, "text": g.text, "finish_reason": _reason(g), "logprobs": None}
                     for k, g in enumerate(gens)],
-                "usage": usage(n_prompt, gens)}
+                "usage": usage(n_prompt, gens), **_shortened(shortened)}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
         check_model(body)
         record = Record(source="<chat>", row=1, messages=body.conversation())
         decoding = make_decoding(body, chat_tpl)
-        ids = encode(record, chat_tpl)
+        ids, shortened = encode(record, chat_tpl, decoding, "messages")
         decoding = fit(ids, body, decoding, "messages")
+        within_prompt_limit([ids], "messages")
         rid = f"chatcmpl-{secrets.token_hex(12)}"
 
         def chunk(text, reason, start=False):
@@ -300,7 +339,7 @@ def create_app(loaded: Loaded, settings: ServeSettings = ServeSettings()):
                     {"index": k, "message": {"role": "assistant", "content": g.text},
                      "finish_reason": _reason(g), "logprobs": None}
                     for k, g in enumerate(gens)],
-                "usage": usage(len(ids), gens)}
+                "usage": usage(len(ids), gens), **_shortened(shortened)}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground():
@@ -325,6 +364,11 @@ def _default_name(loaded: Loaded) -> str:
     return Path(spec).name if Path(spec).exists() else spec
 
 
+def _shortened(n: int) -> dict:
+    """Nothing is cut silently: prompts shortened to the run's training length are counted."""
+    return {"gentune": {"prompts_shortened": n}} if n else {}
+
+
 def _reason(g: Generation) -> str:
     return "stop" if g.finished else "length"
 
@@ -341,8 +385,10 @@ class Guard:
     up to the limit and handed on; past the limit the answer is 413 without reading further.
     """
 
-    def __init__(self, app, *, api_key: str | None, max_body_bytes: int):
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int,
+                 body_timeout: float = 30.0):
         self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -359,8 +405,16 @@ class Guard:
             return await _reply(send, 413, _too_big(self.max_body), "invalid_request_error")
         if scope["method"] in ("POST", "PUT", "PATCH"):
             body, more = bytearray(), True
+            deadline = asyncio.get_running_loop().time() + self.body_timeout
             while more:
-                message = await receive()
+                left = deadline - asyncio.get_running_loop().time()
+                try:  # the whole body within body_timeout: a slow client cannot hold on
+                    message = await asyncio.wait_for(receive(), timeout=max(left, 0))
+                except TimeoutError:
+                    return await _reply(send, 408, "the request body did not arrive within "
+                                        f"{self.body_timeout:g} s (gentune serve "
+                                        "--body-timeout)", "invalid_request_error",
+                                        {"connection": "close"})
                 if message["type"] == "http.disconnect":
                     return
                 body += message.get("body", b"")
@@ -404,12 +458,75 @@ async def _reply(send, status: int, message: str, kind: str, headers: dict | Non
     await send({"type": "http.response.body", "body": body})
 
 
+def timed_protocol(header_timeout: float):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers: a client that
+    connects and sends its headers slowly (or never) is disconnected after `header_timeout`
+    seconds, so slow clients cannot hold connections (uvicorn only times out idle keep-alive)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _header_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # no complete request headers in time
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()  # the headers are in
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request's headers on this connection
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before the model loads when the address cannot be listened on."""
+    import socket
+
+    from .errors import UsageError
+
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(info[0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(info[4])
+    except OSError as e:
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e});"
+                         " choose another --port, or stop what is using it") from None
+
+
 def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000,
-          settings: ServeSettings = ServeSettings()) -> None:
+          settings: ServeSettings | None = None) -> None:
     """Load the model and serve it until interrupted."""
     import uvicorn
 
     from .runs import load_for_inference
+
+    settings = settings or ServeSettings()
+    check_port(host, port)
 
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         import sys
@@ -421,4 +538,13 @@ def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000,
     app = create_app(loaded, settings)
     print(f"gentune: serving {app.state.model_name} on http://{host}:{port}/ "
           f"(playground at /, API at /v1)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
+
+
+def server_config(app, *, host: str, port: int, settings: ServeSettings,
+                  log_level: str = "info"):
+    """uvicorn's settings for the app: the header deadline and idle keep-alive."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          http=timed_protocol(settings.header_timeout))
