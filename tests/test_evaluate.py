@@ -63,7 +63,7 @@ def test_rows_left_out_of_perplexity_are_counted_and_json_is_strict(tiny_llama, 
     meta = result["meta"]
     assert meta["perplexity_rows"] == 2 and meta["perplexity_rows_left_out"] == [
         f"{data}:2"]
-    assert f"1 of 3 rows left out of perplexity" in capsys.readouterr().err
+    assert "1 of 3 rows left out of perplexity" in capsys.readouterr().err
     _strict(tmp_path / "e" / "metrics.json")
     # every row's target too long: perplexity is undefined, written as null (not NaN)
     only = write_jsonl(tmp_path / "only.jsonl", [too_long])

@@ -5,6 +5,7 @@ written, and nothing loads an interrupted one."""
 import pytest
 
 from gentune import checkpoint
+from gentune.cli import main
 from gentune.config import TrainConfig
 from gentune.errors import RunError
 from gentune.runs import load_for_inference, run_state
@@ -72,6 +73,7 @@ def test_a_continued_run_is_interrupted_until_it_is_complete(tiny_gpt2, tmp_path
                                        r"--resume`"):
         load_for_inference(str(out))
     monkeypatch.undo()
-    train(_cfg(tiny_gpt2, data, out, max_steps=4, resume="latest"), log=_quiet)
+    # the command the message gives continues the run
+    assert main(["train", "--config", str(out / "train_config.json"), "--resume"]) == 0
     assert run_state(out) == "complete"
     assert checkpoint.latest(out).name == "step-00000004"

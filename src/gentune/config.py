@@ -144,6 +144,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def run_settings(self) -> dict:
+        """The settings saved with a run (train_config.json): all but what one invocation asks
+        of the run directory (resume, overwrite), so `--config RUN/train_config.json --resume`
+        continues it."""
+        return {**self.to_dict(), "resume": None, "overwrite": False}
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}

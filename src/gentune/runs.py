@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import MISSING, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .data import fingerprint
@@ -33,7 +33,7 @@ from .tasks import PromptTemplate
 MANIFEST_REQUIRED = ("gentune_run", "method", "task", "base_model")
 MANIFEST_KEYS = {*MANIFEST_REQUIRED, "created", "base_model_resolved", "seed", "data",
                  "versions", "python", "platform", "stats"}
-# what `gentune train` writes into a run directory (what --overwrite removes)
+# files that mark a directory as a gentune run (complete or not)
 RUN_MARKERS = ("train_config.json", "manifest.json", "checkpoints", "template.json")
 
 PACKAGES = ("gentune", "torch", "transformers", "peft", "accelerate", "safetensors",
@@ -86,7 +86,7 @@ def save_run(out: Path, *, model, tokenizer, template: PromptTemplate, cfg, base
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     template.save(out / "template.json")
-    write_json(out / "train_config.json", cfg.to_dict())
+    write_json(out / "train_config.json", cfg.run_settings())
     write_json(out / "manifest.json", {  # last: the run is complete once this exists
         "gentune_run": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -169,35 +169,22 @@ def _read_json(path: Path, what: str) -> dict:
 
 def read_manifest(path: Path) -> dict:
     manifest = _read_json(path / "manifest.json", "manifest")
-    missing = [k for k in MANIFEST_REQUIRED if k not in manifest]
-    unknown = sorted(set(manifest) - MANIFEST_KEYS)
-    if missing or unknown:
-        raise RunError(f"{path / 'manifest.json'}: "
-                       + "; ".join(([f"missing keys {', '.join(missing)}"] if missing else [])
-                                   + ([f"unknown keys {', '.join(unknown)}"] if unknown
-                                      else []))
-                       + " (damaged, or written by another gentune version): train the run "
-                       "again")
+    _check_keys(path / "manifest.json", manifest, MANIFEST_REQUIRED, MANIFEST_KEYS)
     if manifest["method"] not in ("lora", "full"):
         raise RunError(f"{path / 'manifest.json'}: method {manifest['method']!r} is not lora or "
                        "full; the run directory is damaged")
     return manifest
 
 
-def read_template(file: Path) -> PromptTemplate:
-    from dataclasses import fields
-
-    data = _read_json(file, "prompt template")
-    known = {f.name for f in fields(PromptTemplate)}
-    required = {f.name for f in fields(PromptTemplate) if f.default is MISSING}
-    missing, unknown = sorted(required - set(data)), sorted(set(data) - known)
+def _check_keys(file: Path, data: dict, required, known: set) -> None:
+    """Missing or unknown keys name the file (as `PromptTemplate.load` does for templates)."""
+    missing = [k for k in required if k not in data]
+    unknown = sorted(set(data) - known)
     if missing or unknown:
-        raise RunError(f"{file}: "
-                       + "; ".join(([f"missing keys {', '.join(missing)}"] if missing else [])
-                                   + ([f"unknown keys {', '.join(unknown)}"] if unknown
-                                      else []))
-                       + " (damaged, or written by another gentune version)")
-    return PromptTemplate(**data)
+        problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + \
+            ([f"unknown keys {', '.join(unknown)}"] if unknown else [])
+        raise RunError(f"{file}: {'; '.join(problems)} (damaged, or written by another gentune "
+                       "version): train the run again (--overwrite)")
 
 
 @dataclass
@@ -221,7 +208,7 @@ def load_for_inference(spec: str, *, merge: bool = True) -> Loaded:
         if missing:
             raise RunError(f"{path}: incomplete run directory (missing {', '.join(missing)}); "
                            "the run directory is damaged: train it again (--overwrite)")
-        template = read_template(path / "template.json")
+        template = PromptTemplate.load(path / "template.json")
         try:
             model, tokenizer = _load_run_model(path, manifest, merge=merge)
         except GentuneError:
@@ -238,7 +225,7 @@ def load_for_inference(spec: str, *, merge: bool = True) -> Loaded:
     template = None
     exported = Path(where) / "gentune_template.json"
     if exported.exists():  # a directory written by `gentune export`: its template comes along
-        template = read_template(exported)
+        template = PromptTemplate.load(exported)
     return Loaded(model, tokenizer, template, spec)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from .data import Kind, Record
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RunError
 
 TaskName = Literal["summarization", "translation", "dialogue", "text"]
 
@@ -89,7 +89,25 @@ class PromptTemplate:
 
     @classmethod
     def load(cls, path: str | Path) -> PromptTemplate:
-        return cls(**json.loads(Path(path).read_text()))
+        """The saved template; a damaged file (not JSON, keys missing or unknown) is named."""
+        from dataclasses import MISSING, fields
+
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunError(f"{path}: cannot read the prompt template ({e}); the run directory "
+                           "is damaged: train it again (--overwrite)") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{path}: the prompt template is not a JSON object; the run "
+                           "directory is damaged")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if missing or unknown:
+            problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + \
+                ([f"unknown keys {', '.join(unknown)}"] if unknown else [])
+            raise RunError(f"{path}: {'; '.join(problems)} (damaged, or written by another "
+                           "gentune version): train the run again (--overwrite)")
+        return cls(**data)
 
     def prompt_limit(self, context: int, max_new_tokens: int) -> int:
         """The most tokens a prompt may have at inference. Training shortened inputs so that

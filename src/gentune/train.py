@@ -355,10 +355,9 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         # not complete until the end: nothing loads an older model from here meanwhile
         (out / "manifest.json").unlink(missing_ok=True)
-        if not resume_from:
-            runs.write_json(out / "train_config.json", cfg.to_dict())
-            if not cfg.val:  # keep the held-out rows, so the run can be scored on them
-                write_records(out / "heldout.jsonl", val_records)
+        runs.write_json(out / "train_config.json", cfg.run_settings())  # how to continue it
+        if not resume_from and not cfg.val:  # keep the held-out rows to score the run on
+            write_records(out / "heldout.jsonl", val_records)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = prep.n_trainable, prep.n_total
