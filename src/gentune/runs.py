@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import fingerprint
 from .errors import GentuneError, RunError
 from .models import load_model
 from .tasks import PromptTemplate
@@ -73,7 +72,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def save_run(out: Path, *, model, tokenizer, template: PromptTemplate, cfg, base_model: str,
-             data_files: list[str], stats: dict) -> None:
+             data_files: dict[str, str], stats: dict) -> None:
+    """Write the run directory; `data_files` maps each data file to its sha256."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out))
     try:
@@ -95,7 +95,7 @@ def save_run(out: Path, *, model, tokenizer, template: PromptTemplate, cfg, base
         "base_model": cfg.model,
         "base_model_resolved": base_model,
         "seed": cfg.seed,
-        "data": [{"path": str(Path(p).resolve()), "sha256": fingerprint(p)} for p in data_files],
+        "data": [{"path": str(Path(p).resolve()), "sha256": sha} for p, sha in data_files.items()],
         "versions": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

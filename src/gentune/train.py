@@ -83,14 +83,13 @@ def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
     return {"data": fingerprint(cfg.data), **({"val": fingerprint(cfg.val)} if cfg.val else {})}
 
 
-def overlap_warnings(cfg: TrainConfig, train: list, val: list) -> list[str]:
+def overlap_warnings(cfg: TrainConfig, fingerprints: dict[str, str], train: list,
+                     val: list) -> list[str]:
     """Validation that is (partly) the training data makes its scores optimistic: say so,
     with counts."""
     out = []
     if cfg.val:
-        same = Path(cfg.val).resolve() == Path(cfg.data).resolve() or \
-            fingerprint(cfg.val) == fingerprint(cfg.data)
-        if same:
+        if fingerprints["val"] == fingerprints["data"]:
             out.append(f"--val {cfg.val} is the training file --data {cfg.data}: validation "
                        "scores will be optimistic; give held-out rows, or leave out --val to "
                        "split some off")
@@ -278,6 +277,7 @@ class Prepared:
     read_reports: list
     n_trainable: int
     n_total: int
+    fingerprints: dict  # sha256 of the data files, by role (data, val)
 
 
 def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
@@ -289,7 +289,8 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
         if rep.skipped:
             log(f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
                 f"{rep.skipped[0]}")
-    for warning in overlap_warnings(cfg, train_records, val_records):
+    fingerprints = data_fingerprints(cfg)
+    for warning in overlap_warnings(cfg, fingerprints, train_records, val_records):
         log(f"gentune: warning: {warning}")
     model, tokenizer, resolved = load_model(cfg.model)
     template = build_template(task, tokenizer, instruction=cfg.instruction,
@@ -320,7 +321,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")
     return Prepared(model, tokenizer, template, resolved, max_length, train_records,
                     val_records, train_ex, val_ex, train_rep, val_rep, read_reports,
-                    n_trainable, n_total)
+                    n_trainable, n_total, fingerprints)
 
 
 def train(cfg: TrainConfig, *, log=print) -> Path:
@@ -350,7 +351,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     train_ex, val_ex, val_records = prep.train_ex, prep.val_ex, prep.val_records
     train_rep, val_rep, read_reports = prep.train_report, prep.val_report, prep.read_reports
     resolved, max_length = prep.resolved, prep.max_length
-    fingerprints = data_fingerprints(cfg)
+    fingerprints = prep.fingerprints
     if main:
         out.mkdir(parents=True, exist_ok=True)
         # not complete until the end: nothing loads an older model from here meanwhile
@@ -560,7 +561,8 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
         val_rows = [r for r in state.history if "val_loss" in r]
         runs.save_run(
             out, model=model, tokenizer=tokenizer, template=template, cfg=cfg,
-            base_model=resolved, data_files=[cfg.data] + ([cfg.val] if cfg.val else []),
+            base_model=resolved,
+            data_files={getattr(cfg, role): sha for role, sha in fingerprints.items()},
             stats={
                 "train": vars(train_rep), "validation": vars(val_rep),
                 "read": [vars(r) for r in read_reports],
