@@ -36,7 +36,8 @@ def _records(n: int):
 def run_gentune(a) -> dict:
     from gentune.config import TrainConfig
     from gentune.demo import INSTRUCTION, aclsum_rows, write_jsonl
-    from gentune.train import read_log, train
+    from gentune.runs import read_log
+    from gentune.train import train
 
     tmp = Path(tempfile.mkdtemp())
     data = write_jsonl(tmp / "train.jsonl", aclsum_rows("train"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gentune.train import read_log
+from gentune.runs import read_log
 
 from .test_engine import _data
 

@@ -18,7 +18,8 @@ from gentune import checkpoint
 from gentune.config import ConfigError, TrainConfig
 from gentune.encode import collate, collate_packed, encode_dataset, pack_examples
 from gentune.models import load_model
-from gentune.train import TrainingError, read_log, train
+from gentune.runs import read_log
+from gentune.train import TrainingError, train
 
 from .conftest import PAIRS, write_jsonl
 

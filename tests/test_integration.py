@@ -9,8 +9,8 @@ from gentune.data import read_records
 from gentune.demo import INSTRUCTION, aclsum_files
 from gentune.encode import encode_prompt
 from gentune.generate import generate
-from gentune.runs import load_for_inference
-from gentune.train import read_log, train
+from gentune.runs import load_for_inference, read_log
+from gentune.train import train
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from safetensors.torch import load_file
 from gentune.config import TrainConfig
 from gentune.encode import collate, encode_dataset
 from gentune.models import load_model, token_nll, wrap_lora
-from gentune.runs import load_for_inference
+from gentune.runs import load_for_inference, read_log
 from gentune.tasks import build_template, get_task
-from gentune.train import TargetLoss, accumulate_gradients, read_log, train
+from gentune.train import TargetLoss, accumulate_gradients, train
 
 from .conftest import PAIRS
 

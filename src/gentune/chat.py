@@ -6,8 +6,7 @@ import sys
 
 from .data import Record
 from .encode import encode_prompt
-from .evaluate import default_decoding
-from .generate import stream
+from .generate import default_decoding, stream
 from .models import context_length
 from .runs import load_for_inference
 from .tasks import build_template, get_task

@@ -136,8 +136,9 @@ def _records_from_args(a, template):
 
 
 def cmd_generate(a) -> None:
-    from .evaluate import default_decoding, predict, resolve_template
-    from .runs import load_for_inference
+    from .evaluate import predict
+    from .generate import default_decoding
+    from .runs import load_for_inference, resolve_template
 
     if (a.prompt is None) == (a.data is None):
         raise UsageError("give either a prompt or --data FILE (not both)")

@@ -320,3 +320,8 @@ def collate_packed(rows: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         positions[i, n:] = torch.arange(width - n)  # padding is a segment of its own
     batch["position_ids"] = positions
     return batch
+
+
+def collate_for(packing: bool):
+    """The collate function for packed or plain rows."""
+    return collate_packed if packing else collate

@@ -6,16 +6,16 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .config import Decoding
-from .data import Fields, Record, read_records
+from .data import Fields, Record, fingerprint, read_records
 from .encode import encode_dataset, encode_prompt
-from .errors import DataError, UsageError
-from .generate import generate
+from .errors import DataError
+from .generate import default_decoding, generate
 from .metrics import (
     METRICS,
     TASK_METRICS,
@@ -26,27 +26,9 @@ from .metrics import (
     text_metrics,
 )
 from .models import context_length, corpus_nll
-from .runs import Loaded, is_run, load_for_inference, write_json
-from .tasks import PromptTemplate, build_template, get_task
-
-
-def resolve_template(loaded: Loaded, task: str | None, **template_args) -> PromptTemplate:
-    """The run's saved template, or one built for `task` from the model's tokenizer."""
-    if loaded.template is not None:
-        if task and task != loaded.template.task:
-            raise UsageError(f"{loaded.name} was trained for task {loaded.template.task!r}, "
-                             f"not {task!r}; drop --task")
-        return loaded.template
-    if not task:
-        raise UsageError(f"{loaded.name} is a plain model: name the task with --task "
-                         "(summarization, translation, dialogue, text)")
-    return build_template(get_task(task), loaded.tokenizer, **template_args)
-
-
-def default_decoding(template: PromptTemplate, **overrides) -> Decoding:
-    task = get_task(template.task)
-    base = Decoding(max_new_tokens=task.max_new_tokens, do_sample=task.do_sample)
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+from .report import write_report
+from .runs import Loaded, is_run, load_for_inference, resolve_template, write_json
+from .tasks import PromptTemplate, get_task
 
 
 def predict(loaded: Loaded, template: PromptTemplate, records: list[Record],
@@ -185,8 +167,6 @@ def evaluate(spec: str, data: str, out: str | Path, *, task: str | None = None,
                                  samples=bootstrap, seed=seed)
     comparison.update({"model": str(spec), "base": str(compare), "data": str(data)})
     write_json(out / "comparison.json", comparison)
-    from .report import write_report
-
     write_report(out / "report.html", comparison=comparison, base_rows=base_rows,
                  tuned_rows=rows, run_dir=spec if is_run(spec) else None)
     result["comparison"] = comparison
@@ -195,8 +175,6 @@ def evaluate(spec: str, data: str, out: str | Path, *, task: str | None = None,
 
 def training_overlap(loaded: Loaded, data: str, records: list[Record]) -> list[str]:
     """Scoring a run on the rows it was trained on measures memory, not skill: say so."""
-    from .data import fingerprint
-
     trained = [d for d in (loaded.manifest or {}).get("data", []) if isinstance(d, dict)]
     if not trained:
         return []

@@ -12,6 +12,17 @@ from dataclasses import dataclass
 import torch
 
 from .config import Decoding
+from .tasks import PromptTemplate, get_task
+
+
+def default_decoding(template: PromptTemplate, **overrides) -> Decoding:
+    """The task's decoding defaults (length cap, greedy or sampling), then `overrides` that are
+    not None."""
+    from dataclasses import replace
+
+    task = get_task(template.task)
+    base = Decoding(max_new_tokens=task.max_new_tokens, do_sample=task.do_sample)
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import DEFAULT_MODEL
+from .encode import collate
 from .errors import ModelError
 
 EMBEDDED = {
@@ -203,7 +204,7 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
 def corpus_nll(model, examples, pad_id: int, batch_size: int) -> tuple[float, int]:
     """(Σ nll, Σ target tokens) over examples, in length-sorted batches, in eval mode.
     Perplexity is exp of their ratio — never a mean of per-batch means."""
-    from .encode import collate
+
 
     was_training = model.training
     model.eval()

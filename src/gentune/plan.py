@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .encode import IGNORE, length_grouped_batches
-from .train import TargetLoss, collate_for, peak_memory_mb, prepare
+from .encode import IGNORE, collate_for, encode_dataset, length_grouped_batches
+from .train import TargetLoss, peak_memory_mb, prepare
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered example
 
@@ -77,7 +77,6 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
     tok = prep.tokenizer
     examples = prep.train_ex if not cfg.packing else []
     if cfg.packing:  # show per-example statistics, not per packed row
-        from .encode import encode_dataset
 
         examples, _ = encode_dataset(prep.train_records, prep.template, tok,
                                      max_length=prep.max_length,

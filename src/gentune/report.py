@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .metrics import row_score
+from .runs import read_log
+
 
 def loss_curve_png(history: list[dict], path: str | Path) -> Path | None:
     """Training loss per step, validation loss where measured, learning rate on a second axis."""
@@ -105,7 +108,6 @@ def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
     import html
     import json
 
-    from .metrics import row_score
 
     esc = html.escape
     task = comparison["task"]
@@ -128,7 +130,6 @@ def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
             f"<td>{direction}; {esc(m['unit'])}</td></tr>")
     images = []
     if run_dir:
-        from .train import read_log
 
         try:
             curves = curves_figure(read_log(run_dir))

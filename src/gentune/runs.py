@@ -14,6 +14,7 @@ for the finished one it started from.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -24,9 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import GentuneError, RunError
+from .checkpoint import latest
+from .errors import GentuneError, RunError, UsageError
 from .models import load_model
-from .tasks import PromptTemplate
+from .tasks import PromptTemplate, build_template, get_task
 
 # what a manifest holds; a run whose manifest lacks these (or has others) is not loaded
 MANIFEST_REQUIRED = ("gentune_run", "method", "task", "base_model")
@@ -125,8 +127,6 @@ def resume_hint(path: str | Path) -> str:
 
 
 def interrupted(path: str | Path) -> RunError:
-    from .checkpoint import latest
-
     last = latest(path)
     where = f"last checkpoint: step {int(last.name.split('-')[-1])}" if last else \
         "no checkpoint yet"
@@ -244,3 +244,22 @@ def _load_run_model(path: Path, manifest: dict, *, merge: bool):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def resolve_template(loaded: Loaded, task: str | None, **template_args) -> PromptTemplate:
+    """The run's saved template, or one built for `task` from the model's tokenizer."""
+    if loaded.template is not None:
+        if task and task != loaded.template.task:
+            raise UsageError(f"{loaded.name} was trained for task {loaded.template.task!r}, "
+                             f"not {task!r}; drop --task")
+        return loaded.template
+    if not task:
+        raise UsageError(f"{loaded.name} is a plain model: name the task with --task "
+                         "(summarization, translation, dialogue, text)")
+    return build_template(get_task(task), loaded.tokenizer, **template_args)
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The run's metrics.csv: one dict per optimizer step (values as strings)."""
+    with (Path(run_dir) / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))

@@ -28,11 +28,10 @@ from .config import Decoding
 from .data import Record
 from .encode import encode_prompt
 from .errors import DataError
-from .evaluate import default_decoding, resolve_template
-from .generate import Generation
+from .generate import Generation, default_decoding
 from .models import context_length
 from .openai_api import ChatRequest, CompletionRequest, RequestError
-from .runs import Loaded
+from .runs import Loaded, resolve_template
 from .scheduler import Busy, GenerationFailed, Job, Scheduler, TimedOut
 from .tasks import PromptTemplate, build_template, get_task, prompt_record
 

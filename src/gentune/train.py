@@ -34,7 +34,7 @@ from .data import (
     write_records,
 )
 from .encode import (
-    collate,
+    collate_for,
     encode_dataset,
     encode_prompt,
     length_grouped_batches,
@@ -42,7 +42,10 @@ from .encode import (
     with_length_limit,
 )
 from .errors import TrainingError
+from .generate import default_decoding, generate
+from .metrics import corpus_metric
 from .models import context_length, corpus_nll, load_model, token_nll, wrap_lora
+from .report import loss_curve_png
 from .tasks import build_template, get_task
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens",
@@ -155,9 +158,6 @@ def generation_metric(model, tokenizer, template, records, metric: str, *, rows:
                       budget_s: float, batch_size: int) -> tuple[float, int]:
     """The task metric on the first `rows` validation records (greedy). With rows=None the
     subset is sized by the time budget: batches are generated until it is spent."""
-    from .evaluate import default_decoding
-    from .generate import generate
-    from .metrics import corpus_metric
 
     was_training = model.training
     model.eval()
@@ -555,8 +555,6 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
         log_file.close()
         if tb:
             tb.close()
-        from .report import loss_curve_png
-
         loss_curve_png(state.history, out / "loss.png")
         val_rows = [r for r in state.history if "val_loss" in r]
         runs.save_run(
@@ -585,12 +583,3 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     return out
 
 
-def collate_for(packing: bool):
-    from .encode import collate_packed
-
-    return collate_packed if packing else collate
-
-
-def read_log(run_dir: str | Path) -> list[dict]:
-    with (Path(run_dir) / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
