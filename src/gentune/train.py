@@ -324,179 +324,240 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
                     n_trainable, n_total, fingerprints)
 
 
-def train(cfg: TrainConfig, *, log=print) -> Path:
-    """Fine-tune per `cfg`; returns the run directory."""
+@dataclass
+class Session:
+    """A training run set up and ready for its first (or next) step."""
+
+    cfg: TrainConfig
+    out: Path
+    accelerator: object
+    prep: Prepared
+    loss_model: torch.nn.Module  # the model wrapped for Σ nll over targets (and for DDP)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: State
+    total_steps: int
+    accum: int  # micro-batches per optimizer step
+    log: object
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def model(self):
+        return self.accelerator.unwrap_model(self.loss_model).model
+
+
+def setup(cfg: TrainConfig, *, log=print) -> Session:
+    """Everything before the first step: the run directory checked, the accelerator, data and
+    model, optimizer, schedule, and the state (restored from a checkpoint on --resume)."""
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    started = time.time()
     out = Path(cfg.out)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision=_precision(cfg))
-    main = accelerator.is_main_process
+    main, world = accelerator.is_main_process, accelerator.num_processes
     if not main:
         log = lambda *_: None  # noqa: E731  (logs come from the main process only)
-    world = accelerator.num_processes
-
-    # ---- the run directory: a new run, this run continued, or an old one replaced ---------
+    if cfg.micro % world:
+        raise TrainingError(f"micro_batch_size {cfg.micro} must be a multiple of the "
+                            f"{world} processes")
+    # a new run, this run continued, or an old one replaced
     runs.prepare_out(out, resume=bool(cfg.resume), overwrite=cfg.overwrite, main=main)
     accelerator.wait_for_everyone()
     resume_from = _resume_point(cfg, out, log)
-
-    # ---- data and model -----------------------------------------------------------------
     prep = prepare(cfg, log=log)
-    model, tokenizer, template = prep.model, prep.tokenizer, prep.template
-    train_ex, val_ex, val_records = prep.train_ex, prep.val_ex, prep.val_records
-    train_rep, val_rep, read_reports = prep.train_report, prep.val_report, prep.read_reports
-    resolved, max_length = prep.resolved, prep.max_length
-    fingerprints = prep.fingerprints
     if main:
         out.mkdir(parents=True, exist_ok=True)
         # not complete until the end: nothing loads an older model from here meanwhile
         (out / "manifest.json").unlink(missing_ok=True)
         runs.write_json(out / "train_config.json", cfg.run_settings())  # how to continue it
         if not resume_from and not cfg.val:  # keep the held-out rows to score the run on
-            write_records(out / "heldout.jsonl", val_records)
+            write_records(out / "heldout.jsonl", prep.val_records)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable, n_total = prep.n_trainable, prep.n_total
-
-    if cfg.micro % world:
-        raise TrainingError(f"micro_batch_size {cfg.micro} must be a multiple of the "
-                            f"{world} processes")
-    accum = cfg.batch_size // cfg.micro
-    steps_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(prep.train_ex) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    trainable = [p for p in prep.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler, optimizer,
         num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
-    state = State(data_sha256=fingerprints)
+    state = State(data_sha256=prep.fingerprints)
     if resume_from:
-        state = State(**checkpoint.load(resume_from, model=model, optimizer=optimizer,
+        state = State(**checkpoint.load(resume_from, model=prep.model, optimizer=optimizer,
                                         scheduler=scheduler))
-        changed = sorted(k for k in fingerprints if state.data_sha256.get(k, fingerprints[k])
-                         != fingerprints[k])
+        changed = sorted(k for k, sha in prep.fingerprints.items()
+                         if state.data_sha256.get(k, sha) != sha)
         if changed:
             raise TrainingError(f"--resume: the {' and '.join(changed)} file's content differs "
                                 f"from what {resume_from} was trained on; resume with the "
                                 "original data, or start again with --overwrite")
         log(f"gentune: resumed from {resume_from} (step {state.step})")
-    loss_model = TargetLoss(model)
+    loss_model = TargetLoss(prep.model)
     if cfg.compile:
         loss_model = torch.compile(loss_model)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
-    model.train()
-    pad_id = tokenizer.pad_token_id
-    device = accelerator.device
+    prep.model.train()
+    return Session(cfg, out, accelerator, prep, loss_model, optimizer, scheduler, state,
+                   total_steps, cfg.batch_size // cfg.micro, log)
 
-    # ---- logging --------------------------------------------------------------------------
-    log_file = writer = tb = None
-    if main:
-        log_file = (out / "metrics.csv").open("w", newline="")
-        writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(state.history)  # a resumed run continues the same log
-        log_file.flush()
-        if cfg.tensorboard:
+
+class RunLog:
+    """metrics.csv (one row per step; a resumed run rewrites the rows it had and goes on) and
+    TensorBoard when it is installed; on the main process only."""
+
+    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "val_metric")
+
+    def __init__(self, out: Path, history: list[dict], *, enabled: bool, tensorboard: bool):
+        self.file = self.writer = self.tb = None
+        if not enabled:
+            return
+        self.file = (out / "metrics.csv").open("w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
+        self.writer.writeheader()
+        self.writer.writerows(history)
+        self.file.flush()
+        if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                tb = SummaryWriter(str(out / "tensorboard"))
+                self.tb = SummaryWriter(str(out / "tensorboard"))
             except ImportError:
-                tb = None
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
-               disable=not (cfg.progress and main), dynamic_ncols=True)
+                self.tb = None
 
-    def validate(row: dict) -> None:
-        if not val_ex:
+    def write(self, row: dict) -> None:
+        if self.writer is None:
             return
-        row["val_loss"], row["val_perplexity"] = evaluate_loss(model, val_ex, pad_id,
-                                                               cfg.micro)
-        value = row["val_loss"]
-        if cfg.metric != "val_loss" or cfg.eval_generate:
-            score, n = generation_metric(
-                model, tokenizer, template, val_records[:cfg.eval_generate],
-                cfg.metric if cfg.metric != "val_loss" else "rougeL",
-                rows=state.gen_rows, budget_s=cfg.eval_budget_s, batch_size=cfg.micro)
-            if state.gen_rows is None:  # all processes use the main process's subset size
-                state.gen_rows = broadcast_object_list([n])[0] if world > 1 else n
-            row["val_metric"] = score
-            if cfg.metric != "val_loss":
-                value = score
-        improved = state.best is None or (value > state.best if cfg.higher_is_better
-                                          else value < state.best)
-        if improved:
-            state.best, state.best_step, state.bad_evals = value, state.step, 0
-        else:
-            state.bad_evals += 1
-        log(f"gentune: step {state.step}: val loss {row['val_loss']:.4f}, perplexity "
-            f"{row['val_perplexity']:.2f}"
-            + (f", {cfg.metric if cfg.metric != 'val_loss' else 'rougeL'} "
-               f"{row['val_metric']:.2f} on {state.gen_rows} rows" if "val_metric" in row
-               else "")
-            + (" (best)" if improved else f" (no improvement {state.bad_evals}x)"))
-        if cfg.patience and state.bad_evals >= cfg.patience:
-            state.stopped_early = True
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.tb:
+            for k in self.SCALARS:
+                if k in row:
+                    self.tb.add_scalar(f"train/{k}", row[k], row["step"])
 
-    saved_step = state.step if resume_from else None
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb:
+            self.tb.close()
 
-    def save_checkpoint() -> None:
-        nonlocal saved_step
-        saved_step = state.step
-        if main:
-            checkpoint.save(out, state.step, model=accelerator.unwrap_model(loss_model).model,
-                            optimizer=optimizer, scheduler=scheduler, state=vars(state),
-                            keep_last=cfg.keep_last, keep=(state.best_step,),
-                            crash_hook=lambda point: _fault("in-" + point, state.step))
-        accelerator.wait_for_everyone()
 
-    # ---- the loop -------------------------------------------------------------------------
+def validate(s: Session, row: dict) -> None:
+    """Validation loss and perplexity into `row`, plus the task metric on the fixed generation
+    subset; updates the best value, the patience count and early stopping."""
+    from accelerate.utils import broadcast_object_list
+
+    cfg, state, prep = s.cfg, s.state, s.prep
+    if not prep.val_ex:
+        return
+    row["val_loss"], row["val_perplexity"] = evaluate_loss(
+        prep.model, prep.val_ex, prep.tokenizer.pad_token_id, cfg.micro)
+    value = row["val_loss"]
+    metric = cfg.metric if cfg.metric != "val_loss" else "rougeL"
+    if cfg.metric != "val_loss" or cfg.eval_generate:
+        score, n = generation_metric(
+            prep.model, prep.tokenizer, prep.template, prep.val_records[:cfg.eval_generate],
+            metric, rows=state.gen_rows, budget_s=cfg.eval_budget_s, batch_size=cfg.micro)
+        if state.gen_rows is None:  # all processes use the main process's subset size
+            state.gen_rows = broadcast_object_list([n])[0] if s.world > 1 else n
+        row["val_metric"] = score
+        if cfg.metric != "val_loss":
+            value = score
+    improved = state.best is None or (value > state.best if cfg.higher_is_better
+                                      else value < state.best)
+    if improved:
+        state.best, state.best_step, state.bad_evals = value, state.step, 0
+    else:
+        state.bad_evals += 1
+    s.log(f"gentune: step {state.step}: val loss {row['val_loss']:.4f}, perplexity "
+          f"{row['val_perplexity']:.2f}"
+          + (f", {metric} {row['val_metric']:.2f} on {state.gen_rows} rows"
+             if "val_metric" in row else "")
+          + (" (best)" if improved else f" (no improvement {state.bad_evals}x)"))
+    if cfg.patience and state.bad_evals >= cfg.patience:
+        state.stopped_early = True
+
+
+def save_checkpoint(s: Session) -> None:
+    """Checkpoint the current step (main process), keeping the last K and the best."""
+    if s.main:
+        state = s.state
+        checkpoint.save(s.out, state.step, model=s.model, optimizer=s.optimizer,
+                        scheduler=s.scheduler, state=vars(state), keep_last=s.cfg.keep_last,
+                        keep=(state.best_step,),
+                        crash_hook=lambda point: _fault("in-" + point, state.step))
+    s.accelerator.wait_for_everyone()
+
+
+def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, int]:
+    """Forward and backward over the step's micro-batches, clip, check, apply; returns (loss per
+    target token, gradient norm, target tokens). A NaN loss or gradient stops the run before the
+    step is applied; running out of memory says what to change."""
+    cfg, state, train_ex, acc = s.cfg, s.state, s.prep.train_ex, s.accelerator
+    rank, world = acc.process_index, s.world
+    # every process sees the global micro-batches; it trains on its share of the rows
+    n_step = sum(train_ex[i].n_targets for b in group for i in b)
+    collate_fn = collate_for(cfg.packing)
+    micro = [collate_fn([train_ex[i] for i in b[rank::world]], s.prep.tokenizer.pad_token_id)
+             for b in group]
+    try:
+        nll_sum, _ = accumulate_gradients(s.loss_model, micro, acc, n_step=n_step, scale=world)
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not _is_oom(e):
+            raise
+        raise TrainingError(
+            f"out of memory at step {state.step + 1} (micro-batch of {cfg.micro} rows, "
+            f"up to {max(len(train_ex[i].input_ids) for b in group for i in b)} tokens)"
+            "; try a smaller --micro-batch-size (gradient accumulation keeps the "
+            "batch), --gradient-checkpointing, --method lora, or a lower --max-length"
+        ) from None
+    if world > 1:
+        nll_sum = float(acc.reduce(torch.tensor(nll_sum, device=acc.device), reduction="sum"))
+    loss = nll_sum / n_step
+    grad_norm = (float(acc.clip_grad_norm_(s.loss_model.parameters(), cfg.max_grad_norm))
+                 if cfg.max_grad_norm > 0 else float("nan"))
+    if not math.isfinite(loss) or (cfg.max_grad_norm > 0 and not math.isfinite(grad_norm)):
+        last = checkpoint.latest(s.out)
+        raise TrainingError(
+            f"loss became {loss} (gradient norm {grad_norm}) at step {state.step + 1}; "
+            "this step was not applied and nothing after it saved. "
+            + (f"The last good checkpoint is {last}: lower --lr and continue with "
+               "--resume." if last else "No checkpoint was written yet: lower --lr "
+               "(and consider --save-every).")
+        )
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, n_step
+
+
+def train(cfg: TrainConfig, *, log=print) -> Path:
+    """Fine-tune per `cfg`; returns the run directory. The loop: batch → forward → loss →
+    backward → clip → step → schedule → log → validate → checkpoint."""
+    from tqdm.auto import tqdm
+
+    started = time.time()
+    s = setup(cfg, log=log)
+    state, train_ex = s.state, s.prep.train_ex
+    run_log = RunLog(s.out, state.history, enabled=s.main, tensorboard=cfg.tensorboard)
+    bar = tqdm(total=s.total_steps, initial=state.step, desc="train", unit="step",
+               disable=not (cfg.progress and s.main), dynamic_ncols=True)
+    saved_step = state.step or None  # a resumed run's step is saved already
     t0 = time.time() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
     tokens_done = sum(r["tokens"] for r in state.history)
     targets_done = sum(r["target_tokens"] for r in state.history)
-    rank, collate_fn = accelerator.process_index, collate_for(cfg.packing)
-    while state.step < total_steps and not state.stopped_early:
+    while state.step < s.total_steps and not state.stopped_early:
         batches = length_grouped_batches(train_ex, cfg.micro, seed=cfg.seed, epoch=state.epoch)
-        while (state.next_batch < len(batches) and state.step < total_steps
+        while (state.next_batch < len(batches) and state.step < s.total_steps
                and not state.stopped_early):
-            group = batches[state.next_batch:state.next_batch + accum]
-            # every process sees the global micro-batches; it trains on its share of the rows
-            n_step = sum(train_ex[i].n_targets for b in group for i in b)
-            micro = [collate_fn([train_ex[i] for i in b[rank::world]], pad_id) for b in group]
-            try:
-                nll_sum, _ = accumulate_gradients(loss_model, micro, accelerator,
-                                                  n_step=n_step, scale=world)
-            except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
-                if not _is_oom(e):
-                    raise
-                raise TrainingError(
-                    f"out of memory at step {state.step + 1} (micro-batch of {cfg.micro} rows, "
-                    f"up to {max(len(train_ex[i].input_ids) for b in group for i in b)} tokens)"
-                    "; try a smaller --micro-batch-size (gradient accumulation keeps the "
-                    "batch), --gradient-checkpointing, --method lora, or a lower --max-length"
-                ) from None
-            if world > 1:
-                nll_sum = float(accelerator.reduce(torch.tensor(nll_sum, device=device),
-                                                   reduction="sum"))
-            loss = nll_sum / n_step
-            grad_norm = (float(accelerator.clip_grad_norm_(loss_model.parameters(),
-                                                           cfg.max_grad_norm))
-                         if cfg.max_grad_norm > 0 else float("nan"))
-            if not math.isfinite(loss) or (cfg.max_grad_norm > 0 and not math.isfinite(grad_norm)):
-                last = checkpoint.latest(out)
-                raise TrainingError(
-                    f"loss became {loss} (gradient norm {grad_norm}) at step {state.step + 1}; "
-                    "this step was not applied and nothing after it saved. "
-                    + (f"The last good checkpoint is {last}: lower --lr and continue with "
-                       "--resume." if last else "No checkpoint was written yet: lower --lr "
-                       "(and consider --save-every).")
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            group = batches[state.next_batch:state.next_batch + s.accum]
+            loss, grad_norm, n_step = optimizer_step(s, group)
             state.step += 1
             state.next_batch += len(group)
             elapsed = time.time() - t0
@@ -505,7 +566,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
             targets_done += n_step
             row = {"step": state.step,
                    "epoch": round(state.epoch + state.next_batch / len(batches), 4),
-                   "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0],
+                   "loss": round(loss, 6), "lr": s.scheduler.get_last_lr()[0],
                    "grad_norm": round(grad_norm, 6), "tokens": n_tokens,
                    "target_tokens": n_step,
                    "tokens_per_s": round(tokens_done / max(elapsed, 1e-9), 1),
@@ -514,63 +575,59 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
                    "elapsed_s": round(elapsed, 3)}
             end_of_epoch = state.next_batch >= len(batches)
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
-            if due or state.step == total_steps:
-                validate(row)
+            if due or state.step == s.total_steps:
+                validate(s, row)
             state.history.append(row)
-            if writer:
-                writer.writerow(row)
-                log_file.flush()
-                if tb:
-                    for k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss",
-                              "val_metric"):
-                        if k in row:
-                            tb.add_scalar(f"train/{k}", row[k], state.step)
+            run_log.write(row)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             bar.update(1)
             if end_of_epoch:  # the next step starts the next epoch's batch order
                 state.epoch, state.next_batch = state.epoch + 1, 0
             if ((cfg.save_every and state.step % cfg.save_every == 0)
-                    or state.best_step == state.step or state.step == total_steps
+                    or state.best_step == state.step or state.step == s.total_steps
                     or state.stopped_early):
-                save_checkpoint()
+                save_checkpoint(s)
+                saved_step = state.step
             _fault("after", state.step)
             if end_of_epoch:
                 break
     bar.close()
+    run_log.close()
     if state.stopped_early:
-        log(f"gentune: early stop at step {state.step}: {cfg.patience} validations without "
+        s.log(f"gentune: early stop at step {state.step}: {cfg.patience} validations without "
             f"improvement; best {cfg.metric} {state.best:.4f} at step {state.best_step}")
     if saved_step != state.step:  # e.g. resumed from the final checkpoint
-        save_checkpoint()
+        save_checkpoint(s)
+    return finish(s, started=started, t0=t0)
 
-    # ---- the run directory ----------------------------------------------------------------
-    model = accelerator.unwrap_model(loss_model).model
-    final_step = state.step
+
+def finish(s: Session, *, started: float, t0: float) -> Path:
+    """Write the run directory: the best (or last) weights, template, settings, loss curve, and
+    the manifest last, which marks the run complete."""
+    cfg, state, prep = s.cfg, s.state, s.prep
+    model, final_step = s.model, state.step
     if cfg.final_model == "best" and state.best_step not in (None, state.step):
-        checkpoint.load(checkpoint.root(out) / f"{checkpoint.PREFIX}{state.best_step:08d}",
+        checkpoint.load(checkpoint.root(s.out) / f"{checkpoint.PREFIX}{state.best_step:08d}",
                         model=model)
         final_step = state.best_step
-        log(f"gentune: the run's model is the best checkpoint (step {state.best_step})")
-    if main:
-        log_file.close()
-        if tb:
-            tb.close()
-        loss_curve_png(state.history, out / "loss.png")
+        s.log(f"gentune: the run's model is the best checkpoint (step {state.best_step})")
+    if s.main:
+        loss_curve_png(state.history, s.out / "loss.png")
         val_rows = [r for r in state.history if "val_loss" in r]
         runs.save_run(
-            out, model=model, tokenizer=tokenizer, template=template, cfg=cfg,
-            base_model=resolved,
-            data_files={getattr(cfg, role): sha for role, sha in fingerprints.items()},
+            s.out, model=model, tokenizer=prep.tokenizer, template=prep.template, cfg=cfg,
+            base_model=prep.resolved,
+            data_files={getattr(cfg, role): sha for role, sha in prep.fingerprints.items()},
             stats={
-                "train": vars(train_rep), "validation": vars(val_rep),
-                "read": [vars(r) for r in read_reports],
-                "steps": state.step, "model_step": final_step, "max_length": max_length,
-                "processes": world, "packing": cfg.packing,
+                "train": vars(prep.train_report), "validation": vars(prep.val_report),
+                "read": [vars(r) for r in prep.read_reports],
+                "steps": state.step, "model_step": final_step, "max_length": prep.max_length,
+                "processes": s.world, "packing": cfg.packing,
                 "best_checkpoint": (f"checkpoints/{checkpoint.PREFIX}{state.best_step:08d}"
                                     if state.best_step is not None else None),
                 "best_metric": {cfg.metric: state.best} if state.best is not None else None,
                 "stopped_early": state.stopped_early,
-                "trainable_parameters": n_trainable, "total_parameters": n_total,
+                "trainable_parameters": prep.n_trainable, "total_parameters": prep.n_total,
                 "final_train_loss": state.history[-1]["loss"] if state.history else None,
                 "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
                 "final_val_perplexity": val_rows[-1]["val_perplexity"] if val_rows else None,
@@ -578,8 +635,6 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
                 "total_seconds": round(time.time() - started, 2),
             },
         )
-        log(f"gentune: saved run to {out}")
-    accelerator.wait_for_everyone()
-    return out
-
-
+        s.log(f"gentune: saved run to {s.out}")
+    s.accelerator.wait_for_everyone()
+    return s.out
