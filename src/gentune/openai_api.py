@@ -8,6 +8,7 @@ typo never passes silently. Sampling: `temperature` 0 is greedy; omitted, the ta
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Literal
 
@@ -178,3 +179,46 @@ class ChatRequest(_Body):
         if not any(m["role"] == "user" for m in msgs):
             raise RequestError("messages need at least one user message", "messages")
         return msgs
+
+
+# ---- response shapes ------------------------------------------------------------------------
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion(rid: str, model: str, choices: list[tuple[str, str]], used: dict) -> dict:
+    """A /v1/completions answer; `choices` are (text, finish_reason)."""
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": k, "text": text, "finish_reason": reason, "logprobs": None}
+                        for k, (text, reason) in enumerate(choices)],
+            "usage": used}
+
+
+def chat_completion(rid: str, model: str, choices: list[tuple[str, str]], used: dict) -> dict:
+    """A /v1/chat/completions answer; `choices` are (text, finish_reason)."""
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": k, "message": {"role": "assistant", "content": text},
+                         "finish_reason": reason, "logprobs": None}
+                        for k, (text, reason) in enumerate(choices)],
+            "usage": used}
+
+
+def completion_chunk(rid: str, model: str, text: str | None, reason: str | None, *,
+                     start: bool = False) -> dict | None:
+    """A streamed /v1/completions event (none opens the stream)."""
+    if start:
+        return None
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text or "", "finish_reason": reason,
+                         "logprobs": None}]}
+
+
+def chat_chunk(rid: str, model: str, text: str | None, reason: str | None, *,
+               start: bool = False) -> dict:
+    """A streamed /v1/chat/completions event: the first carries the role."""
+    delta = {"role": "assistant", "content": ""} if start else (
+        {"content": text} if text is not None else {})
+    return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": reason,
+                                         "logprobs": None}]}

@@ -21,8 +21,15 @@ import json
 import logging
 import secrets
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from importlib.resources import files
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from .config import Decoding
 from .data import Record
@@ -30,7 +37,16 @@ from .encode import encode_prompt
 from .errors import DataError
 from .generate import Generation, default_decoding
 from .models import context_length
-from .openai_api import ChatRequest, CompletionRequest, RequestError
+from .openai_api import (
+    ChatRequest,
+    CompletionRequest,
+    RequestError,
+    chat_chunk,
+    chat_completion,
+    completion,
+    completion_chunk,
+    usage,
+)
 from .runs import Loaded, resolve_template
 from .scheduler import Busy, GenerationFailed, Job, Scheduler, TimedOut
 from .tasks import PromptTemplate, build_template, get_task, prompt_record
@@ -78,121 +94,44 @@ def templates(loaded: Loaded, task: str | None) -> tuple[PromptTemplate, PromptT
     return completion, chat
 
 
-def create_app(loaded: Loaded, settings: ServeSettings | None = None):
-    from contextlib import asynccontextmanager
+class _NotFound(Exception):
+    """A model id this server does not serve (404)."""
 
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
 
-    settings = settings or ServeSettings()
-    model, tok = loaded.model, loaded.tokenizer
-    completion_tpl, chat_tpl = templates(loaded, settings.task)
-    context = context_length(model)
-    name = settings.model_name or _default_name(loaded)
-    created = int(time.time())
-    scheduler = Scheduler(model, tok, max_batch=settings.max_batch, max_queue=settings.max_queue)
+@dataclass
+class Served:
+    """What the routes share: the model, its templates and limits, and the queue."""
 
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        scheduler.close()
+    loaded: Loaded
+    settings: ServeSettings
+    completion_tpl: PromptTemplate
+    chat_tpl: PromptTemplate
+    context: int
+    name: str
+    created: int
+    scheduler: Scheduler
 
-    app = FastAPI(title="gentune", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.scheduler = scheduler
-    app.state.model_name = name
-    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                       body_timeout=settings.body_timeout)
-
-    # ---- errors, all in OpenAI's shape {"error": {message, type, param, code}} -----------
-    def error(status: int, message: str, kind: str, param=None, code=None, headers=None):
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                       "code": code}}, status_code=status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, exc: RequestValidationError):
-        problems = []
-        for e in exc.errors():
-            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-            if e.get("type") == "json_invalid":
-                ctx = e.get("ctx") or {}
-                problems.append(f"malformed JSON: {ctx.get('error', e.get('msg'))}")
-            elif e.get("type") == "extra_forbidden":
-                problems.append(f"{where}: unknown field")
-            else:
-                problems.append(f"{where or 'body'}: {e.get('msg')}")
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
-        return error(422, "; ".join(problems) or "invalid request", "invalid_request_error",
-                     param, "invalid_body")
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, exc: HTTPException):
-        return error(exc.status_code, str(exc.detail), "invalid_request_error",
-                     headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestError)
-    async def bad_request(request, exc: RequestError):
-        return error(400, str(exc), "invalid_request_error", exc.param)
-
-    @app.exception_handler(Busy)
-    async def busy(request, exc: Busy):
-        return error(429, str(exc), "server_busy", code="queue_full",
-                     headers={"Retry-After": "1"})
-
-    @app.exception_handler(TimedOut)
-    async def timed_out(request, exc: TimedOut):
-        return error(504, f"{exc} ({settings.timeout:g} s, gentune serve --timeout); "
-                     "lower max_tokens or retry", "timeout", code="timeout")
-
-    @app.exception_handler(_NotFound)
-    async def not_found(request, exc: _NotFound):
-        return error(404, str(exc), "invalid_request_error", "model", "model_not_found")
-
-    @app.exception_handler(GenerationFailed)
-    async def failed(request, exc: GenerationFailed):
-        return error(500, str(exc), "server_error", code="generation_failed")
-
-    @app.exception_handler(Exception)
-    async def crashed(request, exc: Exception):
-        log.exception("request failed")
-        return error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
-
-    # ---- helpers --------------------------------------------------------------------------
-    def check_model(body) -> None:
-        if body.model not in (None, "", name):
+    def check_model(self, body) -> None:
+        if body.model not in (None, "", self.name):
             raise _NotFound(f"model {body.model!r} is not served here; this server serves "
-                            f"{name!r} (GET /v1/models)")
+                            f"{self.name!r} (GET /v1/models)")
 
-    def within_prompt_limit(prompts: list[list[int]], param: str) -> None:
-        """A request buys at most `max_prompt_tokens` of prefill, summed over its prompts."""
-        n = sum(map(len, prompts))
-        if n > settings.max_prompt_tokens:
-            raise RequestError(
-                f"the request's prompts have {n} tokens in all, over this server's limit of "
-                f"{settings.max_prompt_tokens} (gentune serve --max-prompt-tokens); send fewer "
-                "or shorter prompts", param)
+    def decoding(self, body, template: PromptTemplate) -> Decoding:
+        d = body.decoding(default_decoding(template),
+                          max_tokens_limit=self.settings.max_tokens_limit)
+        if d.do_sample and body.seed is None:  # as OpenAI: unseeded sampling differs per call
+            d = replace(d, seed=secrets.randbelow(2**31))
+        return d
 
-    def fit(ids: list[int], body, decoding: Decoding, where: str) -> Decoding:
-        """Check prompt + output against the context (400), or shrink an unasked default."""
-        room = context - len(ids)
-        asked = body.requested_tokens()
-        if asked is not None and asked > room or room < 1:
-            raise RequestError(
-                f"{where}: the prompt has {len(ids)} tokens and max_tokens is "
-                f"{asked or decoding.max_new_tokens}, together more than the model's context "
-                f"of {context} tokens; shorten the prompt or lower max_tokens", "max_tokens")
-        return replace(decoding, max_new_tokens=min(decoding.max_new_tokens, room))
-
-    def encode(record: Record, template: PromptTemplate, decoding: Decoding,
+    def encode(self, record: Record, template: PromptTemplate, decoding: Decoding,
                param: str) -> tuple[list[int], bool]:
         """The prompt's ids, shortened only as the run's training shortened inputs (its
         max_length, as `gentune generate` does), never to squeeze into the context (that is a
         400); a template that cannot render these messages is the request's fault (400)."""
         limit = template.prompt_limit(10**9, decoding.max_new_tokens)
         try:
-            ids, _, shortened = encode_prompt(record, template, tok, max_length=limit)
+            ids, _, shortened = encode_prompt(record, template, self.loaded.tokenizer,
+                                              max_length=limit)
         except DataError as e:
             raise RequestError(str(e).removeprefix(f"{record.where}: "), param) from None
         except Exception as e:  # noqa: BLE001 — jinja errors have no common base we import
@@ -200,160 +139,232 @@ def create_app(loaded: Loaded, settings: ServeSettings | None = None):
                                f"{type(e).__name__}: {e}", param) from None
         return ids, shortened
 
-    def make_decoding(body, template: PromptTemplate) -> Decoding:
-        d = body.decoding(default_decoding(template),
-                          max_tokens_limit=settings.max_tokens_limit)
-        if d.do_sample and body.seed is None:  # as OpenAI: unseeded sampling differs per call
-            d = replace(d, seed=secrets.randbelow(2**31))
-        return d
+    def fit(self, ids: list[int], body, decoding: Decoding, where: str) -> Decoding:
+        """Check prompt + output against the context (400), or shrink an unasked default."""
+        room = self.context - len(ids)
+        asked = body.requested_tokens()
+        if asked is not None and asked > room or room < 1:
+            raise RequestError(
+                f"{where}: the prompt has {len(ids)} tokens and max_tokens is "
+                f"{asked or decoding.max_new_tokens}, together more than the model's context "
+                f"of {self.context} tokens; shorten the prompt or lower max_tokens", "max_tokens")
+        return replace(decoding, max_new_tokens=min(decoding.max_new_tokens, room))
 
-    def usage(prompt_tokens: int, gens: list[Generation]) -> dict:
-        done = sum(g.new_tokens for g in gens)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": done,
-                "total_tokens": prompt_tokens + done}
+    def within_prompt_limit(self, prompts: list[list[int]], param: str) -> None:
+        """A request buys at most `max_prompt_tokens` of prefill, summed over its prompts."""
+        n, limit = sum(map(len, prompts)), self.settings.max_prompt_tokens
+        if n > limit:
+            raise RequestError(
+                f"the request's prompts have {n} tokens in all, over this server's limit of "
+                f"{limit} (gentune serve --max-prompt-tokens); send fewer or shorter prompts",
+                param)
 
-    def job(prompts: list[list[int]], decoding: Decoding) -> Job:
+    def job(self, prompts: list[list[int]], decoding: Decoding) -> Job:
         return Job(prompts=prompts, decoding=decoding,
-                   deadline=time.monotonic() + settings.timeout)
+                   deadline=time.monotonic() + self.settings.timeout)
 
-    def sse(obj) -> str:
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-    async def streamed(j: Job, prompt_tokens: int, chunk, include_usage: bool):
-        """Server-sent events: the pieces, a final chunk with finish_reason, [DONE]. The
-        response starts once the first piece is there, so a full queue (429) or a timeout
-        while waiting (504) is still an HTTP status."""
-        pieces = scheduler.stream(j)
-        try:
-            first = await anext(pieces)
-        except StopAsyncIteration:
-            first = None
+def create_app(loaded: Loaded, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving `loaded`: routes, error handlers, API key and body limits."""
+    settings = settings or ServeSettings()
+    completion_tpl, chat_tpl = templates(loaded, settings.task)
+    scheduler = Scheduler(loaded.model, loaded.tokenizer, max_batch=settings.max_batch,
+                          max_queue=settings.max_queue)
+    served = Served(loaded, settings, completion_tpl, chat_tpl, context_length(loaded.model),
+                    settings.model_name or _default_name(loaded), int(time.time()), scheduler)
 
-        async def events():
-            opening = chunk(None, None, start=True)
-            if opening:
-                yield sse(opening)
-            item = first
-            try:
-                while item is not None:
-                    if isinstance(item, Generation):
-                        yield sse(chunk(None, _reason(item)))
-                        if include_usage:
-                            yield sse({**chunk(None, None), "choices": [],
-                                       "usage": usage(prompt_tokens, [item])})
-                        break
-                    if item:
-                        yield sse(chunk(item, None))
-                    item = await anext(pieces, None)
-            except Exception as e:  # noqa: BLE001 — the status is sent already: say it here
-                kind = "timeout" if isinstance(e, TimedOut) else "server_error"
-                yield sse({"error": {"message": str(e), "type": kind}})
-            finally:
-                await pieces.aclose()
-            yield "data: [DONE]\n\n"
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        scheduler.close()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache",
-                                          "X-Accel-Buffering": "no"})
-
-    # ---- routes ---------------------------------------------------------------------------
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": name, "context": context, **scheduler.stats()}
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                            "owned_by": "gentune", "context_length": context,
-                                            "task": completion_tpl.task}]}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def one_model(model_id: str):
-        if model_id != name:
-            raise _NotFound(f"model {model_id!r} is not served here; this server serves {name!r}")
-        return {"id": name, "object": "model", "created": created, "owned_by": "gentune"}
-
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
-        check_model(body)
-        texts = body.prompts()
-        decoding = make_decoding(body, completion_tpl)
-        prompts, shortened = [], 0
-        for i, text in enumerate(texts):
-            where = f"prompt {i}" if len(texts) > 1 else "prompt"
-            if body.raw:
-                ids = tok(text, add_special_tokens=True)["input_ids"]
-                if not ids:
-                    raise RequestError(f"{where} is empty: a raw prompt needs at least one "
-                                       "token", "prompt")
-            else:
-                ids, short = encode(prompt_record(completion_tpl, text, row=i + 1),
-                                    completion_tpl, decoding, "prompt")
-                shortened += short
-            decoding = fit(ids, body, decoding, where)
-            prompts.append(ids)
-        within_prompt_limit(prompts, "prompt")
-        rid, n_prompt = f"cmpl-{secrets.token_hex(12)}", sum(map(len, prompts))
-
-        def chunk(text, reason, start=False):
-            if start:
-                return None
-            return {"id": rid, "object": "text_completion", "created": int(time.time()),
-                    "model": name, "choices": [{"index": 0, "text": text or "",
-                                                "finish_reason": reason, "logprobs": None}]}
-
-        if body.stream:
-            return await streamed(job(prompts, decoding), n_prompt, chunk,
-                                  _usage_wanted(body))
-        gens = await scheduler.complete(job(prompts, decoding))
-        return {"id": rid, "object": "text_completion", "created": int(time.time()),
-                "model": name, "choices": [
-                    {"index": k, "text": g.text, "finish_reason": _reason(g), "logprobs": None}
-                    for k, g in enumerate(gens)],
-                "usage": usage(n_prompt, gens), **_shortened(shortened)}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest):
-        check_model(body)
-        record = Record(source="<chat>", row=1, messages=body.conversation())
-        decoding = make_decoding(body, chat_tpl)
-        ids, shortened = encode(record, chat_tpl, decoding, "messages")
-        decoding = fit(ids, body, decoding, "messages")
-        within_prompt_limit([ids], "messages")
-        rid = f"chatcmpl-{secrets.token_hex(12)}"
-
-        def chunk(text, reason, start=False):
-            delta = {"role": "assistant", "content": ""} if start else (
-                {"content": text} if text is not None else {})
-            return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-                    "model": name, "choices": [{"index": 0, "delta": delta,
-                                                "finish_reason": reason, "logprobs": None}]}
-
-        if body.stream:
-            return await streamed(job([ids], decoding), len(ids), chunk,
-                                  _usage_wanted(body))
-        gens = await scheduler.complete(job([ids], decoding))
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()),
-                "model": name, "choices": [
-                    {"index": k, "message": {"role": "assistant", "content": g.text},
-                     "finish_reason": _reason(g), "logprobs": None}
-                    for k, g in enumerate(gens)],
-                "usage": usage(len(ids), gens), **_shortened(shortened)}
-
-    @app.get("/", response_class=HTMLResponse)
-    async def playground():
-        page = files("gentune").joinpath("static/playground.html").read_text()
-        return HTMLResponse(page, headers={
-            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-            "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
-
+    app = FastAPI(title="gentune", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.served, app.state.scheduler, app.state.model_name = served, scheduler, served.name
+    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                       body_timeout=settings.body_timeout)
+    for kind, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(kind, handler)
+    app.include_router(routes)
     return app
 
 
-class _NotFound(Exception):
-    pass
+# ---- errors, all in OpenAI's shape {"error": {message, type, param, code}} ------------------
+def error(status: int, message: str, kind: str, param=None, code=None, headers=None):
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
+                                   "code": code}}, status_code=status, headers=headers)
+
+
+async def _invalid(request, exc: RequestValidationError):
+    problems = []
+    for e in exc.errors():
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        if e.get("type") == "json_invalid":
+            ctx = e.get("ctx") or {}
+            problems.append(f"malformed JSON: {ctx.get('error', e.get('msg'))}")
+        elif e.get("type") == "extra_forbidden":
+            problems.append(f"{where}: unknown field")
+        else:
+            problems.append(f"{where or 'body'}: {e.get('msg')}")
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
+    return error(422, "; ".join(problems) or "invalid request", "invalid_request_error",
+                 param, "invalid_body")
+
+
+async def _timed_out(request, exc: TimedOut):
+    timeout = request.app.state.served.settings.timeout
+    return error(504, f"{exc} ({timeout:g} s, gentune serve --timeout); lower max_tokens or "
+                 "retry", "timeout", code="timeout")
+
+
+async def _crashed(request, exc: Exception):
+    log.exception("request failed")
+    return error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+
+ERROR_HANDLERS = {
+    RequestValidationError: _invalid,
+    HTTPException: lambda request, exc: error(exc.status_code, str(exc.detail),
+                                              "invalid_request_error",
+                                              headers=getattr(exc, "headers", None)),
+    RequestError: lambda request, exc: error(400, str(exc), "invalid_request_error", exc.param),
+    Busy: lambda request, exc: error(429, str(exc), "server_busy", code="queue_full",
+                                     headers={"Retry-After": "1"}),
+    TimedOut: _timed_out,
+    _NotFound: lambda request, exc: error(404, str(exc), "invalid_request_error", "model",
+                                          "model_not_found"),
+    GenerationFailed: lambda request, exc: error(500, str(exc), "server_error",
+                                                 code="generation_failed"),
+    Exception: _crashed,
+}
+
+
+# ---- streaming ------------------------------------------------------------------------------
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def streamed(served: Served, job: Job, prompt_tokens: int, chunk, include_usage: bool):
+    """Server-sent events: the pieces, a final chunk with finish_reason, [DONE]. The response
+    starts once the first piece is there, so a full queue (429) or a timeout while waiting
+    (504) is still an HTTP status."""
+    pieces = served.scheduler.stream(job)
+    try:
+        first = await anext(pieces)
+    except StopAsyncIteration:
+        first = None
+
+    async def events():
+        opening = chunk(None, None, start=True)
+        if opening:
+            yield sse(opening)
+        item = first
+        try:
+            while item is not None:
+                if isinstance(item, Generation):
+                    yield sse(chunk(None, _reason(item)))
+                    if include_usage:
+                        yield sse({**chunk(None, None), "choices": [],
+                                   "usage": usage(prompt_tokens, item.new_tokens)})
+                    break
+                if item:
+                    yield sse(chunk(item, None))
+                item = await anext(pieces, None)
+        except Exception as e:  # noqa: BLE001 — the status is sent already: say it here
+            kind = "timeout" if isinstance(e, TimedOut) else "server_error"
+            yield sse({"error": {"message": str(e), "type": kind}})
+        finally:
+            await pieces.aclose()
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# ---- routes ---------------------------------------------------------------------------------
+routes = APIRouter()
+
+
+@routes.get("/health")
+async def health(request: Request):
+    s = request.app.state.served
+    return {"status": "ok", "model": s.name, "context": s.context, **s.scheduler.stats()}
+
+
+@routes.get("/v1/models")
+async def models(request: Request):
+    s = request.app.state.served
+    return {"object": "list", "data": [{"id": s.name, "object": "model", "created": s.created,
+                                        "owned_by": "gentune", "context_length": s.context,
+                                        "task": s.completion_tpl.task}]}
+
+
+@routes.get("/v1/models/{model_id:path}")
+async def one_model(model_id: str, request: Request):
+    s = request.app.state.served
+    if model_id != s.name:
+        raise _NotFound(f"model {model_id!r} is not served here; this server serves {s.name!r}")
+    return {"id": s.name, "object": "model", "created": s.created, "owned_by": "gentune"}
+
+
+@routes.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    s: Served = request.app.state.served
+    s.check_model(body)
+    texts = body.prompts()
+    decoding = s.decoding(body, s.completion_tpl)
+    prompts, shortened = [], 0
+    for i, text in enumerate(texts):
+        where = f"prompt {i}" if len(texts) > 1 else "prompt"
+        if body.raw:
+            ids = s.loaded.tokenizer(text, add_special_tokens=True)["input_ids"]
+            if not ids:
+                raise RequestError(f"{where} is empty: a raw prompt needs at least one token",
+                                   "prompt")
+        else:
+            ids, short = s.encode(prompt_record(s.completion_tpl, text, row=i + 1),
+                                  s.completion_tpl, decoding, "prompt")
+            shortened += short
+        decoding = s.fit(ids, body, decoding, where)
+        prompts.append(ids)
+    s.within_prompt_limit(prompts, "prompt")
+    rid, n_prompt = f"cmpl-{secrets.token_hex(12)}", sum(map(len, prompts))
+    if body.stream:
+        return await streamed(s, s.job(prompts, decoding), n_prompt,
+                              partial(completion_chunk, rid, s.name), _usage_wanted(body))
+    gens = await s.scheduler.complete(s.job(prompts, decoding))
+    return {**completion(rid, s.name, [(g.text, _reason(g)) for g in gens],
+                         usage(n_prompt, sum(g.new_tokens for g in gens))),
+            **_shortened(shortened)}
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    s: Served = request.app.state.served
+    s.check_model(body)
+    record = Record(source="<chat>", row=1, messages=body.conversation())
+    decoding = s.decoding(body, s.chat_tpl)
+    ids, shortened = s.encode(record, s.chat_tpl, decoding, "messages")
+    decoding = s.fit(ids, body, decoding, "messages")
+    s.within_prompt_limit([ids], "messages")
+    rid = f"chatcmpl-{secrets.token_hex(12)}"
+    if body.stream:
+        return await streamed(s, s.job([ids], decoding), len(ids),
+                              partial(chat_chunk, rid, s.name), _usage_wanted(body))
+    gens = await s.scheduler.complete(s.job([ids], decoding))
+    return {**chat_completion(rid, s.name, [(g.text, _reason(g)) for g in gens],
+                              usage(len(ids), sum(g.new_tokens for g in gens))),
+            **_shortened(shortened)}
+
+
+@routes.get("/", response_class=HTMLResponse)
+async def playground():
+    page = files("gentune").joinpath("static/playground.html").read_text()
+    return HTMLResponse(page, headers={
+        "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+        "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 
 
 def _default_name(loaded: Loaded) -> str:
