@@ -9,7 +9,7 @@ from .encode import encode_prompt
 from .generate import default_decoding, stream
 from .models import context_length
 from .runs import load_for_inference
-from .tasks import build_template, get_task
+from .tasks import chat_template_for
 
 HELP = "type a message; /reset starts over, /exit (or Ctrl-D) leaves"
 
@@ -18,9 +18,7 @@ def chat(spec: str, *, decoding_overrides: dict | None = None, system: str | Non
          read=input, write=sys.stdout.write) -> list[dict]:
     """Run the session until /exit or end of input; returns the conversation."""
     loaded = load_for_inference(spec)
-    template = loaded.template
-    if template is None or template.task != "dialogue":
-        template = build_template(get_task("dialogue"), loaded.tokenizer)
+    template = chat_template_for(loaded.template, loaded.tokenizer)
     decoding = default_decoding(template, **(decoding_overrides or {}))
     room = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
     history: list[dict] = [{"role": "system", "content": system}] if system else []

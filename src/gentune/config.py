@@ -13,6 +13,7 @@ from typing import Literal
 
 from . import DEFAULT_MODEL
 from .errors import ConfigError
+from .metrics import METRICS, REFERENCE_METRICS
 from .tasks import TASKS
 
 
@@ -57,7 +58,7 @@ class TrainConfig:
     eval_every: int | None = None  # validate every N steps (default: at the end of each epoch)
     eval_generate: int = 16  # validation rows generated from for task metrics (0 = loss only)
     eval_budget_s: float = 60.0  # seconds the first generation pass may take; sizes the subset
-    metric: str = "val_loss"  # chooses the best checkpoint and early stopping (or rougeL, bleu…)
+    metric: str = "val_loss"  # chooses the best checkpoint and early stopping (or rougeL, bleu, ter…)
     patience: int | None = None  # stop after N validations without improvement
     final_model: Literal["best", "last"] = "best"  # what RUN/model holds when validation ran
     save_every: int | None = None  # checkpoint every N steps (always at the end)
@@ -82,8 +83,6 @@ class TrainConfig:
         m = self.micro_batch_size
         check("task", lambda: self.task in TASKS,
               f"task={self.task!r}: choose one of {', '.join(TASKS)}")
-        check("method", lambda: self.method in ("lora", "full"),
-              f"method={self.method!r}: choose lora or full")
         check("epochs", lambda: self.epochs > 0, f"epochs={self.epochs}: must be > 0")
         check("batch_size", lambda: self.batch_size >= 1,
               f"batch_size={self.batch_size}: must be >= 1")
@@ -98,10 +97,6 @@ class TrainConfig:
         check("max_length", lambda: self.max_length >= 16,
               f"max_length={self.max_length}: must be >= 16")
         check("lora_r", lambda: self.lora_r >= 1, f"lora_r={self.lora_r}: must be >= 1")
-        check("scheduler", lambda: self.scheduler in ("cosine", "linear", "constant"),
-              f"scheduler={self.scheduler!r}: choose cosine, linear or constant")
-        check("template", lambda: self.template in ("auto", "chat", "plain"),
-              f"template={self.template!r}: choose auto, chat or plain")
         check("task source_lang target_lang instruction",
               lambda: self.task != "translation" or self.instruction is not None
               or bool(self.source_lang and self.target_lang),
@@ -114,15 +109,11 @@ class TrainConfig:
               f"keep_last={self.keep_last}: must be >= 1")
         check("eval_generate", lambda: self.eval_generate >= 0,
               f"eval_generate={self.eval_generate}: must be >= 0")
-        metrics = ("val_loss", "rougeL", "rouge1", "rouge2", "bleu", "chrf")
+        metrics = ("val_loss", *REFERENCE_METRICS)
         check("metric", lambda: self.metric in metrics,
               f"metric={self.metric!r}: choose one of {', '.join(metrics)}")
         check("metric eval_generate", lambda: self.metric == "val_loss" or self.eval_generate,
               f"metric={self.metric} needs eval_generate > 0")
-        check("precision", lambda: self.precision in ("auto", "fp32", "bf16", "fp16"),
-              f"precision={self.precision!r}: choose auto, fp32, bf16 or fp16")
-        check("final_model", lambda: self.final_model in ("best", "last"),
-              f"final_model={self.final_model!r}: choose best or last")
         check("resume overwrite", lambda: not (self.resume and self.overwrite),
               "resume and overwrite: choose one (continue the run in --out, or delete it and "
               "start again)")
@@ -135,7 +126,8 @@ class TrainConfig:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric != "val_loss"
+        """The direction of --metric (validation loss: lower is better)."""
+        return self.metric != "val_loss" and bool(METRICS[self.metric].higher_is_better)
 
     @property
     def micro(self) -> int:
@@ -217,7 +209,7 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def _base_types(hint) -> tuple:
-    """The accepted runtime types of an annotation (Literal values are checked elsewhere)."""
+    """The accepted runtime types of an annotation (a Literal's values: see `_choices`)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return tuple(t for a in typing.get_args(hint) for t in _base_types(a))
@@ -250,7 +242,18 @@ def coerce(hint, text):
     return text
 
 
+def _choices(hint) -> tuple | None:
+    """The values a Literal annotation allows (None: not a Literal)."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [c for a in typing.get_args(hint) if (c := _choices(a))]
+        return tuple(v for c in found for v in c) if found else None
+    return None
+
+
 def type_problems(obj) -> list[str]:
+    """Every field whose value does not fit its annotation (type, or a Literal's choices)."""
     problems = []
     for name, hint in typing.get_type_hints(type(obj)).items():
         value = getattr(obj, name)
@@ -259,10 +262,14 @@ def type_problems(obj) -> list[str]:
             ok = False
         else:
             ok = isinstance(value, allowed)
+        choices = _choices(hint)
         if not ok:
             want = " or ".join(sorted({"none" if t is type(None) else t.__name__
                                        for t in allowed}))
             problems.append(f"{name}={value!r}: must be {want}")
+        elif choices and value not in choices and value is not None:
+            problems.append(f"{name}={value!r}: choose {', '.join(map(str, choices[:-1]))} or "
+                            f"{choices[-1]}")
     return problems
 
 

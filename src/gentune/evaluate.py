@@ -18,7 +18,6 @@ from .errors import DataError
 from .generate import default_decoding, generate
 from .metrics import (
     METRICS,
-    TASK_METRICS,
     diversity,
     mean_length,
     paired_bootstrap,
@@ -102,7 +101,7 @@ def _score(spec: str, loaded: Loaded, template: PromptTemplate, records: list[Re
               f"{', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''})",
               file=sys.stderr)
     metrics["perplexity"] = ppl
-    order = TASK_METRICS[template.task]
+    order = get_task(template.task).metrics
     ordered = [k for k in order if k in metrics] + sorted(k for k in metrics if k not in order)
     result = {k: round(metrics[k], 4) if math.isfinite(metrics[k]) else None for k in ordered}
     result["meta"] = {
@@ -189,7 +188,7 @@ def compare_results(task: str, base: dict, tuned: dict, base_rows: list[dict],
     """Per metric: both values, the difference, and its paired-bootstrap interval."""
     refs = [r["reference"] for r in tuned_rows]
     table = []
-    for name in TASK_METRICS[task]:
+    for name in get_task(task).metrics:
         if tuned.get(name) is None or base.get(name) is None:  # absent or undefined (null)
             continue
         entry = {"metric": name, "base": base[name], "tuned": tuned[name],

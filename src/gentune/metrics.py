@@ -37,15 +37,8 @@ METRICS = {
     "stopped_by_eos": Metric("stopped_by_eos", "% of outputs ended by the model", True),
 }
 
-# what each task reports, headline first
-TASK_METRICS = {
-    "summarization": ("rougeL", "rouge1", "rouge2", "rougeLsum", "bleu", "chrf", "length",
-                      "perplexity", "stopped_by_eos"),
-    "translation": ("bleu", "chrf", "ter", "rougeL", "length", "perplexity", "stopped_by_eos"),
-    "dialogue": ("rougeL", "distinct1", "distinct2", "length", "bleu", "chrf", "perplexity",
-                 "stopped_by_eos"),
-    "text": ("perplexity", "distinct1", "distinct2", "length", "rougeL", "stopped_by_eos"),
-}
+# metrics that compare an output with its reference (the rest describe outputs or the model)
+REFERENCE_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "ter")
 
 
 def _sentences(text: str) -> str:

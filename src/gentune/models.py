@@ -30,6 +30,7 @@ EMBEDDED = {
 class Family:
     lora_targets: tuple[str, ...] | str  # peft target_modules
     selective_logits: bool  # lm_head may be applied to target positions only (no softcap etc.)
+    fan_in_fan_out: bool = False  # weights stored (in, out): GPT-2's Conv1D layers
 
 
 FAMILIES: dict[str, Family] = {
@@ -39,7 +40,7 @@ FAMILIES: dict[str, Family] = {
                        "down_proj"), True),
     "qwen2": Family(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                      "down_proj"), True),
-    "gpt2": Family(("c_attn", "c_proj", "c_fc"), True),
+    "gpt2": Family(("c_attn", "c_proj", "c_fc"), True, fan_in_fan_out=True),
 }
 _OTHER = Family("all-linear", False)
 
@@ -166,7 +167,7 @@ def wrap_lora(model, *, r: int, alpha: int, dropout: float):
     targets = fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
     config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=targets,
-                        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")
+                        fan_in_fan_out=fam.fan_in_fan_out)
     return get_peft_model(model, config)
 
 

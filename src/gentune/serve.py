@@ -49,7 +49,7 @@ from .openai_api import (
 )
 from .runs import Loaded, resolve_template
 from .scheduler import Busy, GenerationFailed, Job, Scheduler, TimedOut
-from .tasks import PromptTemplate, build_template, get_task, prompt_record
+from .tasks import PromptTemplate, chat_template_for, prompt_record
 
 log = logging.getLogger("gentune.serve")
 
@@ -90,8 +90,7 @@ def templates(loaded: Loaded, task: str | None) -> tuple[PromptTemplate, PromptT
     if loaded.template is None and not task:
         task = "dialogue" if getattr(tok, "chat_template", None) else "text"
     completion = resolve_template(loaded, task)
-    chat = completion if completion.task != "text" else build_template(get_task("dialogue"), tok)
-    return completion, chat
+    return completion, chat_template_for(completion, tok)
 
 
 class _NotFound(Exception):

@@ -15,6 +15,7 @@ from typing import Literal
 
 from .data import Kind, Record
 from .errors import ConfigError, DataError, RunError
+from .metrics import REFERENCE_METRICS
 
 TaskName = Literal["summarization", "translation", "dialogue", "text"]
 
@@ -26,34 +27,42 @@ class Task:
     name: TaskName
     kind: Kind  # the record shape the task reads
     instruction: str  # default instruction put before the input
-    metrics: tuple[str, ...]  # reported metrics, the first is the headline one
-    higher_is_better: bool  # direction of the headline metric
+    metrics: tuple[str, ...]  # what evaluation reports, headline first (names in METRICS)
     max_new_tokens: int  # decoding default
     do_sample: bool = False  # decoding default (greedy unless the task is free generation)
 
+    @property
+    def validation_metric(self) -> str:
+        """The metric validation generates for (when --metric is val_loss): the first of the
+        task's metrics that compares outputs with references."""
+        return next(m for m in self.metrics if m in REFERENCE_METRICS)
 
+
+# the one table of what each task measures, headline first
 TASKS: dict[str, Task] = {
     "summarization": Task(
         name="summarization", kind="pairs",
         instruction="Summarize the following text.",
-        metrics=("rougeL", "rouge1", "rouge2", "bleu", "chrf", "perplexity"),
-        higher_is_better=True, max_new_tokens=128,
+        metrics=("rougeL", "rouge1", "rouge2", "rougeLsum", "bleu", "chrf", "length",
+                 "perplexity", "stopped_by_eos"),
+        max_new_tokens=128,
     ),
     "translation": Task(
         name="translation", kind="pairs",
         instruction="Translate the following text from {source_lang} to {target_lang}.",
-        metrics=("bleu", "chrf", "rougeL", "rouge1", "rouge2", "perplexity"),
-        higher_is_better=True, max_new_tokens=256,
+        metrics=("bleu", "chrf", "ter", "rougeL", "length", "perplexity", "stopped_by_eos"),
+        max_new_tokens=256,
     ),
     "dialogue": Task(
         name="dialogue", kind="chat", instruction="",
-        metrics=("rougeL", "rouge1", "rouge2", "bleu", "chrf", "perplexity"),
-        higher_is_better=True, max_new_tokens=128,
+        metrics=("rougeL", "distinct1", "distinct2", "length", "bleu", "chrf", "perplexity",
+                 "stopped_by_eos"),
+        max_new_tokens=128,
     ),
     "text": Task(
         name="text", kind="text", instruction="",
-        metrics=("perplexity", "rougeL", "rouge1", "rouge2", "bleu", "chrf"),
-        higher_is_better=False, max_new_tokens=128, do_sample=True,
+        metrics=("perplexity", "distinct1", "distinct2", "length", "rougeL", "stopped_by_eos"),
+        max_new_tokens=128, do_sample=True,
     ),
 }
 
@@ -197,6 +206,14 @@ def build_template(task: Task, tokenizer, *, instruction: str | None = None,
         task=task.name, style=style, instruction=text, eos_token=tokenizer.eos_token,
         chat_template=tokenizer.chat_template if style == "chat" else None, system=system,
     )
+
+
+def chat_template_for(template: PromptTemplate | None, tokenizer) -> PromptTemplate:
+    """The template a multi-turn chat uses (`gentune chat`, /v1/chat/completions): a run's own,
+    which has turns unless it is free text, else the dialogue template of the tokenizer."""
+    if template is not None and template.task != "text":
+        return template
+    return build_template(get_task("dialogue"), tokenizer)
 
 
 def _lead_space(text: str) -> str:

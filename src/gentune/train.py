@@ -459,7 +459,7 @@ def validate(s: Session, row: dict) -> None:
     row["val_loss"], row["val_perplexity"] = evaluate_loss(
         prep.model, prep.val_ex, prep.tokenizer.pad_token_id, cfg.micro)
     value = row["val_loss"]
-    metric = cfg.metric if cfg.metric != "val_loss" else "rougeL"
+    metric = cfg.metric if cfg.metric != "val_loss" else get_task(cfg.task).validation_metric
     if cfg.metric != "val_loss" or cfg.eval_generate:
         score, n = generation_metric(
             prep.model, prep.tokenizer, prep.template, prep.val_records[:cfg.eval_generate],
