@@ -122,3 +122,24 @@ def test_lora_run_saves_only_the_adapter(tiny_llama, pairs_file, tmp_path):
     assert not (run / "model" / "model.safetensors").exists()
     loaded = load_for_inference(str(run))
     assert loaded.template.style == "chat"
+
+
+def test_free_text_trains_with_default_validation(tiny_gpt2, tmp_path):
+    """Free text has no references: validation is its loss, and the generation metric is
+    skipped instead of crashing on a missing reference (a bug found by running --task text
+    with its defaults); a reference metric asked for free text is refused up front."""
+    from gentune.config import TrainConfig
+    from gentune.errors import TrainingError
+
+    text = tmp_path / "s.txt"
+    text.write_text("\n\n".join(["Once upon a time there was a fox.", "The dog slept all day.",
+                                 "A model learns tokens.", "Hello world, this is text.",
+                                 "Another paragraph of plain text."]) + "\n")
+    base = dict(task="text", data=str(text), model=tiny_gpt2, max_steps=2, progress=False,
+                tensorboard=False)
+    run = train(TrainConfig(**base, out=str(tmp_path / "r")), log=lambda *_: None)
+    last = read_log(run)[-1]
+    assert float(last["val_loss"]) > 0 and last["val_metric"] == ""
+    with pytest.raises(TrainingError, match="--metric rougeL compares generations"):
+        train(TrainConfig(**base, out=str(tmp_path / "r2"), metric="rougeL"),
+              log=lambda *_: None)

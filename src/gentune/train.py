@@ -279,6 +279,12 @@ class Prepared:
     n_total: int
     fingerprints: dict  # sha256 of the data files, by role (data, val)
 
+    @property
+    def scored_val(self) -> list:
+        """Validation records with a reference to score generations against (free text has
+        none: its validation is the loss)."""
+        return [r for r in self.val_records if self.template.reference(r) is not None]
+
 
 def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     """Read and encode the data, load the model, wrap it for LoRA: all before step one."""
@@ -306,6 +312,9 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     log(f"gentune: validation: {val_rep.summary()}")
     if not train_ex:
         raise TrainingError("no training examples left after encoding")
+    if cfg.metric != "val_loss" and not any(template.reference(r) for r in val_records):
+        raise TrainingError(f"--metric {cfg.metric} compares generations with references, and "
+                            "no validation row has one (free text): use --metric val_loss")
     template = with_length_limit(template, max_length, train_ex)  # the same limit at inference
     if cfg.packing:
         n = len(train_ex)
@@ -460,10 +469,11 @@ def validate(s: Session, row: dict) -> None:
         prep.model, prep.val_ex, prep.tokenizer.pad_token_id, cfg.micro)
     value = row["val_loss"]
     metric = cfg.metric if cfg.metric != "val_loss" else get_task(cfg.task).validation_metric
-    if cfg.metric != "val_loss" or cfg.eval_generate:
+    scored = prep.scored_val[:cfg.eval_generate]  # (--metric other than val_loss needs some)
+    if scored:
         score, n = generation_metric(
-            prep.model, prep.tokenizer, prep.template, prep.val_records[:cfg.eval_generate],
-            metric, rows=state.gen_rows, budget_s=cfg.eval_budget_s, batch_size=cfg.micro)
+            prep.model, prep.tokenizer, prep.template, scored, metric, rows=state.gen_rows,
+            budget_s=cfg.eval_budget_s, batch_size=cfg.micro)
         if state.gen_rows is None:  # all processes use the main process's subset size
             state.gen_rows = broadcast_object_list([n])[0] if s.world > 1 else n
         row["val_metric"] = score
