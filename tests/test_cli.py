@@ -47,3 +47,22 @@ def test_cli_errors_are_clear(tiny_gpt2, tmp_path, capsys):
     assert code == 2 and "choose one of summarization" in capsys.readouterr().err
     code = main(["evaluate", tiny_gpt2, "--data", str(bad), "--out", str(tmp_path / "e")])
     assert code == 2 and "--task" in capsys.readouterr().err
+
+
+def test_greedy_decoding_for_a_task_that_samples(tiny_gpt2, tmp_path, capsys):
+    """`text` samples by default; --greedy (or --no-sample) decodes greedily: the same text on
+    every call whatever the seed, as the server's temperature 0 does."""
+    outs = set()
+    for seed in ("1", "2", "3"):
+        capsys.readouterr()
+        assert main(["generate", tiny_gpt2, "The quick brown", "--task", "text", "--greedy",
+                     "--max-new-tokens", "8", "--seed", seed, "--no-stream"]) == 0
+        outs.add(capsys.readouterr().out)
+    assert len(outs) == 1
+    sampled = set()
+    for seed in ("1", "2", "3"):
+        capsys.readouterr()
+        assert main(["generate", tiny_gpt2, "The quick brown", "--task", "text",
+                     "--max-new-tokens", "8", "--seed", seed, "--no-stream"]) == 0
+        sampled.add(capsys.readouterr().out)
+    assert len(sampled) > 1  # without --greedy the task samples

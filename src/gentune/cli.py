@@ -54,38 +54,64 @@ def _out_dir(path: str) -> Path:
     return out
 
 
+def add_settings(p, cls, *, only=None, skip=(), names=None, help_default=None,
+                 keep_defaults=False, extra=None) -> None:
+    """One flag per field of a settings dataclass (TrainConfig, Decoding, ServeSettings), its
+    help the field's own comment. Flags default to None (or are absent): only what the user
+    gave overrides the recipe or the task's defaults, and the dataclass validates it.
+
+    names: flag names for fields (`do_sample` is `--sample`); help_default: what the default
+    says instead of the field's value; extra: more add_argument keywords per field."""
+    import typing
+    from dataclasses import MISSING, fields
+
+    from .config import coerce, field_docs
+
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip or (only and f.name not in only):
+            continue
+        flag = "--" + (names or {}).get(f.name, f.name).replace("_", "-")
+        shown = (help_default or {}).get(f.name, None if f.default is MISSING else f.default)
+        text = docs.get(f.name, "") + (f" (default: {shown})" if shown is not None else "")
+        kwargs = {"dest": f.name, "help": text.replace("%", "%%"),  # argparse formats help
+                  **({} if keep_defaults else {"default": None}), **(extra or {}).get(f.name, {})}
+        hint = hints[f.name]
+        if hint is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(hint) is tuple:
+            p.add_argument(flag, action="append", metavar="TEXT", **kwargs)
+        else:
+            kwargs.setdefault("metavar", f.name.upper())
+            p.add_argument(flag, type=lambda text, h=hint: coerce(h, text), **kwargs)
+
+
 def _add_decoding(p: argparse.ArgumentParser) -> None:
+    from .config import Decoding
+
     g = p.add_argument_group("decoding (defaults: the task's)")
-    g.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
-    g.add_argument("--sample", action="store_true", default=None, dest="do_sample",
-                   help="sample instead of greedy decoding")
+    add_settings(g, Decoding, names={"do_sample": "sample"},
+                 help_default={"max_new_tokens": "the task's", "do_sample": "the task's",
+                               "stop": "none"})
     g.add_argument("--greedy", action="store_false", dest="do_sample", default=None,
-                   help="greedy (or beam) decoding, also for tasks that sample by default")
-    g.add_argument("--temperature", type=float, help="sampling temperature")
-    g.add_argument("--top-p", type=float, help="nucleus sampling")
-    g.add_argument("--top-k", type=int, help="top-k sampling")
-    g.add_argument("--min-p", type=float, help="min-p sampling")
-    g.add_argument("--num-beams", type=int, help="beam search width")
-    g.add_argument("--length-penalty", type=float, help="beam search length penalty")
-    g.add_argument("--repetition-penalty", type=float, help=">1 discourages repeats")
-    g.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeated n-grams")
-    g.add_argument("--num-return-sequences", type=int, help="outputs per prompt")
-    g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--seed", type=int, help="seed for sampling")
+                   help="greedy (or beam) decoding, also for tasks that sample by default "
+                        "(same as --no-sample)")
     g.add_argument("--batch-size", type=_positive(int), default=8, help="prompts per batch")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "min_p",
-                 "num_beams", "length_penalty", "repetition_penalty", "no_repeat_ngram_size",
-                 "num_return_sequences", "stop", "seed")
+def _given(a, cls) -> dict:
+    """The flags of `cls`'s fields the user gave."""
+    from dataclasses import fields
+
+    out = {f.name: getattr(a, f.name) for f in fields(cls) if getattr(a, f.name, None) is not None}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
 def _decoding_overrides(a) -> dict:
-    out = {k: getattr(a, k) for k in DECODING_KEYS if getattr(a, k, None) is not None}
-    if "stop" in out:
-        out["stop"] = tuple(out["stop"])
-    return out
+    from .config import Decoding
+
+    return _given(a, Decoding)
 
 
 def _fields(a):
@@ -101,15 +127,9 @@ def _template_args(a) -> dict:
 
 
 def _train_config(a):
-    import typing
-    from dataclasses import fields
+    from .config import TrainConfig
 
-    from .config import TrainConfig, coerce
-
-    hints = typing.get_type_hints(TrainConfig)
-    names = {f.name for f in fields(TrainConfig)}
-    flags = {k: coerce(hints[k], v) for k, v in vars(a).items() if k in names}
-    return TrainConfig.from_sources(getattr(a, "config", None), flags,
+    return TrainConfig.from_sources(getattr(a, "config", None), _given(a, TrainConfig),
                                     getattr(a, "overrides", ()))
 
 
@@ -200,7 +220,8 @@ def cmd_evaluate(a) -> None:
     _out_dir(a.out)
     result = evaluate(a.model, a.data, a.out, task=a.task, fields=_fields(a), limit=a.limit,
                       batch_size=a.batch_size, progress=not a.no_progress, compare=a.compare,
-                      bootstrap=a.bootstrap, decoding_overrides=_decoding_overrides(a),
+                      bootstrap=a.bootstrap, seed=a.seed or 0,
+                      decoding_overrides=_decoding_overrides(a),
                       **_template_args(a))
     if "comparison" in result:
         for m in result["comparison"]["metrics"]:
@@ -219,14 +240,12 @@ def cmd_serve(a) -> None:
     import os
 
     from . import DEFAULT_MODEL
-    from .serve import ServeSettings, serve
+    from .config import ServeSettings
+    from .serve import serve
 
-    settings = ServeSettings(
-        api_key=a.api_key or os.environ.get("GENTUNE_API_KEY") or None,
-        max_body_bytes=a.max_body_bytes, max_tokens_limit=a.max_tokens_limit,
-        max_prompt_tokens=a.max_prompt_tokens, max_batch=a.max_batch, max_queue=a.max_queue,
-        timeout=a.timeout, header_timeout=a.header_timeout, body_timeout=a.body_timeout,
-        model_name=a.model_name, task=a.task)
+    given = _given(a, ServeSettings)
+    given["api_key"] = given.get("api_key") or os.environ.get("GENTUNE_API_KEY") or None
+    settings = ServeSettings(**given)
     serve(a.model or DEFAULT_MODEL, host=a.host, port=a.port, settings=settings)
 
 
@@ -238,24 +257,13 @@ def cmd_demo(a) -> None:
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, documented by the field's own comment."""
-    import typing
-    from dataclasses import MISSING, fields
+    """One flag per TrainConfig field (absent unless given: the recipe's value stays)."""
+    from .config import TrainConfig
 
-    from .config import TrainConfig, field_docs
-
-    docs, hints = field_docs(TrainConfig), typing.get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = "" if f.default is MISSING else f" (default: {f.default})"
-        text = (docs.get(f.name, "") + default).replace("%", "%%")  # argparse formats help
-        if f.name == "resume":
-            p.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT",
-                           help=text + "; alone: the latest complete checkpoint")
-        elif hints[f.name] is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
-        else:
-            p.add_argument(flag, metavar=f.name.upper(), help=text)
+    add_settings(p, TrainConfig, keep_defaults=True, extra={"resume": {
+        "nargs": "?", "const": "latest", "metavar": "CHECKPOINT",
+        "help": "continue the run in --out from the latest complete checkpoint, or from "
+                "CHECKPOINT"}})
 
 
 def cmd_demo_data(a) -> None:
@@ -327,27 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default loopback only; 0.0.0.0 = every "
                         "interface, set an API key then)")
     p.add_argument("--port", type=_port, default=8000, help="port to listen on (1-65535)")
-    p.add_argument("--api-key", default=None,
-                   help="key every route but /health requires (default: $GENTUNE_API_KEY)")
-    p.add_argument("--task", help="task template for a plain model (runs know theirs)")
-    p.add_argument("--model-name", help="model id in /v1/models (default: the folder name)")
-    p.add_argument("--max-tokens-limit", type=_positive(int), default=1024,
-                   help="largest max_tokens a request may ask for")
-    p.add_argument("--max-prompt-tokens", type=_positive(int), default=8192,
-                   help="prompt tokens a request may bring, summed over its prompts (then 400)")
-    p.add_argument("--max-body-bytes", type=_positive(int), default=1 << 20,
-                   help="larger request bodies are refused with 413")
-    p.add_argument("--max-batch", type=_positive(int), default=8,
-                   help="prompts generated together")
-    p.add_argument("--max-queue", type=_positive(int), default=64,
-                   help="requests that may wait; more are refused at once with 429")
-    p.add_argument("--timeout", type=_positive(float), default=120.0,
-                   help="seconds per request, waiting included (then 504)")
-    p.add_argument("--header-timeout", type=_positive(float), default=10.0,
-                   help="seconds a client may take to send a request's headers (then the "
-                        "connection is closed)")
-    p.add_argument("--body-timeout", type=_positive(float), default=30.0,
-                   help="seconds a client may take to send a request's body (then 408)")
+    from .config import ServeSettings
+
+    add_settings(p, ServeSettings)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="fine-tune the embedded model on ACLSum and compare")

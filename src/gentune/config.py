@@ -215,6 +215,8 @@ def _base_types(hint) -> tuple:
         return tuple(t for a in typing.get_args(hint) for t in _base_types(a))
     if origin is Literal:
         return (str,)
+    if origin in (tuple, list, dict):
+        return (origin,)
     if hint is float:
         return (float, int)
     if hint is type(None):
@@ -301,6 +303,8 @@ class Decoding:
     seed: int = 0  # seeds sampling
 
     def __post_init__(self):
+        if problems := type_problems(self):  # values are compared below: types first
+            _fail("decoding", problems)
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
@@ -330,3 +334,32 @@ class Decoding:
                             "unless sampling")
         if problems:
             _fail("decoding", problems)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings:
+    """`gentune serve`: access, limits and timeouts (every field is a flag)."""
+
+    api_key: str | None = None  # key every route but /health requires (else $GENTUNE_API_KEY)
+    max_tokens_limit: int = 1024  # largest max_tokens a request may ask for (else 400)
+    max_prompt_tokens: int = 8192  # prompt tokens a request may bring, over its prompts (else 400)
+    max_body_bytes: int = 1 << 20  # larger request bodies are refused with 413
+    max_batch: int = 8  # prompts generated together
+    max_queue: int = 64  # requests that may wait; one more is refused at once with 429
+    timeout: float = 120.0  # seconds per request, waiting included (then 504)
+    header_timeout: float = 10.0  # seconds to send a request's headers (then disconnected)
+    body_timeout: float = 30.0  # seconds to send a request's body (then 408)
+    model_name: str | None = None  # model id in /v1/models (default: the folder name)
+    task: str | None = None  # task template for a plain model (runs know theirs)
+
+    def __post_init__(self):
+        problems = type_problems(self)
+        if not problems:
+            problems += [f"{name}={getattr(self, name)}: must be > 0"
+                         for name in ("max_body_bytes", "max_tokens_limit", "max_prompt_tokens",
+                                      "max_batch", "max_queue", "timeout", "header_timeout",
+                                      "body_timeout") if not getattr(self, name) > 0]
+            if self.task is not None and self.task not in TASKS:
+                problems.append(f"task={self.task!r}: choose one of {', '.join(TASKS)}")
+        if problems:
+            _fail("server", problems)

@@ -252,6 +252,11 @@ def resolve_template(loaded: Loaded, task: str | None, **template_args) -> Promp
         if task and task != loaded.template.task:
             raise UsageError(f"{loaded.name} was trained for task {loaded.template.task!r}, "
                              f"not {task!r}; drop --task")
+        given = [f"--{k.replace('_', '-')}" for k, v in template_args.items() if v is not None]
+        if given:  # never ignored: the model answers best to the prompt it was trained on
+            raise UsageError(f"{loaded.name} has its own prompt template (template.json, the "
+                             f"prompt it was trained on); {', '.join(given)} would change it: "
+                             "drop the flag, or train a run with it")
         return loaded.template
     if not task:
         raise UsageError(f"{loaded.name} is a plain model: name the task with --task "

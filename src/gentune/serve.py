@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from .config import Decoding
+from .config import Decoding, ServeSettings
 from .data import Record
 from .encode import encode_prompt
 from .errors import DataError
@@ -52,31 +52,6 @@ from .scheduler import Busy, GenerationFailed, Job, Scheduler, TimedOut
 from .tasks import PromptTemplate, chat_template_for, prompt_record
 
 log = logging.getLogger("gentune.serve")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeSettings:
-    api_key: str | None = None  # required on every route but /health when set
-    max_body_bytes: int = 1 << 20  # larger request bodies get 413
-    max_tokens_limit: int = 1024  # max_tokens above this get 400
-    max_prompt_tokens: int = 8192  # prompt tokens per request (summed over its prompts); 400
-    max_batch: int = 8  # prompts generated together
-    max_queue: int = 64  # requests waiting; one more gets 429 at once
-    timeout: float = 120.0  # seconds per request, waiting included; then 504
-    header_timeout: float = 10.0  # seconds to send a request's headers; then the connection closes
-    body_timeout: float = 30.0  # seconds to send a request's body; then 408
-    model_name: str | None = None  # the id in /v1/models (default: the run's folder name)
-    task: str | None = None  # task template for a plain model (default: dialogue or text)
-
-    def __post_init__(self):
-        from .config import _fail
-
-        problems = [f"{name}={getattr(self, name)}: must be > 0"
-                    for name in ("max_body_bytes", "max_tokens_limit", "max_prompt_tokens",
-                                 "max_batch", "max_queue", "timeout", "header_timeout",
-                                 "body_timeout") if not getattr(self, name) > 0]
-        if problems:
-            _fail("server", problems)
 
 
 def templates(loaded: Loaded, task: str | None) -> tuple[PromptTemplate, PromptTemplate]:
