@@ -33,11 +33,14 @@ def main() -> None:
 
     loaded = load_for_inference(a.model)
     model, tok = loaded.model, loaded.tokenizer
-    template = loaded.template or build_template(get_task("summarization"), tok,
-                                                 instruction=INSTRUCTION)
+    template = loaded.template or build_template(
+        get_task("summarization"), tok, instruction=INSTRUCTION
+    )
     rows = aclsum_rows("val")[: a.rows]
-    prompts = [encode_prompt(Record(source="val", row=i, **r), template, tok,
-                             max_length=2048)[0] for i, r in enumerate(rows, start=1)]
+    prompts = [
+        encode_prompt(Record(source="val", row=i, **r), template, tok, max_length=2048)[0]
+        for i, r in enumerate(rows, start=1)
+    ]
     decoding = Decoding(max_new_tokens=a.max_new_tokens)
     stop = eos_ids(model, tok)
 
@@ -49,10 +52,15 @@ def main() -> None:
     with torch.no_grad():
         for ids in prompts:  # the usual loop: one prompt at a time, no padding
             x = torch.tensor([ids])
-            out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                                 max_new_tokens=a.max_new_tokens, eos_token_id=stop,
-                                 pad_token_id=tok.pad_token_id)
-            new = out[0, len(ids):].tolist()
+            out = model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                do_sample=False,
+                max_new_tokens=a.max_new_tokens,
+                eos_token_id=stop,
+                pad_token_id=tok.pad_token_id,
+            )
+            new = out[0, len(ids) :].tolist()
             for k, t in enumerate(new):
                 if t in stop:
                     new = new[:k]
@@ -65,13 +73,17 @@ def main() -> None:
     t_ours = time.time() - start
 
     same = sum(x == y for x, y in zip(loop, ours, strict=True))
-    print(f"\nmodel={a.model} rows={len(prompts)} greedy max_new_tokens={a.max_new_tokens} "
-          f"prompt tokens p50={sorted(map(len, prompts))[len(prompts) // 2]}\n")
+    print(
+        f"\nmodel={a.model} rows={len(prompts)} greedy max_new_tokens={a.max_new_tokens} "
+        f"prompt tokens p50={sorted(map(len, prompts))[len(prompts) // 2]}\n"
+    )
     print("| side | seconds | rows/s | speed-up |")
     print("|---|---|---|---|")
     print(f"| one-by-one model.generate | {t_loop:.1f} | {len(prompts) / t_loop:.2f} | 1.00x |")
-    print(f"| gentune generate (batch {a.batch_size}, length-sorted, shared prefix) | "
-          f"{t_ours:.1f} | {len(prompts) / t_ours:.2f} | {t_loop / t_ours:.2f}x |")
+    print(
+        f"| gentune generate (batch {a.batch_size}, length-sorted, shared prefix) | "
+        f"{t_ours:.1f} | {len(prompts) / t_ours:.2f} | {t_loop / t_ours:.2f}x |"
+    )
     print(f"\nidentical greedy outputs: {same}/{len(prompts)}")
     for x, y in zip(loop, ours, strict=True):
         if x != y:

@@ -74,8 +74,10 @@ async def load(url: str, clients: int, duration: float, max_tokens: int) -> dict
         nonlocal tokens, sent
         i = k
         while time.monotonic() < stop_at:
-            body = {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                    "max_tokens": max_tokens}
+            body = {
+                "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                "max_tokens": max_tokens,
+            }
             i += clients
             sent += 1
             start = time.monotonic()
@@ -101,12 +103,19 @@ async def load(url: str, clients: int, duration: float, max_tokens: int) -> dict
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 
-    answered = sum(outcomes.values()) - sum(v for k, v in outcomes.items()
-                                            if k.startswith("lost"))
-    return {"clients": clients, "wall": wall, "sent": sent, "answered": answered,
-            "ok": outcomes["ok"], "errors": {k: v for k, v in outcomes.items() if k != "ok"},
-            "rps": outcomes["ok"] / wall, "p50": pct(0.50), "p95": pct(0.95),
-            "tok_s": tokens / wall}
+    answered = sum(outcomes.values()) - sum(v for k, v in outcomes.items() if k.startswith("lost"))
+    return {
+        "clients": clients,
+        "wall": wall,
+        "sent": sent,
+        "answered": answered,
+        "ok": outcomes["ok"],
+        "errors": {k: v for k, v in outcomes.items() if k != "ok"},
+        "rps": outcomes["ok"] / wall,
+        "p50": pct(0.50),
+        "p95": pct(0.95),
+        "tok_s": tokens / wall,
+    }
 
 
 def main() -> None:
@@ -124,16 +133,22 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         gentune = os.path.join(os.path.dirname(sys.executable), "gentune")
-        cmd = [gentune, "serve", a.model, "--port", str(port), "--max-batch", str(batch),
-               *a.server_args.split()]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
+        cmd = [
+            gentune,
+            "serve",
+            a.model,
+            "--port",
+            str(port),
+            "--max-batch",
+            str(batch),
+            *a.server_args.split(),
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             asyncio.run(wait_ready(url, proc))
             asyncio.run(load(url, 2, 5, a.max_tokens))  # warm-up
             for n in (int(x) for x in a.clients.split(",")):
-                rows.append({"batch": batch, **asyncio.run(load(url, n, a.duration,
-                                                                 a.max_tokens))})
+                rows.append({"batch": batch, **asyncio.run(load(url, n, a.duration, a.max_tokens))})
                 print(f"  max-batch {batch}, {n} clients done", file=sys.stderr, flush=True)
         finally:
             proc.terminate()
@@ -142,18 +157,24 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print(f"\ngentune serve {a.model} on loopback; chat requests, max_tokens={a.max_tokens}, "
-          f"{a.duration:g} s of load per row {a.server_args}\n")
-    print("| max batch | clients | sent | answered | ok | errors | lost | requests/s | p50 s "
-          "| p95 s | generated tok/s |")
+    print(
+        f"\ngentune serve {a.model} on loopback; chat requests, max_tokens={a.max_tokens}, "
+        f"{a.duration:g} s of load per row {a.server_args}\n"
+    )
+    print(
+        "| max batch | clients | sent | answered | ok | errors | lost | requests/s | p50 s "
+        "| p95 s | generated tok/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         lost = sum(v for k, v in r["errors"].items() if k.startswith("lost"))
         errors = {k: v for k, v in r["errors"].items() if not k.startswith("lost")}
         err = ", ".join(f"{k}: {v}" for k, v in errors.items()) or "0"
-        print(f"| {r['batch']} | {r['clients']} | {r['sent']} | {r['answered']} | {r['ok']} "
-              f"| {err} | {lost} | {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} "
-              f"| {r['tok_s']:.1f} |")
+        print(
+            f"| {r['batch']} | {r['clients']} | {r['sent']} | {r['answered']} | {r['ok']} "
+            f"| {err} | {lost} | {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} "
+            f"| {r['tok_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

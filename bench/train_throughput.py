@@ -29,8 +29,10 @@ def _records(n: int):
     from gentune.data import Record
     from gentune.demo import aclsum_rows
 
-    return [Record(source="aclsum-train", row=i, **r)
-            for i, r in enumerate(aclsum_rows("train")[:n], start=1)]
+    return [
+        Record(source="aclsum-train", row=i, **r)
+        for i, r in enumerate(aclsum_rows("train")[:n], start=1)
+    ]
 
 
 def run_gentune(a) -> dict:
@@ -42,19 +44,36 @@ def run_gentune(a) -> dict:
     tmp = Path(tempfile.mkdtemp())
     data = write_jsonl(tmp / "train.jsonl", aclsum_rows("train"))
     val = write_jsonl(tmp / "val.jsonl", aclsum_rows("val")[:2])
-    cfg = TrainConfig(task="summarization", data=str(data), val=str(val), out=str(tmp / "run"),
-                      instruction=INSTRUCTION, method=a.method, max_steps=a.steps,
-                      batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
-                      packing=a.packing, eval_generate=0, eval_every=10**6, progress=False,
-                      tensorboard=False, seed=a.seed)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(data),
+        val=str(val),
+        out=str(tmp / "run"),
+        instruction=INSTRUCTION,
+        method=a.method,
+        max_steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        max_length=a.max_length,
+        packing=a.packing,
+        eval_generate=0,
+        eval_every=10**6,
+        progress=False,
+        tensorboard=False,
+        seed=a.seed,
+    )
     train(cfg, log=lambda *_: None)
     log = read_log(tmp / "run")
     # the loop's own time; the validation at the last step is excluded
     seconds = float(log[-1]["elapsed_s"])
-    return {"seconds": seconds, "steps": len(log),
-            "tokens": sum(int(r["tokens"]) for r in log),
-            "target_tokens": sum(int(r["target_tokens"]) for r in log),
-            "first_loss": float(log[0]["loss"]), "last_loss": float(log[-1]["loss"])}
+    return {
+        "seconds": seconds,
+        "steps": len(log),
+        "tokens": sum(int(r["tokens"]) for r in log),
+        "target_tokens": sum(int(r["target_tokens"]) for r in log),
+        "first_loss": float(log[0]["loss"]),
+        "last_loss": float(log[-1]["loss"]),
+    }
 
 
 def run_trainer(a) -> dict:
@@ -89,24 +108,43 @@ def run_trainer(a) -> dict:
         return batch
 
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.batch_size,
-        max_steps=a.steps, learning_rate=a.lr, lr_scheduler_type="cosine",
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=a.batch_size,
+        max_steps=a.steps,
+        learning_rate=a.lr,
+        lr_scheduler_type="cosine",
         warmup_steps=int(0.1 * a.steps),  # as gentune: warmup_ratio 0.1 of the steps
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=a.seed,
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=a.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
     start = time.time()
     result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": time.time() - start, "steps": result.global_step,
-            "tokens": counts["tokens"], "target_tokens": counts["target_tokens"],
-            "first_loss": losses[0], "last_loss": losses[-1]}
+    return {
+        "seconds": time.time() - start,
+        "steps": result.global_step,
+        "tokens": counts["tokens"],
+        "target_tokens": counts["target_tokens"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=12,
-                   help="12 x 8 = 96 of the 100 rows: both sides see (almost) the same rows")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=12,
+        help="12 x 8 = 96 of the 100 rows: both sides see (almost) the same rows",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--method", default="lora", choices=["lora", "full"])
     p.add_argument("--lr", type=float, default=1e-3)
@@ -129,16 +167,20 @@ def main() -> None:
         if proc.returncode or not lines:
             sys.exit(f"{side} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
         results[side] = json.loads(lines[-1][7:])
-    print(f"\nLoRA={a.method == 'lora'} steps={a.steps} batch={a.batch_size} "
-          f"max_length={a.max_length} model=smollm2-135m data=ACLSum abstract->title "
-          f"packing(gentune)={a.packing}\n")
+    print(
+        f"\nLoRA={a.method == 'lora'} steps={a.steps} batch={a.batch_size} "
+        f"max_length={a.max_length} model=smollm2-135m data=ACLSum abstract->title "
+        f"packing(gentune)={a.packing}\n"
+    )
     head = ("side", "seconds", "target tok/s", "all tok/s", "peak RSS MiB", "loss first→last")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for side, r in results.items():
-        print(f"| {side} | {r['seconds']:.1f} | {r['target_tokens'] / r['seconds']:.1f} | "
-              f"{r['tokens'] / r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['first_loss']:.3f}→{r['last_loss']:.3f} |")
+        print(
+            f"| {side} | {r['seconds']:.1f} | {r['target_tokens'] / r['seconds']:.1f} | "
+            f"{r['tokens'] / r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['first_loss']:.3f}→{r['last_loss']:.3f} |"
+        )
     g, t = results["gentune"], results["trainer"]
     ratio = (g["target_tokens"] / g["seconds"]) / (t["target_tokens"] / t["seconds"])
     print(f"\ntarget-token throughput, gentune / Trainer: {ratio:.2f}x")

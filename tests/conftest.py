@@ -35,11 +35,15 @@ def _tokenizer(eos: str, chat: bool, pad_is_eos: bool):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS * 5, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos,
-                                   pad_token=eos if pad_is_eos else None)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token=eos if pad_is_eos else None
+    )
     if chat:
         fast.chat_template = CHATML
     return fast
@@ -54,16 +58,33 @@ def build_tiny(path: Path, family: str) -> Path:
     torch.manual_seed(0)
     if family == "llama":
         tok = _tokenizer("<|im_end|>", chat=True, pad_is_eos=True)
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=256, tie_word_embeddings=True,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-                             bos_token_id=None)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.eos_token_id,
+            bos_token_id=None,
+        )
     else:
         tok = _tokenizer("<|endoftext|>", chat=False, pad_is_eos=False)
-        config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4,
-                            n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                            eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+        config = GPT2Config(
+            vocab_size=len(tok),
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.eos_token_id,
+        )
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -81,13 +102,14 @@ def tiny_gpt2(tmp_path_factory) -> str:
 
 
 PAIRS = [
-    {"input": "The quick brown fox jumps over the lazy dog near the river bank today.",
-     "output": "Fox jumps dog."},
+    {
+        "input": "The quick brown fox jumps over the lazy dog near the river bank today.",
+        "output": "Fox jumps dog.",
+    },
     {"input": "A language model learns to predict the next token.", "output": "Model predicts."},
     {"input": "hello world", "output": "Greeting to the world, with a long answer here."},
     {"input": "Guten Morgen! Der schnelle braune Fuchs.", "output": "Good morning fox."},
-    {"input": "title paper abstract about tokens and models and more tokens",
-     "output": "Tokens."},
+    {"input": "title paper abstract about tokens and models and more tokens", "output": "Tokens."},
     {"input": "The lazy dog sleeps.", "output": "Dog sleeps."},
     {"input": "Summarize the following text please, it is short.", "output": "Short."},
     {"input": "0123456789 are digits", "output": "Digits 0-9."},
@@ -116,7 +138,17 @@ def trained_run(tiny_llama, tmp_path_factory) -> str:
 
     tmp = tmp_path_factory.mktemp("trained")
     data = write_jsonl(tmp / "d.jsonl", PAIRS * 4)
-    cfg = TrainConfig(task="summarization", data=str(data), out=str(tmp / "run"),
-                      model=tiny_llama, method="full", max_steps=300, batch_size=4, lr=5e-3,
-                      progress=False, tensorboard=False, eval_generate=0)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(data),
+        out=str(tmp / "run"),
+        model=tiny_llama,
+        method="full",
+        max_steps=300,
+        batch_size=4,
+        lr=5e-3,
+        progress=False,
+        tensorboard=False,
+        eval_generate=0,
+    )
     return str(train(cfg, log=lambda *_: None))

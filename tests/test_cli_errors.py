@@ -87,63 +87,129 @@ def _cases(tmp: Path, model: str, pairs: Path, copy) -> list[tuple[list[str], st
     unlabelled = write_jsonl(tmp / "inputs.jsonl", [{"input": "hello"}])
     return [
         (["train", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
-        ([*train, "--data", str(tmp / "missing.jsonl"), "--out", str(tmp / "o1")],
-         "missing.jsonl: no such file"),
+        (
+            [*train, "--data", str(tmp / "missing.jsonl"), "--out", str(tmp / "o1")],
+            "missing.jsonl: no such file",
+        ),
         ([*train, "--data", str(tmp), "--out", str(tmp / "o2")], "is a directory"),
         ([*train, "--data", str(broken_gz), "--out", str(tmp / "o3")], "cannot decompress"),
         ([*train, "--data", str(pairs), "--out", str(a_file)], "is a file"),
-        ([*train, "--data", str(bad_rows), "--skip-invalid", "--out", str(tmp / "o4")],
-         "no valid rows (2 skipped"),
-        ([*train, "--data", str(pairs), "--out", str(tmp / "o5"), "--resume",
-          str(tmp / "nowhere")], "not a complete checkpoint"),
-        ([*train, "--data", str(pairs), "--out", str(tmp / "o6"), "--lr", "fast"],
-         "lr='fast': must be float"),
+        (
+            [*train, "--data", str(bad_rows), "--skip-invalid", "--out", str(tmp / "o4")],
+            "no valid rows (2 skipped",
+        ),
+        (
+            [
+                *train,
+                "--data",
+                str(pairs),
+                "--out",
+                str(tmp / "o5"),
+                "--resume",
+                str(tmp / "nowhere"),
+            ],
+            "not a complete checkpoint",
+        ),
+        (
+            [*train, "--data", str(pairs), "--out", str(tmp / "o6"), "--lr", "fast"],
+            "lr='fast': must be float",
+        ),
         (["train", "--config", str(tmp / "none.yaml")], "no such recipe file"),
-        ([*train, "--data", str(pairs), "--out", str(existing)],
-         "already holds a complete run; add --resume"),
-        ([*train, "--data", str(pairs), "--out", str(tmp / "o7"), "--resume", "--overwrite"],
-         "resume and overwrite: choose one"),
-        ([*train, "--data", str(pairs), "--out", str(tmp / "o8"), "--model", str(existing)],
-         "is a gentune run, not a model directory"),
-        (["train", "--task", "translation", "--data", str(pairs), "--out", str(tmp / "o9")],
-         "needs source_lang and target_lang"),
-        (["plan", "--task", "summarization", "--data", str(tmp / "missing.jsonl")],
-         "out: required"),
+        (
+            [*train, "--data", str(pairs), "--out", str(existing)],
+            "already holds a complete run; add --resume",
+        ),
+        (
+            [*train, "--data", str(pairs), "--out", str(tmp / "o7"), "--resume", "--overwrite"],
+            "resume and overwrite: choose one",
+        ),
+        (
+            [*train, "--data", str(pairs), "--out", str(tmp / "o8"), "--model", str(existing)],
+            "is a gentune run, not a model directory",
+        ),
+        (
+            ["train", "--task", "translation", "--data", str(pairs), "--out", str(tmp / "o9")],
+            "needs source_lang and target_lang",
+        ),
+        (
+            ["plan", "--task", "summarization", "--data", str(tmp / "missing.jsonl")],
+            "out: required",
+        ),
         (["generate", str(existing)], "give either a prompt or --data FILE"),
         (["generate", str(existing), "--data", str(unlabelled)], "--data needs --out"),
         (["generate", str(existing), "x", "--batch-size", "0"], "0 must be > 0"),
-        (["generate", str(existing), "x", "--instruction", "Translate."],
-         "--instruction would change it"),
-        (["evaluate", str(existing), "--data", str(pairs), "--out", str(tmp / "e"),
-          "--system", "Be brief."], "--system would change it"),
+        (
+            ["generate", str(existing), "x", "--instruction", "Translate."],
+            "--instruction would change it",
+        ),
+        (
+            [
+                "evaluate",
+                str(existing),
+                "--data",
+                str(pairs),
+                "--out",
+                str(tmp / "e"),
+                "--system",
+                "Be brief.",
+            ],
+            "--system would change it",
+        ),
         (["serve", str(existing), "--task", "poetry"], "task='poetry': choose one of"),
         (["serve", str(existing), "--timeout", "-1"], "timeout=-1: must be > 0"),
         (["generate", str(existing), "x", "--top-k", "many"], "top_k='many': must be int"),
-        (["generate", str(existing), "x", "--method", "full"],
-         "unrecognized arguments: --method"),
-        (["generate", str(existing), "x", "--sample", "--temperature", "1e-300"],
-         "temperature=1e-300: must be >= 0.01"),
+        (["generate", str(existing), "x", "--method", "full"], "unrecognized arguments: --method"),
+        (
+            ["generate", str(existing), "x", "--sample", "--temperature", "1e-300"],
+            "temperature=1e-300: must be >= 0.01",
+        ),
         (["generate", str(existing), "x", "--seed", str(2**70)], "seed=1180591620717411303424"),
-        (["generate", str(_damaged("interrupted", copy)), "x"],
-         "interrupted run (last checkpoint: step 300) — continue it with `gentune train "
-         "--config"),
+        (
+            ["generate", str(_damaged("interrupted", copy)), "x"],
+            "interrupted run (last checkpoint: step 300) — continue it with `gentune train "
+            "--config",
+        ),
         (["generate", str(_damaged("truncated-weights", copy)), "x"], "cannot load"),
         (["generate", str(_damaged("template-unknown-key", copy)), "x"], "unknown keys colour"),
-        (["generate", str(_damaged("template-missing-key", copy)), "x"],
-         "missing keys eos_token"),
-        (["generate", str(_damaged("manifest-missing-key", copy)), "x"],
-         "missing keys method"),
+        (["generate", str(_damaged("template-missing-key", copy)), "x"], "missing keys eos_token"),
+        (["generate", str(_damaged("manifest-missing-key", copy)), "x"], "missing keys method"),
         (["generate", str(_damaged("manifest-not-json", copy)), "x"], "cannot read the manifest"),
         (["generate", str(_damaged("no-tokenizer", copy)), "x"], "cannot load"),
         (["evaluate", str(existing), "--data", str(pairs), "--out", str(a_file)], "is a file"),
-        (["evaluate", str(existing), "--data", str(pairs), "--out", str(tmp / "e"),
-          "--limit", "-1"], "-1 must be > 0"),
-        (["evaluate", model, "--data", str(pairs), "--out", str(tmp / "e")],
-         "is a plain model: name the task with --task"),
-        (["evaluate", str(existing), "--data", str(unlabelled), "--out", str(tmp / "e")],
-         "inputs.jsonl:1: field 'output' is missing"),
-        (["evaluate", str(existing), "--data", str(pairs), "--out", str(tmp / "e"),
-          "--task", "translation"], "was trained for task 'summarization'"),
+        (
+            [
+                "evaluate",
+                str(existing),
+                "--data",
+                str(pairs),
+                "--out",
+                str(tmp / "e"),
+                "--limit",
+                "-1",
+            ],
+            "-1 must be > 0",
+        ),
+        (
+            ["evaluate", model, "--data", str(pairs), "--out", str(tmp / "e")],
+            "is a plain model: name the task with --task",
+        ),
+        (
+            ["evaluate", str(existing), "--data", str(unlabelled), "--out", str(tmp / "e")],
+            "inputs.jsonl:1: field 'output' is missing",
+        ),
+        (
+            [
+                "evaluate",
+                str(existing),
+                "--data",
+                str(pairs),
+                "--out",
+                str(tmp / "e"),
+                "--task",
+                "translation",
+            ],
+            "was trained for task 'summarization'",
+        ),
         (["serve", str(existing), "--port", "70000"], "a port is a number from 1 to 65535"),
         (["serve", str(existing), "--port", "http"], "a port is a number"),
         (["serve", str(existing), "--max-queue", "0"], "must be > 0"),
@@ -151,22 +217,29 @@ def _cases(tmp: Path, model: str, pairs: Path, copy) -> list[tuple[list[str], st
         (["export", str(tmp), "--out", str(tmp / "x1")], "not a gentune run directory"),
         (["export", str(existing), "--out", str(existing / "inside")], "inside or around the run"),
         (["export", str(existing), "--out", str(a_file)], "is a file"),
-        (["export", str(_damaged("interrupted", copy)), "--out", str(tmp / "x2")],
-         "interrupted run"),
+        (
+            ["export", str(_damaged("interrupted", copy)), "--out", str(tmp / "x2")],
+            "interrupted run",
+        ),
         (["chat", str(tmp / "no-such-model")], "no such directory"),
         (["demo", "--epochs", "0"], "0 must be > 0"),
     ]
 
 
-def test_bad_invocations_give_one_line_and_exit_2(tiny_gpt2, pairs_file, tmp_path, copied_run,
-                                                  capsys):
+def test_bad_invocations_give_one_line_and_exit_2(
+    tiny_gpt2, pairs_file, tmp_path, copied_run, capsys
+):
     failures = []
     for argv, expected in _cases(tmp_path, tiny_gpt2, pairs_file, copied_run):
         code = main(argv)
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1] if err.strip() else ""
-        ok = (code == 2 and "Traceback" not in err and expected in last
-              and last.startswith(f"gentune {argv[0]}: error: "))
+        ok = (
+            code == 2
+            and "Traceback" not in err
+            and expected in last
+            and last.startswith(f"gentune {argv[0]}: error: ")
+        )
         if not ok:
             failures.append(f"{argv}: exit {code}, stderr: {err[-600:]!r}")
     assert not failures, "\n".join(failures)
@@ -194,8 +267,11 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "Traceback" in err and "ZeroDivisionError: a real bug" in err
-    assert err.strip().splitlines()[-1].startswith("gentune demo-data: internal error: this is a "
-                                                   "bug in gentune")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("gentune demo-data: internal error: this is a bug in gentune")
+    )
 
 
 def test_compressed_and_utf16_data_train_like_plain(tiny_gpt2, tmp_path):
@@ -211,9 +287,24 @@ def test_compressed_and_utf16_data_train_like_plain(tiny_gpt2, tmp_path):
     for name in ("p.jsonl.gz", "p.jsonl.bz2", "p16.jsonl"):
         got = [(r.input, r.output) for r in read_records(tmp_path / name, kind="pairs")]
         assert got == want, name
-    code = main(["train", "--task", "summarization", "--data", str(tmp_path / "p.jsonl.gz"),
-                 "--model", tiny_gpt2, "--max-steps", "1", "--out", str(tmp_path / "r"),
-                 "--no-progress", "--eval-generate", "0"])
+    code = main(
+        [
+            "train",
+            "--task",
+            "summarization",
+            "--data",
+            str(tmp_path / "p.jsonl.gz"),
+            "--model",
+            tiny_gpt2,
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--eval-generate",
+            "0",
+        ]
+    )
     assert code == 0
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["stats"]["read"][0]["rows"] == len(PAIRS)

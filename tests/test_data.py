@@ -5,7 +5,9 @@ from gentune.data import DataError, ReadReport, read_records, split_train_val
 
 
 def test_jsonl_csv_tsv_read_the_same(tmp_path):
-    (tmp_path / "a.jsonl").write_text('{"input": "x, y", "output": "z"}\n\n{"input": "a", "output": "b"}\n')
+    (tmp_path / "a.jsonl").write_text(
+        '{"input": "x, y", "output": "z"}\n\n{"input": "a", "output": "b"}\n'
+    )
     (tmp_path / "a.csv").write_text('input,output\n"x, y",z\na,b\n')
     (tmp_path / "a.tsv").write_text("input\toutput\nx, y\tz\na\tb\n")
     for name in ("a.jsonl", "a.csv", "a.tsv"):
@@ -18,19 +20,32 @@ def test_mapped_columns(tmp_path):
     (tmp_path / "d.csv").write_text("article,headline\nlong text,short\n")
     from gentune.data import Fields
 
-    recs = read_records(tmp_path / "d.csv", kind="pairs",
-                        fields=Fields(input="article", output="headline"))
+    recs = read_records(
+        tmp_path / "d.csv", kind="pairs", fields=Fields(input="article", output="headline")
+    )
     assert recs[0].input == "long text" and recs[0].output == "short"
 
 
-@pytest.mark.parametrize("content,expected", [
-    ('{"input": "a", "output": "b"}\n{"input": "a", "output": }\n', r"bad.jsonl:2: malformed JSON"),
-    ('{"input": "a", "output": "b"}\n{"input": "a"}\n', r"bad.jsonl:2: field 'output' is missing"),
-    ('{"input": "a", "output": "  "}\n', r"bad.jsonl:1: field 'output' is empty"),
-    ('{"input": 3, "output": "b"}\n', r"bad.jsonl:1: field 'input' must be a string, got int"),
-    ('{"input": "a", "output": "b"}\n[1, 2]\n', r"bad.jsonl:2: expected a JSON object, got list"),
-    ("\n\n", r"bad.jsonl: the file is empty"),
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (
+            '{"input": "a", "output": "b"}\n{"input": "a", "output": }\n',
+            r"bad.jsonl:2: malformed JSON",
+        ),
+        (
+            '{"input": "a", "output": "b"}\n{"input": "a"}\n',
+            r"bad.jsonl:2: field 'output' is missing",
+        ),
+        ('{"input": "a", "output": "  "}\n', r"bad.jsonl:1: field 'output' is empty"),
+        ('{"input": 3, "output": "b"}\n', r"bad.jsonl:1: field 'input' must be a string, got int"),
+        (
+            '{"input": "a", "output": "b"}\n[1, 2]\n',
+            r"bad.jsonl:2: expected a JSON object, got list",
+        ),
+        ("\n\n", r"bad.jsonl: the file is empty"),
+    ],
+)
 def test_errors_name_file_row_and_field(tmp_path, content, expected):
     p = tmp_path / "bad.jsonl"
     p.write_text(content)
@@ -66,8 +81,10 @@ def test_skip_invalid_counts_rows(tmp_path):
 
 def test_chat_records_validated(tmp_path):
     p = tmp_path / "chat.jsonl"
-    p.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
-                 '{"messages": [{"role": "bot", "content": "hi"}]}\n')
+    p.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        '{"messages": [{"role": "bot", "content": "hi"}]}\n'
+    )
     with pytest.raises(DataError, match=r"chat.jsonl:2: messages\[0\].role is 'bot'"):
         read_records(p, kind="chat")
     p.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
@@ -107,21 +124,37 @@ def test_unknown_model_offline_message():
         load_model("./missing/model/dir")
 
 
-@pytest.mark.parametrize("name,content,expected", [
-    ("few.tsv", "input\toutput\na\tb\nonly-one-cell\n",
-     r"few.tsv:3: the row has 1 cell, the header 2 columns \(input, output\); separate every "
-     r"cell with a tab"),
-    ("few.csv", "input,output,extra\na,b,c\nx,y\n",
-     r"few.csv:3: the row has 2 cells, the header 3 columns"),
-    ("null.jsonl", '{"input": "a", "output": null}\n',
-     r"null.jsonl:1: field 'output' is null; give it a string"),
-    ("assistant-first.jsonl",
-     '{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}\n',
-     r"assistant-first.jsonl:1: messages\[0\]: the conversation starts with the assistant's"),
-    ("system-then-assistant.jsonl",
-     '{"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}\n',
-     r"system-then-assistant.jsonl:1: messages\[1\]: the conversation starts with the assistant"),
-])
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        (
+            "few.tsv",
+            "input\toutput\na\tb\nonly-one-cell\n",
+            r"few.tsv:3: the row has 1 cell, the header 2 columns \(input, output\); separate every "
+            r"cell with a tab",
+        ),
+        (
+            "few.csv",
+            "input,output,extra\na,b,c\nx,y\n",
+            r"few.csv:3: the row has 2 cells, the header 3 columns",
+        ),
+        (
+            "null.jsonl",
+            '{"input": "a", "output": null}\n',
+            r"null.jsonl:1: field 'output' is null; give it a string",
+        ),
+        (
+            "assistant-first.jsonl",
+            '{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}\n',
+            r"assistant-first.jsonl:1: messages\[0\]: the conversation starts with the assistant's",
+        ),
+        (
+            "system-then-assistant.jsonl",
+            '{"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}\n',
+            r"system-then-assistant.jsonl:1: messages\[1\]: the conversation starts with the assistant",
+        ),
+    ],
+)
 def test_messages_point_the_right_way(tmp_path, name, content, expected):
     p = tmp_path / name
     p.write_text(content)
@@ -138,8 +171,11 @@ def test_compressed_files_are_read_or_named(tmp_path):
     (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(rows.encode()))
     assert read_records(tmp_path / "d.jsonl.gz", kind="pairs")[0].output == "b"
     (tmp_path / "gz-named-plain.jsonl").write_bytes(gzip.compress(rows.encode()))
-    with pytest.raises(DataError, match=r"gz-named-plain.jsonl: the file is compressed \(gz\), "
-                       r"not plain text; rename it to gz-named-plain.jsonl.gz"):
+    with pytest.raises(
+        DataError,
+        match=r"gz-named-plain.jsonl: the file is compressed \(gz\), "
+        r"not plain text; rename it to gz-named-plain.jsonl.gz",
+    ):
         read_records(tmp_path / "gz-named-plain.jsonl", kind="pairs")
     with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
         z.writestr("d.jsonl", rows)

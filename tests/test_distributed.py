@@ -20,13 +20,41 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _train(launcher, model, data, out, *extra):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    args = ["-m", "gentune", "train", "--task", "summarization", "--data", str(data),
-            "--model", model, "--out", str(out), "--batch-size", "8", "--micro-batch-size",
-            "4", "--lr", "5e-3", "--max-steps", "8", "--lora-dropout", "0", "--eval-every", "4",
-            "--eval-generate", "0", "--save-every", "4", "--no-progress", "--no-tensorboard",
-            *extra]
-    proc = subprocess.run([sys.executable, *launcher, *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+    args = [
+        "-m",
+        "gentune",
+        "train",
+        "--task",
+        "summarization",
+        "--data",
+        str(data),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        "--max-steps",
+        "8",
+        "--lora-dropout",
+        "0",
+        "--eval-every",
+        "4",
+        "--eval-generate",
+        "0",
+        "--save-every",
+        "4",
+        "--no-progress",
+        "--no-tensorboard",
+        *extra,
+    ]
+    proc = subprocess.run(
+        [sys.executable, *launcher, *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -34,8 +62,12 @@ def _train(launcher, model, data, out, *extra):
 def test_two_processes_follow_the_one_process_loss_curve(tiny_llama, tmp_path):
     data = _data(tmp_path, n=48)
     _train([], tiny_llama, data, tmp_path / "one")
-    out = _train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-                 tiny_llama, data, tmp_path / "two")
+    out = _train(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        tiny_llama,
+        data,
+        tmp_path / "two",
+    )
     one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     assert len(one) == len(two) == 8
     for a, b in zip(one, two):
@@ -51,4 +83,6 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_llama, tmp_path):
     # logs and checkpoints came from one process only
     assert out.count("saved run to") == 1
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [
-        "step-00000004", "step-00000008"]
+        "step-00000004",
+        "step-00000008",
+    ]

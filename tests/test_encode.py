@@ -38,8 +38,9 @@ def test_template_round_trip_train_prompt_equals_generation_prompt(tok_template,
     assert loaded == tpl
     for r in (rec(), rec("hello world", "Greeting.")):
         [ex] = encode_example(r, tpl, tok, max_length=200)
-        ids, text, _ = encode_prompt(Record(source="p", row=1, input=r.input), loaded, tok,
-                                     max_length=200)
+        ids, text, _ = encode_prompt(
+            Record(source="p", row=1, input=r.input), loaded, tok, max_length=200
+        )
         first_target = next(i for i, t in enumerate(ex.labels) if t != IGNORE)
         assert ex.input_ids[:first_target] == ids  # token for token
         assert tok.decode(ids, skip_special_tokens=False).endswith(text[-20:])
@@ -69,10 +70,12 @@ def test_target_that_cannot_fit_is_reported_by_row(tok_template):
 
 
 def test_dialogue_trains_every_assistant_turn(tiny_llama, tiny_gpt2):
-    msgs = ({"role": "user", "content": "hello world"},
-            {"role": "assistant", "content": "Good morning."},
-            {"role": "user", "content": "The lazy dog?"},
-            {"role": "assistant", "content": "Sleeps."})
+    msgs = (
+        {"role": "user", "content": "hello world"},
+        {"role": "assistant", "content": "Good morning."},
+        {"role": "user", "content": "The lazy dog?"},
+        {"role": "assistant", "content": "Sleeps."},
+    )
     for path in (tiny_llama, tiny_gpt2):
         tok = AutoTokenizer.from_pretrained(path)
         tpl = build_template(get_task("dialogue"), tok)
@@ -92,8 +95,9 @@ def test_dialogue_trains_every_assistant_turn(tiny_llama, tiny_gpt2):
         trained = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
         assert "hello" not in trained and "lazy" not in trained
         # the generation prompt for the last turn is the training context before it
-        ids, _, _ = encode_prompt(Record(source="c", row=1, messages=msgs), tpl, tok,
-                                  max_length=200)
+        ids, _, _ = encode_prompt(
+            Record(source="c", row=1, messages=msgs), tpl, tok, max_length=200
+        )
         start = len(ex.input_ids) - len(spans[-1])
         assert ids == ex.input_ids[:start]
 
@@ -101,9 +105,9 @@ def test_dialogue_trains_every_assistant_turn(tiny_llama, tiny_gpt2):
 def test_text_task_trains_everything_and_splits_long_texts(tiny_gpt2):
     tok = AutoTokenizer.from_pretrained(tiny_gpt2)
     tpl = build_template(get_task("text"), tok)
-    exs, report = encode_dataset([Record(source="s.txt", row=1,
-                                         text="the quick brown fox " * 40)], tpl, tok,
-                                 max_length=50)
+    exs, report = encode_dataset(
+        [Record(source="s.txt", row=1, text="the quick brown fox " * 40)], tpl, tok, max_length=50
+    )
     assert report.split_rows == 1 and len(exs) > 1
     assert all(len(e.input_ids) <= 50 for e in exs)
     assert all(t != IGNORE for t in exs[0].labels)

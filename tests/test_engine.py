@@ -24,27 +24,68 @@ from gentune.train import TrainingError, train
 from .conftest import PAIRS, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPARED = ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens", "val_loss",
-            "val_perplexity", "val_metric")
+COMPARED = (
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "target_tokens",
+    "val_loss",
+    "val_perplexity",
+    "val_metric",
+)
 
 
 def _data(tmp_path, n=40):
-    rows = [PAIRS[i % len(PAIRS)] | {"input": PAIRS[i % len(PAIRS)]["input"] + f" #{i}"}
-            for i in range(n)]
+    rows = [
+        PAIRS[i % len(PAIRS)] | {"input": PAIRS[i % len(PAIRS)]["input"] + f" #{i}"}
+        for i in range(n)
+    ]
     return write_jsonl(tmp_path / "data.jsonl", rows)
 
 
 def _args(model, data, out, *extra):
-    return ["train", "--task", "summarization", "--data", str(data), "--model", model,
-            "--out", str(out), "--batch-size", "4", "--micro-batch-size", "2", "--lr", "5e-3",
-            "--max-steps", "40", "--save-every", "3", "--eval-every", "5",
-            "--eval-generate", "0", "--no-progress", "--no-tensorboard", *extra]
+    return [
+        "train",
+        "--task",
+        "summarization",
+        "--data",
+        str(data),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--lr",
+        "5e-3",
+        "--max-steps",
+        "40",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "5",
+        "--eval-generate",
+        "0",
+        "--no-progress",
+        "--no-tensorboard",
+        *extra,
+    ]
 
 
 def _run(args, env_extra=None, wait=True):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env_extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "gentune", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gentune", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if wait:
         out, _ = proc.communicate(timeout=300)
         return proc.returncode, out
@@ -97,8 +138,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_llama, reference, t
     rng = random.Random(1234)
     kills = 0
     for attempt in range(6):
-        proc = _run(_args(tiny_llama, data, run, *(["--resume"] if attempt else [])),
-                    wait=False)
+        proc = _run(_args(tiny_llama, data, run, *(["--resume"] if attempt else [])), wait=False)
         # wait for training to be under way, then kill at a random moment
         deadline = time.time() + 120
         log = run / "metrics.csv"
@@ -135,8 +175,7 @@ def test_resume_with_other_settings_is_refused(tiny_llama, reference, tmp_path):
     assert code != 0 and "cannot resume with different settings" in out and "lr" in out
 
 
-def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_path,
-                                                             monkeypatch):
+def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_path, monkeypatch):
     import gentune.train as train_mod
 
     calls = {"n": 0}
@@ -150,10 +189,20 @@ def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_pat
         return nll, n
 
     monkeypatch.setattr(train_mod, "token_nll", poisoned)
-    cfg = TrainConfig(task="summarization", data=str(_data(tmp_path)), out=str(tmp_path / "r"),
-                      model=tiny_llama, batch_size=4, micro_batch_size=2, max_steps=10,
-                      save_every=2, eval_generate=0, progress=False, tensorboard=False,
-                      eval_every=100)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path)),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        batch_size=4,
+        micro_batch_size=2,
+        max_steps=10,
+        save_every=2,
+        eval_generate=0,
+        progress=False,
+        tensorboard=False,
+        eval_every=100,
+    )
     with pytest.raises(TrainingError, match=r"loss became nan .* at step 5.*step-00000004"):
         train(cfg, log=lambda *_: None)
     last = checkpoint.latest(tmp_path / "r")
@@ -172,9 +221,19 @@ def test_early_stopping_stops_at_the_expected_step(tiny_llama, tmp_path, monkeyp
 
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
     monkeypatch.setattr(train_mod, "evaluate_loss", lambda *a, **k: (v := next(losses), v))
-    cfg = TrainConfig(task="summarization", data=str(_data(tmp_path)), out=str(tmp_path / "r"),
-                      model=tiny_llama, batch_size=4, max_steps=20, eval_every=2, patience=2,
-                      eval_generate=0, progress=False, tensorboard=False)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path)),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        batch_size=4,
+        max_steps=20,
+        eval_every=2,
+        patience=2,
+        eval_generate=0,
+        progress=False,
+        tensorboard=False,
+    )
     run = train(cfg, log=lambda *_: None)
     stats = json.loads((run / "manifest.json").read_text())["stats"]
     # validations at steps 2, 4 (best), 6, 8 -> two without improvement: stop at step 8
@@ -205,12 +264,16 @@ def test_packed_batch_gives_the_same_per_example_losses(request, fixture):
 
     def per_token_nll(batch):
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch.get("attention_mask"),
-                           position_ids=batch.get("position_ids"), use_cache=False).logits
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"),
+                use_cache=False,
+            ).logits
         labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2),
-                                                labels.clamp(min=0), reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), labels.clamp(min=0), reduction="none"
+        )
         return nll * (labels != -100)
 
     unpacked = per_token_nll(collate(exs, tok.pad_token_id)).sum(1)
@@ -219,15 +282,26 @@ def test_packed_batch_gives_the_same_per_example_losses(request, fixture):
     for row, ex in enumerate(packed):
         start = 0
         for where, length in zip(ex.where.split(","), ex.lengths):
-            got = float(nll[row, start:start + length - 1].sum())
+            got = float(nll[row, start : start + length - 1].sum())
             assert got == pytest.approx(expected[where], rel=1e-4, abs=1e-4), where
             start += length
 
 
 def test_packing_trains(tiny_llama, tmp_path):
-    cfg = TrainConfig(task="summarization", data=str(_data(tmp_path)), out=str(tmp_path / "r"),
-                      model=tiny_llama, batch_size=2, max_steps=6, packing=True, lr=5e-3,
-                      eval_generate=0, progress=False, tensorboard=False, max_length=128)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path)),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        batch_size=2,
+        max_steps=6,
+        packing=True,
+        lr=5e-3,
+        eval_generate=0,
+        progress=False,
+        tensorboard=False,
+        max_length=128,
+    )
     run = train(cfg, log=lambda *_: None)
     log = read_log(run)
     assert len(log) == 6 and float(log[-1]["loss"]) < float(log[0]["loss"])
@@ -265,8 +339,15 @@ def test_plan_shows_counts_spans_parameters_and_estimates(tiny_llama, tmp_path):
 
     rows = [{"input": "word " * 300, "output": "Short."}] + PAIRS
     data = write_jsonl(tmp_path / "d.jsonl", rows)
-    cfg = TrainConfig(task="summarization", data=str(data), out=str(tmp_path / "r"),
-                      model=tiny_llama, max_length=64, batch_size=2, val_fraction=0.1)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(data),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        max_length=64,
+        batch_size=2,
+        val_fraction=0.1,
+    )
     text = plan(cfg)
     assert "rows: 10 train, 1 validation" in text or "rows: 9 train, 2 validation" in text
     assert "tokens per example, context (masked): p50" in text
@@ -279,9 +360,18 @@ def test_plan_shows_counts_spans_parameters_and_estimates(tiny_llama, tmp_path):
 
 
 def test_run_has_loss_curve_png(tiny_gpt2, tmp_path):
-    cfg = TrainConfig(task="summarization", data=str(_data(tmp_path, 8)), model=tiny_gpt2,
-                      out=str(tmp_path / "r"), max_steps=3, batch_size=2, eval_generate=2,
-                      metric="rougeL", progress=False, tensorboard=False)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path, 8)),
+        model=tiny_gpt2,
+        out=str(tmp_path / "r"),
+        max_steps=3,
+        batch_size=2,
+        eval_generate=2,
+        metric="rougeL",
+        progress=False,
+        tensorboard=False,
+    )
     run = train(cfg, log=lambda *_: None)
     png = (run / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -293,14 +383,26 @@ def test_out_of_memory_gives_an_actionable_message(tiny_llama, tmp_path, monkeyp
     import gentune.train as train_mod
 
     def no_memory(*a, **k):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
-                           "allocate memory: you tried to allocate 123456789 bytes.")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+            "allocate memory: you tried to allocate 123456789 bytes."
+        )
 
     monkeypatch.setattr(train_mod, "token_nll", no_memory)
-    cfg = TrainConfig(task="summarization", data=str(_data(tmp_path)), out=str(tmp_path / "r"),
-                      model=tiny_llama, max_steps=2, progress=False, tensorboard=False)
-    with pytest.raises(TrainingError, match=r"out of memory at step 1 .*--micro-batch-size.*"
-                                            r"--gradient-checkpointing"):
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path)),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        max_steps=2,
+        progress=False,
+        tensorboard=False,
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"out of memory at step 1 .*--micro-batch-size.*"
+        r"--gradient-checkpointing",
+    ):
         train(cfg, log=lambda *_: None)
 
 
@@ -308,10 +410,20 @@ def test_out_of_memory_gives_an_actionable_message(tiny_llama, tmp_path, monkeyp
 def test_gradient_checkpointing_keeps_the_loss_curve(tiny_llama, tmp_path, method):
     curves = []
     for flag in (False, True):
-        cfg = TrainConfig(task="summarization", data=str(_data(tmp_path)), method=method,
-                          out=str(tmp_path / f"r{flag}"), model=tiny_llama, max_steps=4,
-                          batch_size=4, lr=5e-3, gradient_checkpointing=flag, eval_generate=0,
-                          progress=False, tensorboard=False)
+        cfg = TrainConfig(
+            task="summarization",
+            data=str(_data(tmp_path)),
+            method=method,
+            out=str(tmp_path / f"r{flag}"),
+            model=tiny_llama,
+            max_steps=4,
+            batch_size=4,
+            lr=5e-3,
+            gradient_checkpointing=flag,
+            eval_generate=0,
+            progress=False,
+            tensorboard=False,
+        )
         curves.append([float(r["loss"]) for r in read_log(train(cfg, log=lambda *_: None))])
     assert curves[0] == pytest.approx(curves[1], rel=1e-5)
 
@@ -352,8 +464,15 @@ def test_no_pickle_in_checkpoints(reference, monkeypatch, tiny_llama):
     last = checkpoint.latest(ref)
     files = sorted(p.name for p in last.iterdir())
     assert not [f for f in files if f.endswith((".pt", ".pkl", ".bin"))], files
-    assert {"optimizer.json", "optimizer.safetensors", "scheduler.json", "rng.json",
-            "rng.safetensors", "state.json", "trainable.safetensors"} <= set(files)
+    assert {
+        "optimizer.json",
+        "optimizer.safetensors",
+        "scheduler.json",
+        "rng.json",
+        "rng.safetensors",
+        "state.json",
+        "trainable.safetensors",
+    } <= set(files)
 
     def refuse(*a, **k):
         raise AssertionError("a checkpoint was unpickled")
@@ -369,9 +488,13 @@ def test_no_pickle_in_checkpoints(reference, monkeypatch, tiny_llama):
 
 
 def test_state_tree_round_trip_is_exact(tmp_path):
-    tree = {"state": {0: {"step": torch.tensor(3.0), "m": torch.randn(2, 3)}},
-            "groups": [{"betas": (0.9, 0.999), "lr": 1e-3 / 3, "none": None, "flag": True}],
-            "big": 2**63 + 5, "nan": float("nan"), "text": "ü"}
+    tree = {
+        "state": {0: {"step": torch.tensor(3.0), "m": torch.randn(2, 3)}},
+        "groups": [{"betas": (0.9, 0.999), "lr": 1e-3 / 3, "none": None, "flag": True}],
+        "big": 2**63 + 5,
+        "nan": float("nan"),
+        "text": "ü",
+    }
     checkpoint.save_tree(tree, tmp_path, "t")
     back = checkpoint.load_tree(tmp_path, "t")
     assert back["groups"] == tree["groups"] and back["big"] == tree["big"]

@@ -22,10 +22,19 @@ def lora_run(tmp_path_factory):
     rows = [json.loads(x) for x in train_file.open()][:24]
     small = tmp / "train.jsonl"
     small.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = TrainConfig(task="summarization", data=str(small), out=str(tmp / "run"),
-                      instruction=INSTRUCTION, max_steps=12, batch_size=4, max_length=256,
-                      val_fraction=0.17, warmup_ratio=0.0, scheduler="constant",
-                      progress=False)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(small),
+        out=str(tmp / "run"),
+        instruction=INSTRUCTION,
+        max_steps=12,
+        batch_size=4,
+        max_length=256,
+        val_fraction=0.17,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        progress=False,
+    )
     return train(cfg, log=lambda *_: None), small
 
 
@@ -43,10 +52,12 @@ def test_fine_tuned_model_ends_with_eos(lora_run):
     run, data = lora_run
     loaded = load_for_inference(str(run))
     records = read_records(data, kind="pairs")[:8]
-    prompts = [encode_prompt(r, loaded.template, loaded.tokenizer, max_length=1024)[0]
-               for r in records]
-    outs = generate(loaded.model, loaded.tokenizer, prompts, Decoding(max_new_tokens=60),
-                    batch_size=8)
+    prompts = [
+        encode_prompt(r, loaded.template, loaded.tokenizer, max_length=1024)[0] for r in records
+    ]
+    outs = generate(
+        loaded.model, loaded.tokenizer, prompts, Decoding(max_new_tokens=60), batch_size=8
+    )
     assert all(o.finished for o in outs), [o.text for o in outs]
     assert all(0 < len(o.text.split()) < 40 for o in outs), [o.text for o in outs]
 
@@ -54,11 +65,15 @@ def test_fine_tuned_model_ends_with_eos(lora_run):
 def test_demo_end_to_end_in_small(tmp_path):
     from gentune.demo import demo
 
-    comparison = demo(tmp_path / "demo", max_steps=2, limit=4, progress=False,
-                      log=lambda *_: None)
+    comparison = demo(tmp_path / "demo", max_steps=2, limit=4, progress=False, log=lambda *_: None)
     assert comparison["rows"] == 4 and comparison["metrics"][0]["metric"] == "rougeL"
-    for name in ("comparison.md", "eval/report.html", "eval/metrics.json",
-                 "eval/base/metrics.json", "run/model/adapter_model.safetensors"):
+    for name in (
+        "comparison.md",
+        "eval/report.html",
+        "eval/metrics.json",
+        "eval/base/metrics.json",
+        "run/model/adapter_model.safetensors",
+    ):
         assert (tmp_path / "demo" / name).exists(), name
 
 
@@ -73,19 +88,30 @@ def test_serve_the_embedded_model_answers_as_gentune_generate(capsys):
 
     question = "What is the capital of France?"
     capsys.readouterr()
-    assert main(["generate", "smollm2-135m", question, "--task", "dialogue",
-                 "--max-new-tokens", "24"]) == 0
+    assert (
+        main(["generate", "smollm2-135m", question, "--task", "dialogue", "--max-new-tokens", "24"])
+        == 0
+    )
     want = capsys.readouterr().out.strip()
     assert "Paris" in want
     with TestClient(create_app(load_for_inference("smollm2-135m"))) as c:
-        r = c.post("/v1/chat/completions",
-                   json={"messages": [{"role": "user", "content": question}], "max_tokens": 24})
+        r = c.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": question}], "max_tokens": 24},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == want
-        r = c.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": question}], "max_tokens": 24,
-            "stream": True})
-        text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "")
-                       for line in r.text.splitlines()
-                       if line.startswith("data: {") and '"choices": [{' in line)
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 24,
+                "stream": True,
+            },
+        )
+        text = "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+            for line in r.text.splitlines()
+            if line.startswith("data: {") and '"choices": [{' in line
+        )
         assert text == want

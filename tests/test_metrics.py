@@ -28,8 +28,10 @@ def test_perplexity_is_exp_of_total_nll_over_total_tokens(tiny_llama):
 
     loaded = load_for_inference(tiny_llama)
     tpl = build_template(get_task("summarization"), loaded.tokenizer)
-    recs = [Record(source="d", row=i, input="hello world " * i, output="fox " * (3 * i))
-            for i in range(1, 5)]
+    recs = [
+        Record(source="d", row=i, input="hello world " * i, output="fox " * (3 * i))
+        for i in range(1, 5)
+    ]
     ppl, n, left_out = corpus_perplexity(loaded, tpl, recs, batch_size=3)
     assert left_out == []
     from gentune.encode import encode_example

@@ -19,10 +19,14 @@ DRIVER = shutil.which("chromedriver")
 
 if not (CHROMIUM and DRIVER):
     if os.environ.get("GENTUNE_REQUIRE_BROWSER") == "1":
-        raise RuntimeError("GENTUNE_REQUIRE_BROWSER=1 but chromium / chromedriver are missing "
-                           "(apt-get install chromium chromium-driver)")
-    pytest.skip("no chromium + chromedriver here (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+        raise RuntimeError(
+            "GENTUNE_REQUIRE_BROWSER=1 but chromium / chromedriver are missing "
+            "(apt-get install chromium chromium-driver)"
+        )
+    pytest.skip(
+        "no chromium + chromedriver here (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 
 # Records every text the answer bubble shows: each textContent assignment adds a new Text node.
 OBSERVE = """
@@ -42,9 +46,17 @@ def browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-background-networking", "--disable-sync",
-                "--disable-component-update", "--window-size=1200,900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--disable-component-update",
+        "--window-size=1200,900",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(30)
@@ -64,7 +76,8 @@ def _ask(driver, text: str, mode: str) -> tuple[str, list[str]]:
     box.send_keys(text)
     driver.find_element(By.ID, "send").click()
     WebDriverWait(driver, 60).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant.done")) > before)
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant.done")) > before
+    )
     answer = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant .text")[-1].text
     return answer, driver.execute_script("return window.__shown")
 
@@ -77,7 +90,8 @@ def test_playground_streams_the_answer(trained_run, browser):
     with live_server(loaded, api_key=KEY) as url:
         browser.get(url.replace("http://", f"http://user:{KEY}@") + "/")  # HTTP Basic: the key
         WebDriverWait(browser, 30).until(
-            lambda d: "context 256" in d.find_element(By.ID, "model").text)
+            lambda d: "context 256" in d.find_element(By.ID, "model").text
+        )
 
         answer, shown = _ask(browser, PAIRS[0]["input"], "completion")
         assert answer == PAIRS[0]["output"]  # "Fox jumps dog."

@@ -15,9 +15,17 @@ from .conftest import PAIRS, write_jsonl
 
 
 def _cfg(model, data, out, **kw) -> TrainConfig:
-    return TrainConfig(task="summarization", data=str(data), out=str(out), model=model,
-                       batch_size=4, eval_generate=0, progress=False, tensorboard=False,
-                       **{"max_steps": 2, "save_every": 1, "keep_last": 5, **kw})
+    return TrainConfig(
+        task="summarization",
+        data=str(data),
+        out=str(out),
+        model=model,
+        batch_size=4,
+        eval_generate=0,
+        progress=False,
+        tensorboard=False,
+        **{"max_steps": 2, "save_every": 1, "keep_last": 5, **kw},
+    )
 
 
 def _quiet(*_):
@@ -30,8 +38,10 @@ def test_existing_run_needs_resume_or_overwrite(tiny_gpt2, tmp_path):
     train(_cfg(tiny_gpt2, data, out), log=_quiet)
     assert run_state(out) == "complete"
     assert [p.name for p in checkpoint.complete(out)] == ["step-00000001", "step-00000002"]
-    with pytest.raises(RunError, match="already holds a complete run; add --resume to "
-                                       "continue it, --overwrite to delete it"):
+    with pytest.raises(
+        RunError,
+        match="already holds a complete run; add --resume to continue it, --overwrite to delete it",
+    ):
         train(_cfg(tiny_gpt2, data, out), log=_quiet)
     (out / "stray.txt").write_text("from the old run")
     train(_cfg(tiny_gpt2, data, out, max_steps=1, overwrite=True), log=_quiet)
@@ -68,9 +78,12 @@ def test_a_continued_run_is_interrupted_until_it_is_complete(tiny_gpt2, tmp_path
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_gpt2, data, out, max_steps=4, resume="latest"), log=_quiet)
     assert run_state(out) == "interrupted"
-    with pytest.raises(RunError, match=r"interrupted run \(last checkpoint: step 2\) — continue "
-                                       r"it with `gentune train --config .*train_config.json "
-                                       r"--resume`"):
+    with pytest.raises(
+        RunError,
+        match=r"interrupted run \(last checkpoint: step 2\) — continue "
+        r"it with `gentune train --config .*train_config.json "
+        r"--resume`",
+    ):
         load_for_inference(str(out))
     monkeypatch.undo()
     # the command the message gives continues the run

@@ -45,7 +45,7 @@ def sse_events(text: str) -> list:
     for block in text.split("\n\n"):
         for line in block.splitlines():
             if line.startswith("data: "):
-                data = line[len("data: "):]
+                data = line[len("data: ") :]
                 events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
@@ -68,8 +68,9 @@ def test_completion_chat_and_stream_match_gentune_generate(trained_run, loaded, 
         assert body["choices"][0]["text"] == want
         assert body["choices"][0]["finish_reason"] == "stop"  # stopped by EOS
         assert body["usage"]["completion_tokens"] > 0
-        assert body["usage"]["total_tokens"] == (body["usage"]["prompt_tokens"]
-                                                 + body["usage"]["completion_tokens"])
+        assert body["usage"]["total_tokens"] == (
+            body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+        )
 
         # several prompts in one request: each answered as alone
         prompts = [p["input"] for p in PAIRS[:5]]
@@ -85,9 +86,11 @@ def test_completion_chat_and_stream_match_gentune_generate(trained_run, loaded, 
         assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": want}
 
         # streamed chat: role first, pieces, finish_reason, usage, [DONE]; same text
-        r = c.post("/v1/chat/completions", headers=AUTH,
-                   json={"messages": msgs, "stream": True,
-                         "stream_options": {"include_usage": True}})
+        r = c.post(
+            "/v1/chat/completions",
+            headers=AUTH,
+            json={"messages": msgs, "stream": True, "stream_options": {"include_usage": True}},
+        )
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r.text)
@@ -109,39 +112,52 @@ def test_completion_chat_and_stream_match_gentune_generate(trained_run, loaded, 
 
 def test_decoding_options_pass_through(loaded):
     with client(loaded) as c:
-        r = c.post("/v1/completions", headers=AUTH,
-                   json={"prompt": PROMPT, "max_tokens": 2})
+        r = c.post("/v1/completions", headers=AUTH, json={"prompt": PROMPT, "max_tokens": 2})
         ch = r.json()["choices"][0]
         assert ch["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == 2
         r = c.post("/v1/completions", headers=AUTH, json={"prompt": PROMPT, "stop": ["jumps"]})
         assert r.json()["choices"][0]["text"] == "Fox"
-        r = c.post("/v1/completions", headers=AUTH,
-                   json={"prompt": PROMPT, "stop": "jumps", "stream": True})
+        r = c.post(
+            "/v1/completions",
+            headers=AUTH,
+            json={"prompt": PROMPT, "stop": "jumps", "stream": True},
+        )
         events = sse_events(r.text)
         assert "".join(e["choices"][0]["text"] for e in events[:-1]) == "Fox"
         assert events[-2]["choices"][0]["finish_reason"] == "stop"
-        r = c.post("/v1/completions", headers=AUTH,  # untemplated: the text as it is
-                   json={"prompt": PROMPT, "raw": True, "max_tokens": 3})
+        r = c.post(
+            "/v1/completions",
+            headers=AUTH,  # untemplated: the text as it is
+            json={"prompt": PROMPT, "raw": True, "max_tokens": 3},
+        )
         assert r.json()["usage"]["prompt_tokens"] == len(loaded.tokenizer(PROMPT)["input_ids"])
         sampled = {"prompt": PROMPT, "temperature": 1.5, "seed": 3, "n": 3, "max_tokens": 8}
         a = c.post("/v1/completions", headers=AUTH, json=sampled).json()["choices"]
         b = c.post("/v1/completions", headers=AUTH, json=sampled).json()["choices"]
         assert len(a) == 3 and [x["text"] for x in a] == [x["text"] for x in b]  # seeded
-        beams = c.post("/v1/completions", headers=AUTH,
-                       json={"prompt": PROMPT, "num_beams": 3, "n": 2}).json()
+        beams = c.post(
+            "/v1/completions", headers=AUTH, json={"prompt": PROMPT, "num_beams": 3, "n": 2}
+        ).json()
         assert len(beams["choices"]) == 2
         models = c.get("/v1/models", headers=AUTH).json()
         name = models["data"][0]["id"]
-        assert c.post("/v1/completions", headers=AUTH,
-                      json={"prompt": "x", "model": name}).status_code == 200
+        assert (
+            c.post("/v1/completions", headers=AUTH, json={"prompt": "x", "model": name}).status_code
+            == 200
+        )
 
 
 def test_auth_every_route_but_health(loaded):
     with client(loaded) as c:
         assert c.get("/health").status_code == 200
-        for method, path in [("get", "/"), ("get", "/v1/models"), ("post", "/v1/completions"),
-                             ("post", "/v1/chat/completions"), ("get", "/nowhere"),
-                             ("get", "/openapi.json")]:
+        for method, path in [
+            ("get", "/"),
+            ("get", "/v1/models"),
+            ("post", "/v1/completions"),
+            ("post", "/v1/chat/completions"),
+            ("get", "/nowhere"),
+            ("get", "/openapi.json"),
+        ]:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
                 r = getattr(c, method)(path, headers=headers)
                 assert r.status_code == 401, (path, headers)
@@ -177,12 +193,17 @@ def test_body_limit_413(loaded):
 
         r = c.post("/v1/completions", headers=AUTH, content=chunks())
         assert r.status_code == 413
-        assert c.post("/v1/completions", headers=AUTH,
-                      json={"prompt": "hello", "max_tokens": 2}).status_code == 200
+        assert (
+            c.post(
+                "/v1/completions", headers=AUTH, json={"prompt": "hello", "max_tokens": 2}
+            ).status_code
+            == 200
+        )
 
 
 def test_400_limits_and_unsupported(loaded):
     with client(loaded, max_tokens_limit=64) as c:
+
         def post(path, **body):
             return c.post(path, headers=AUTH, json=body)
 
@@ -200,21 +221,25 @@ def test_400_limits_and_unsupported(loaded):
         assert post("/v1/completions", prompt="hi", presence_penalty=0.5).status_code == 400
         assert post("/v1/completions", prompt="hi", logprobs=3).status_code == 400
         assert post("/v1/completions", prompt="hi", n=2).status_code == 400  # greedy twice
-        assert post("/v1/completions", prompt="hi", n=2, temperature=0.7,
-                    stream=True).status_code == 400
+        assert (
+            post("/v1/completions", prompt="hi", n=2, temperature=0.7, stream=True).status_code
+            == 400
+        )
         assert post("/v1/completions", prompt="hi", echo=True).status_code == 400
         r = post("/v1/completions", prompt="hi", model="gpt-4")
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-        r = post("/v1/chat/completions",
-                 messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+        r = post(
+            "/v1/chat/completions",
+            messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+        )
         assert r.status_code == 400
 
 
 def test_422_malformed_json_and_fields(loaded):
     with client(loaded) as c:
+
         def raw(path, data):
-            return c.post(path, headers={**AUTH, "Content-Type": "application/json"},
-                          content=data)
+            return c.post(path, headers={**AUTH, "Content-Type": "application/json"}, content=data)
 
         r = raw("/v1/chat/completions", b'{"messages": [')
         assert r.status_code == 422 and "malformed JSON" in r.json()["error"]["message"]
@@ -292,8 +317,10 @@ def test_full_queue_answers_429_at_once(loaded, monkeypatch):
             start = time.monotonic()
             third = await c.post("/v1/completions", json=BODY)
             refused_in = time.monotonic() - start
-            stream = await c.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "hi"}], "stream": True})
+            stream = await c.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+            )
             health = await c.get("/health")
             release.set()
             return (await first, await second, third, refused_in, stream, health)
@@ -338,12 +365,22 @@ def test_generation_timeout_stops_the_generation(loaded):
     from gentune.generate import generate, stream
 
     ids = [[5, 6, 7, 8], [9, 10, 11, 12, 13]]
-    gens = generate(loaded.model, loaded.tokenizer, ids, Decoding(max_new_tokens=50),
-                    should_stop=lambda i: i == 1)
+    gens = generate(
+        loaded.model,
+        loaded.tokenizer,
+        ids,
+        Decoding(max_new_tokens=50),
+        should_stop=lambda i: i == 1,
+    )
     assert gens[1].new_tokens == 1 and not gens[1].finished
     assert gens[0].new_tokens > 1
-    pieces = stream(loaded.model, loaded.tokenizer, ids[0], Decoding(max_new_tokens=50),
-                    should_stop=lambda: True)
+    pieces = stream(
+        loaded.model,
+        loaded.tokenizer,
+        ids[0],
+        Decoding(max_new_tokens=50),
+        should_stop=lambda: True,
+    )
     while True:
         try:
             next(pieces)
@@ -407,9 +444,15 @@ def live_server(loaded, **settings):
 
     app = create_app(loaded, ServeSettings(**settings))
     port = free_port()
-    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port,
-                                          settings=ServeSettings(**settings),
-                                          log_level="warning"))
+    server = uvicorn.Server(
+        server_config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            settings=ServeSettings(**settings),
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     end = time.monotonic() + 20
@@ -435,15 +478,21 @@ def test_official_openai_client_against_a_live_server(loaded):
         assert reply.choices[0].message.content == "Fox jumps dog."
         assert reply.choices[0].finish_reason == "stop"
         assert reply.usage.completion_tokens > 0
-        pieces = [ch.choices[0].delta.content or ""
-                  for ch in api.chat.completions.create(model=model.id, messages=msgs,
-                                                        stream=True)
-                  if ch.choices]
+        pieces = [
+            ch.choices[0].delta.content or ""
+            for ch in api.chat.completions.create(model=model.id, messages=msgs, stream=True)
+            if ch.choices
+        ]
         assert "".join(pieces) == "Fox jumps dog." and len([p for p in pieces if p]) > 1
         done = api.completions.create(model=model.id, prompt=PAIRS[1]["input"], max_tokens=20)
         assert done.choices[0].text == PAIRS[1]["output"]
-        sampled = api.completions.create(model=model.id, prompt=PROMPT, max_tokens=5,
-                                         temperature=0.8, extra_body={"top_k": 20, "min_p": 0.05})
+        sampled = api.completions.create(
+            model=model.id,
+            prompt=PROMPT,
+            max_tokens=5,
+            temperature=0.8,
+            extra_body={"top_k": 20, "min_p": 0.05},
+        )
         assert sampled.usage.completion_tokens <= 5
         with pytest.raises(openai.BadRequestError):
             api.completions.create(model=model.id, prompt=PROMPT, max_tokens=10_000)
@@ -459,9 +508,13 @@ def test_cli_serve_defaults_to_loopback_and_reads_the_key_from_env(monkeypatch, 
     import gentune.serve as serve_module
 
     seen = {}
-    monkeypatch.setattr(serve_module, "serve",
-                        lambda spec, host, port, settings: seen.update(
-                            spec=spec, host=host, port=port, settings=settings))
+    monkeypatch.setattr(
+        serve_module,
+        "serve",
+        lambda spec, host, port, settings: seen.update(
+            spec=spec, host=host, port=port, settings=settings
+        ),
+    )
     monkeypatch.setenv("GENTUNE_API_KEY", "from-env")
     assert main(["serve", trained_run]) == 0
     assert seen["host"] == "127.0.0.1" and seen["settings"].api_key == "from-env"
@@ -505,16 +558,29 @@ def test_messages_the_template_refuses_are_a_400(loaded):
 
     from .conftest import CHATML
 
-    strict = ("{% if messages[0]['role'] != 'user' %}"
-              "{{ raise_exception('conversations start with the user') }}{% endif %}" + CHATML)
+    strict = (
+        "{% if messages[0]['role'] != 'user' %}"
+        "{{ raise_exception('conversations start with the user') }}{% endif %}" + CHATML
+    )
     picky = replace(loaded, template=replace(loaded.template, chat_template=strict))
     with client(picky) as c:
-        r = c.post("/v1/chat/completions", headers=AUTH, json={"messages": [
-            {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
+        r = c.post(
+            "/v1/chat/completions",
+            headers=AUTH,
+            json={
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "hi"},
+                ]
+            },
+        )
         assert r.status_code == 400
         assert "conversations start with the user" in r.json()["error"]["message"]
-        r = c.post("/v1/chat/completions", headers=AUTH,
-                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        r = c.post(
+            "/v1/chat/completions",
+            headers=AUTH,
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+        )
         assert r.status_code == 200
 
 
@@ -568,17 +634,33 @@ HOSTILE = [  # (route, body, status, field the answer must name)
     ("/v1/completions", {"prompt": "\ud800 lone surrogate"}, 422, "prompt"),
     ("/v1/completions", {"prompt": ["ok", "bad \udfff"]}, 422, "prompt"),
     ("/v1/completions", {"prompt": PROMPT, "stop": ["\ud83d"]}, 422, "stop"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x\udc00"}]}, 422,
-     "messages"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x\udc00"}]},
+        422,
+        "messages",
+    ),
     ("/v1/completions", {"prompt": PROMPT, "model": "\ud800"}, 422, "model"),
     ("/v1/completions", {"prompt": PROMPT, "user": "\ud800"}, 422, "user"),
-    ("/v1/completions", {"prompt": PROMPT, "length_penalty": 1e308, "num_beams": 2}, 422,
-     "length_penalty"),
-    ("/v1/completions", {"prompt": PROMPT, "repetition_penalty": 1e-300}, 422,
-     "repetition_penalty"),
+    (
+        "/v1/completions",
+        {"prompt": PROMPT, "length_penalty": 1e308, "num_beams": 2},
+        422,
+        "length_penalty",
+    ),
+    (
+        "/v1/completions",
+        {"prompt": PROMPT, "repetition_penalty": 1e-300},
+        422,
+        "repetition_penalty",
+    ),
     ("/v1/completions", {"prompt": PROMPT, "top_k": 2**80}, 422, "top_k"),
-    ("/v1/completions", {"prompt": PROMPT, "no_repeat_ngram_size": 2**70}, 422,
-     "no_repeat_ngram_size"),
+    (
+        "/v1/completions",
+        {"prompt": PROMPT, "no_repeat_ngram_size": 2**70},
+        422,
+        "no_repeat_ngram_size",
+    ),
     ("/v1/completions", {"prompt": PROMPT, "stop": "x" * 10_000}, 400, "stop"),
     ("/v1/completions", {"prompt": [], "max_tokens": 3}, 422, "prompt"),
     ("/v1/completions", {"prompt": "", "raw": True, "max_tokens": 3}, 422, "prompt"),
@@ -591,22 +673,31 @@ HOSTILE = [  # (route, body, status, field the answer must name)
 @pytest.mark.parametrize("route,body,status,field", HOSTILE)
 def test_hostile_values_are_4xx_naming_the_field(loaded, route, body, status, field):
     with client(loaded) as c:
-        r = c.post(route, headers={**AUTH, "content-type": "application/json"},
-                   content=json.dumps(body).encode())
+        r = c.post(
+            route,
+            headers={**AUTH, "content-type": "application/json"},
+            content=json.dumps(body).encode(),
+        )
         assert r.status_code == status, r.text
         if field:
             err = r.json()["error"]
             assert field in f"{err['param']} {err['message']}", r.text
 
 
-@pytest.mark.parametrize("raw,status", [(b'{"prompt": "x", "temperature": NaN}', 422),
-                                        (b'{"prompt": "x", "length_penalty": Infinity}', 422),
-                                        (b'{"prompt": "x", "top_p": -Infinity}', 422),
-                                        (b'{"prompt": "caf\xe9"}', 400)])
+@pytest.mark.parametrize(
+    "raw,status",
+    [
+        (b'{"prompt": "x", "temperature": NaN}', 422),
+        (b'{"prompt": "x", "length_penalty": Infinity}', 422),
+        (b'{"prompt": "x", "top_p": -Infinity}', 422),
+        (b'{"prompt": "caf\xe9"}', 400),
+    ],
+)
 def test_non_finite_numbers_and_bad_bytes_are_4xx(loaded, raw, status):
     with client(loaded) as c:
-        r = c.post("/v1/completions", headers={**AUTH, "content-type": "application/json"},
-                   content=raw)
+        r = c.post(
+            "/v1/completions", headers={**AUTH, "content-type": "application/json"}, content=raw
+        )
         assert r.status_code == status, r.text
         assert r.json()["error"]["message"]
 
@@ -614,18 +705,19 @@ def test_non_finite_numbers_and_bad_bytes_are_4xx(loaded, raw, status):
 def test_prompt_tokens_per_request_are_bounded(loaded):
     one = len(loaded.tokenizer(PROMPT)["input_ids"])
     with client(loaded, max_prompt_tokens=8 * one) as c:
-        r = c.post("/v1/completions", headers=AUTH, json={"prompt": [PROMPT] * 8,
-                                                          "max_tokens": 2})
+        r = c.post("/v1/completions", headers=AUTH, json={"prompt": [PROMPT] * 8, "max_tokens": 2})
         assert r.status_code == 400, r.text
         err = r.json()["error"]
         assert err["param"] == "prompt" and "--max-prompt-tokens" in err["message"]
         assert f"limit of {8 * one}" in err["message"]
-        r = c.post("/v1/completions", headers=AUTH, json={"prompt": [PROMPT] * 2,
-                                                          "max_tokens": 2})
+        r = c.post("/v1/completions", headers=AUTH, json={"prompt": [PROMPT] * 2, "max_tokens": 2})
         assert r.status_code == 200, r.text
     with client(loaded, max_prompt_tokens=2 * one) as c:
-        r = c.post("/v1/chat/completions", headers=AUTH, json={
-            "messages": [{"role": "user", "content": PROMPT * 3}], "max_tokens": 2})
+        r = c.post(
+            "/v1/chat/completions",
+            headers=AUTH,
+            json={"messages": [{"role": "user", "content": PROMPT * 3}], "max_tokens": 2},
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
 
 
@@ -640,8 +732,10 @@ def test_slow_clients_are_cut_off(loaded):
             assert s.recv(1024) == b""  # closed by the server
             assert time.monotonic() - start < 4
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                      b"application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\":")
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b'application/json\r\nContent-Length: 100\r\n\r\n{"prompt":'
+            )
             start = time.monotonic()
             reply = b""
             while chunk := s.recv(4096):  # until the server closes the connection

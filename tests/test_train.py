@@ -48,7 +48,7 @@ def test_gradient_accumulation_equals_one_big_batch(request, fixture, method):
 
     pad = tok.pad_token_id
     big = grads([collate(exs, pad)])
-    small = grads([collate(exs[i:i + 2], pad) for i in range(0, 8, 2)])
+    small = grads([collate(exs[i : i + 2], pad) for i in range(0, 8, 2)])
     assert big[1] == small[1]
     assert big[0] == pytest.approx(small[0], rel=1e-5)
     for a, b in zip(big[2], small[2]):
@@ -61,24 +61,39 @@ def test_selective_logits_equal_full_logits(request, fixture):
     batch = collate(exs, tok.pad_token_id)
     nll, n = token_nll(model, batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                            batch["labels"][:, 1:].reshape(-1),
-                                            ignore_index=-100, reduction="sum")
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
     assert n == int((batch["labels"][:, 1:] != -100).sum())
     torch.testing.assert_close(nll, ref, rtol=1e-5, atol=1e-4)
 
 
 def _cfg(model, data, out, **kw):
-    base = dict(task="summarization", data=str(data), out=str(out), model=model, epochs=2,
-                batch_size=4, micro_batch_size=2, lr=5e-3, progress=False, val_fraction=0.2)
+    base = dict(
+        task="summarization",
+        data=str(data),
+        out=str(out),
+        model=model,
+        epochs=2,
+        batch_size=4,
+        micro_batch_size=2,
+        lr=5e-3,
+        progress=False,
+        val_fraction=0.2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_same_seed_gives_identical_weights(tiny_llama, pairs_file, tmp_path, method):
-    runs = [train(_cfg(tiny_llama, pairs_file, tmp_path / f"r{i}", method=method),
-                  log=lambda *_: None) for i in range(2)]
+    runs = [
+        train(_cfg(tiny_llama, pairs_file, tmp_path / f"r{i}", method=method), log=lambda *_: None)
+        for i in range(2)
+    ]
     name = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
     a, b = (load_file(r / "model" / name) for r in runs)
     assert a.keys() == b.keys() and len(a) > 0
@@ -90,17 +105,26 @@ def test_same_seed_gives_identical_weights(tiny_llama, pairs_file, tmp_path, met
         return [{k: v for k, v in row.items() if k not in timing} for row in read_log(run)]
 
     assert curve(runs[0]) == curve(runs[1])
-    c = train(_cfg(tiny_llama, pairs_file, tmp_path / "other", method=method, seed=7),
-              log=lambda *_: None)
+    c = train(
+        _cfg(tiny_llama, pairs_file, tmp_path / "other", method=method, seed=7), log=lambda *_: None
+    )
     other = load_file(c / "model" / name)
     assert any(not torch.equal(a[k], other[k]) for k in a)
 
 
 def test_run_directory_contents_and_training_lowers_loss(tiny_gpt2, pairs_file, tmp_path):
-    run = train(_cfg(tiny_gpt2, pairs_file, tmp_path / "run", method="full", epochs=6),
-                log=lambda *_: None)
-    for name in ("model/model.safetensors", "model/tokenizer.json", "template.json",
-                 "train_config.json", "manifest.json", "metrics.csv", "heldout.jsonl"):
+    run = train(
+        _cfg(tiny_gpt2, pairs_file, tmp_path / "run", method="full", epochs=6), log=lambda *_: None
+    )
+    for name in (
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "template.json",
+        "train_config.json",
+        "manifest.json",
+        "metrics.csv",
+        "heldout.jsonl",
+    ):
         assert (run / name).exists(), name
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["seed"] == 42 and manifest["data"][0]["sha256"]
@@ -116,8 +140,7 @@ def test_run_directory_contents_and_training_lowers_loss(tiny_gpt2, pairs_file, 
 
 
 def test_lora_run_saves_only_the_adapter(tiny_llama, pairs_file, tmp_path):
-    run = train(_cfg(tiny_llama, pairs_file, tmp_path / "run", max_steps=2),
-                log=lambda *_: None)
+    run = train(_cfg(tiny_llama, pairs_file, tmp_path / "run", max_steps=2), log=lambda *_: None)
     assert (run / "model" / "adapter_model.safetensors").exists()
     assert not (run / "model" / "model.safetensors").exists()
     loaded = load_for_inference(str(run))
@@ -132,14 +155,23 @@ def test_free_text_trains_with_default_validation(tiny_gpt2, tmp_path):
     from gentune.errors import TrainingError
 
     text = tmp_path / "s.txt"
-    text.write_text("\n\n".join(["Once upon a time there was a fox.", "The dog slept all day.",
-                                 "A model learns tokens.", "Hello world, this is text.",
-                                 "Another paragraph of plain text."]) + "\n")
-    base = dict(task="text", data=str(text), model=tiny_gpt2, max_steps=2, progress=False,
-                tensorboard=False)
+    text.write_text(
+        "\n\n".join(
+            [
+                "Once upon a time there was a fox.",
+                "The dog slept all day.",
+                "A model learns tokens.",
+                "Hello world, this is text.",
+                "Another paragraph of plain text.",
+            ]
+        )
+        + "\n"
+    )
+    base = dict(
+        task="text", data=str(text), model=tiny_gpt2, max_steps=2, progress=False, tensorboard=False
+    )
     run = train(TrainConfig(**base, out=str(tmp_path / "r")), log=lambda *_: None)
     last = read_log(run)[-1]
     assert float(last["val_loss"]) > 0 and last["val_metric"] == ""
     with pytest.raises(TrainingError, match="--metric rougeL compares generations"):
-        train(TrainConfig(**base, out=str(tmp_path / "r2"), metric="rougeL"),
-              log=lambda *_: None)
+        train(TrainConfig(**base, out=str(tmp_path / "r2"), metric="rougeL"), log=lambda *_: None)

@@ -14,8 +14,14 @@ from .tasks import chat_template_for
 HELP = "type a message; /reset starts over, /exit (or Ctrl-D) leaves"
 
 
-def chat(spec: str, *, decoding_overrides: dict | None = None, system: str | None = None,
-         read=input, write=sys.stdout.write) -> list[dict]:
+def chat(
+    spec: str,
+    *,
+    decoding_overrides: dict | None = None,
+    system: str | None = None,
+    read=input,
+    write=sys.stdout.write,
+) -> list[dict]:
     """Run the session until /exit or end of input; returns the conversation."""
     loaded = load_for_inference(spec)
     template = chat_template_for(loaded.template, loaded.tokenizer)

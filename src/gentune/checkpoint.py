@@ -48,15 +48,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters()
-            if p.requires_grad}
+    return {
+        n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -71,8 +74,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: str | Path, step: int, *, model, optimizer, scheduler, state: dict,
-         keep_last: int, keep: tuple[int, ...] = (), crash_hook=None) -> Path:
+def save(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    state: dict,
+    keep_last: int,
+    keep: tuple[int, ...] = (),
+    crash_hook=None,
+) -> Path:
     """Write checkpoint `step` atomically, then prune to the last `keep_last` plus `keep`."""
     ckpts = root(run_dir)
     ckpts.mkdir(parents=True, exist_ok=True)
@@ -104,9 +117,10 @@ def complete(run_dir: str | Path) -> list[Path]:
     ckpts = root(run_dir)
     if not ckpts.is_dir():
         return []
-    found = [p for p in ckpts.iterdir()
-             if p.name.startswith(PREFIX) and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [
+        p for p in ckpts.iterdir() if p.name.startswith(PREFIX) and (p / "state.json").exists()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def latest(run_dir: str | Path) -> Path | None:
@@ -127,16 +141,20 @@ def prune(run_dir: str | Path, *, keep_last: int, keep: tuple[int, ...] = ()) ->
 def load(path: Path, *, model, optimizer=None, scheduler=None) -> dict:
     """Restore weights (and optimizer, scheduler, RNG when given); returns state.json."""
     if (path / "optimizer.pt").exists():
-        raise TrainingError(f"{path}: a checkpoint in the old pickle format, which gentune no "
-                            "longer loads (it could run code); start the run again with "
-                            "--overwrite")
+        raise TrainingError(
+            f"{path}: a checkpoint in the old pickle format, which gentune no "
+            "longer loads (it could run code); start the run again with "
+            "--overwrite"
+        )
     try:
         weights = load_file(path / "trainable.safetensors")
         params = dict(model.named_parameters())
         missing = [n for n in weights if n not in params]
         if missing:
-            raise TrainingError(f"{path}: checkpoint does not match the model ({missing[:3]}); "
-                                "resume with the same --model and --method")
+            raise TrainingError(
+                f"{path}: checkpoint does not match the model ({missing[:3]}); "
+                "resume with the same --model and --method"
+            )
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(tensor)
@@ -147,9 +165,11 @@ def load(path: Path, *, model, optimizer=None, scheduler=None) -> dict:
             set_rng_state(load_tree(path, "rng"))
         return json.loads((path / "state.json").read_text())
     except (OSError, ValueError, KeyError, SafetensorError) as e:
-        raise TrainingError(f"{path}: damaged checkpoint ({type(e).__name__}: {e}); resume from "
-                            "an earlier one with --resume CHECKPOINT, or start again with "
-                            "--overwrite") from None
+        raise TrainingError(
+            f"{path}: damaged checkpoint ({type(e).__name__}: {e}); resume from "
+            "an earlier one with --resume CHECKPOINT, or start again with "
+            "--overwrite"
+        ) from None
 
 
 # ---- state dicts as JSON + safetensors (no pickle) -----------------------------------------

@@ -54,8 +54,9 @@ def _out_dir(path: str) -> Path:
     return out
 
 
-def add_settings(p, cls, *, only=None, skip=(), names=None, help_default=None,
-                 keep_defaults=False, extra=None) -> None:
+def add_settings(
+    p, cls, *, only=None, skip=(), names=None, help_default=None, keep_defaults=False, extra=None
+) -> None:
     """One flag per field of a settings dataclass (TrainConfig, Decoding, ServeSettings), its
     help the field's own comment. Flags default to None (or are absent): only what the user
     gave overrides the recipe or the task's defaults, and the dataclass validates it.
@@ -74,8 +75,12 @@ def add_settings(p, cls, *, only=None, skip=(), names=None, help_default=None,
         flag = "--" + (names or {}).get(f.name, f.name).replace("_", "-")
         shown = (help_default or {}).get(f.name, None if f.default is MISSING else f.default)
         text = docs.get(f.name, "") + (f" (default: {shown})" if shown is not None else "")
-        kwargs = {"dest": f.name, "help": text.replace("%", "%%"),  # argparse formats help
-                  **({} if keep_defaults else {"default": None}), **(extra or {}).get(f.name, {})}
+        kwargs = {
+            "dest": f.name,
+            "help": text.replace("%", "%%"),  # argparse formats help
+            **({} if keep_defaults else {"default": None}),
+            **(extra or {}).get(f.name, {}),
+        }
         hint = hints[f.name]
         if hint is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -90,12 +95,20 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     from .config import Decoding
 
     g = p.add_argument_group("decoding (defaults: the task's)")
-    add_settings(g, Decoding, names={"do_sample": "sample"},
-                 help_default={"max_new_tokens": "the task's", "do_sample": "the task's",
-                               "stop": "none"})
-    g.add_argument("--greedy", action="store_false", dest="do_sample", default=None,
-                   help="greedy (or beam) decoding, also for tasks that sample by default "
-                        "(same as --no-sample)")
+    add_settings(
+        g,
+        Decoding,
+        names={"do_sample": "sample"},
+        help_default={"max_new_tokens": "the task's", "do_sample": "the task's", "stop": "none"},
+    )
+    g.add_argument(
+        "--greedy",
+        action="store_false",
+        dest="do_sample",
+        default=None,
+        help="greedy (or beam) decoding, also for tasks that sample by default "
+        "(same as --no-sample)",
+    )
     g.add_argument("--batch-size", type=_positive(int), default=8, help="prompts per batch")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -117,20 +130,26 @@ def _decoding_overrides(a) -> dict:
 def _fields(a):
     from .data import Fields
 
-    return Fields(input=a.input_field, output=a.output_field, messages=a.messages_field,
-                  text=a.text_field)
+    return Fields(
+        input=a.input_field, output=a.output_field, messages=a.messages_field, text=a.text_field
+    )
 
 
 def _template_args(a) -> dict:
-    return {"instruction": a.instruction, "system": a.system, "source_lang": a.source_lang,
-            "target_lang": a.target_lang}
+    return {
+        "instruction": a.instruction,
+        "system": a.system,
+        "source_lang": a.source_lang,
+        "target_lang": a.target_lang,
+    }
 
 
 def _train_config(a):
     from .config import TrainConfig
 
-    return TrainConfig.from_sources(getattr(a, "config", None), _given(a, TrainConfig),
-                                    getattr(a, "overrides", ()))
+    return TrainConfig.from_sources(
+        getattr(a, "config", None), _given(a, TrainConfig), getattr(a, "overrides", ())
+    )
 
 
 def cmd_train(a) -> None:
@@ -150,8 +169,9 @@ def _records_from_args(a, template):
     from .tasks import get_task, prompt_record
 
     if a.data:
-        return read_records(a.data, kind=get_task(template.task).kind, fields=_fields(a),
-                            require_output=False)
+        return read_records(
+            a.data, kind=get_task(template.task).kind, fields=_fields(a), require_output=False
+        )
     return [prompt_record(template, a.prompt)]
 
 
@@ -176,17 +196,25 @@ def cmd_generate(a) -> None:
         from .models import context_length
 
         limit = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
-        ids, _, shortened = encode_prompt(records[0], template, loaded.tokenizer,
-                                          max_length=limit)
+        ids, _, shortened = encode_prompt(records[0], template, loaded.tokenizer, max_length=limit)
         if shortened:
-            print(f"gentune generate: note: the input was shortened to fit the {limit}-token "
-                  "prompt limit (the run's training length)", file=sys.stderr)
+            print(
+                f"gentune generate: note: the input was shortened to fit the {limit}-token "
+                "prompt limit (the run's training length)",
+                file=sys.stderr,
+            )
         for piece in stream(loaded.model, loaded.tokenizer, ids, decoding):
             print(piece, end="", flush=True)
         print()
         return
-    rows = predict(loaded, template, records, decoding, batch_size=a.batch_size,
-                   progress=bool(a.data) and not a.no_progress)
+    rows = predict(
+        loaded,
+        template,
+        records,
+        decoding,
+        batch_size=a.batch_size,
+        progress=bool(a.data) and not a.no_progress,
+    )
     if a.data:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -210,27 +238,43 @@ def cmd_export(a) -> None:
     from .export import export
 
     out = export(a.run, a.out)
-    print(f"gentune: exported {a.run} to {out} (load it with "
-          f"AutoModelForCausalLM.from_pretrained('{out}'))")
+    print(
+        f"gentune: exported {a.run} to {out} (load it with "
+        f"AutoModelForCausalLM.from_pretrained('{out}'))"
+    )
 
 
 def cmd_evaluate(a) -> None:
     from .evaluate import evaluate
 
     _out_dir(a.out)
-    result = evaluate(a.model, a.data, a.out, task=a.task, fields=_fields(a), limit=a.limit,
-                      batch_size=a.batch_size, progress=not a.no_progress, compare=a.compare,
-                      bootstrap=a.bootstrap, seed=a.seed or 0,
-                      decoding_overrides=_decoding_overrides(a),
-                      **_template_args(a))
+    result = evaluate(
+        a.model,
+        a.data,
+        a.out,
+        task=a.task,
+        fields=_fields(a),
+        limit=a.limit,
+        batch_size=a.batch_size,
+        progress=not a.no_progress,
+        compare=a.compare,
+        bootstrap=a.bootstrap,
+        seed=a.seed or 0,
+        decoding_overrides=_decoding_overrides(a),
+        **_template_args(a),
+    )
     if "comparison" in result:
         for m in result["comparison"]["metrics"]:
             ci = m.get("ci")
-            print(f"{m['metric']:>14}: base {m['base']:9.3f}  fine-tuned {m['tuned']:9.3f}  "
-                  f"Δ {m['difference']:+8.3f}"
-                  + (f"  95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
-        print(f"gentune: written {a.out}/report.html, comparison.json, metrics.json, "
-              "predictions.jsonl and base/")
+            print(
+                f"{m['metric']:>14}: base {m['base']:9.3f}  fine-tuned {m['tuned']:9.3f}  "
+                f"Δ {m['difference']:+8.3f}"
+                + (f"  95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+            )
+        print(
+            f"gentune: written {a.out}/report.html, comparison.json, metrics.json, "
+            "predictions.jsonl and base/"
+        )
         return
     print(json.dumps({k: v for k, v in result.items() if k != "meta"}, indent=2))
     print(f"gentune: written {a.out}/metrics.json and {a.out}/predictions.jsonl")
@@ -252,18 +296,27 @@ def cmd_serve(a) -> None:
 def cmd_demo(a) -> None:
     from .demo import demo
 
-    demo(a.out, epochs=a.epochs, max_steps=a.max_steps, limit=a.limit,
-         progress=not a.no_progress)
+    demo(a.out, epochs=a.epochs, max_steps=a.max_steps, limit=a.limit, progress=not a.no_progress)
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (absent unless given: the recipe's value stays)."""
     from .config import TrainConfig
 
-    add_settings(p, TrainConfig, keep_defaults=True, extra={"resume": {
-        "nargs": "?", "const": "latest", "metavar": "CHECKPOINT",
-        "help": "continue the run in --out from the latest complete checkpoint, or from "
-                "CHECKPOINT"}})
+    add_settings(
+        p,
+        TrainConfig,
+        keep_defaults=True,
+        extra={
+            "resume": {
+                "nargs": "?",
+                "const": "latest",
+                "metavar": "CHECKPOINT",
+                "help": "continue the run in --out from the latest complete checkpoint, or from "
+                "CHECKPOINT",
+            }
+        },
+    )
 
 
 def cmd_demo_data(a) -> None:
@@ -275,18 +328,29 @@ def cmd_demo_data(a) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gentune", description="Fine-tune language models for text generation, offline.")
+        prog="gentune", description="Fine-tune language models for text generation, offline."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, func, text in (("train", cmd_train, "fine-tune a model on a data file"),
-                             ("plan", cmd_plan, "show what training would do, before it runs")):
-        p = sub.add_parser(name, help=text, argument_default=argparse.SUPPRESS,
-                           description=f"{text}. Settings come from --config (a YAML recipe), "
-                           "then flags, then key=value overrides.")
+    for name, func, text in (
+        ("train", cmd_train, "fine-tune a model on a data file"),
+        ("plan", cmd_plan, "show what training would do, before it runs"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            argument_default=argparse.SUPPRESS,
+            description=f"{text}. Settings come from --config (a YAML recipe), "
+            "then flags, then key=value overrides.",
+        )
         p.add_argument("--config", help="YAML recipe (see examples/)")
         _add_train_flags(p)
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="override any setting, e.g. lr=1e-4 epochs=2")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help="override any setting, e.g. lr=1e-4 epochs=2",
+        )
         p.set_defaults(func=func)
 
     p = sub.add_parser("generate", help="generate from a run or model")
@@ -318,22 +382,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for predictions.jsonl, metrics.json")
     p.add_argument("--task", help="task, for a plain model (runs know theirs)")
     p.add_argument("--limit", type=_positive(int), help="score only the first N rows")
-    p.add_argument("--compare", metavar="BASE",
-                   help="also score BASE (a model or run) on the same rows; writes report.html")
-    p.add_argument("--bootstrap", type=_positive(int), default=1000,
-                   help="paired-bootstrap resamples for the intervals (seeded by --seed)")
+    p.add_argument(
+        "--compare",
+        metavar="BASE",
+        help="also score BASE (a model or run) on the same rows; writes report.html",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=_positive(int),
+        default=1000,
+        help="paired-bootstrap resamples for the intervals (seeded by --seed)",
+    )
     _add_fields(p)
     _add_template(p)
     _add_decoding(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible API and a playground page")
-    p.add_argument("model", nargs="?", default=None,
-                   help="run directory, exported directory, model name or hub id "
-                        "(default: the embedded model)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default loopback only; 0.0.0.0 = every "
-                        "interface, set an API key then)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="run directory, exported directory, model name or hub id "
+        "(default: the embedded model)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default loopback only; 0.0.0.0 = every "
+        "interface, set an API key then)",
+    )
     p.add_argument("--port", type=_port, default=8000, help="port to listen on (1-65535)")
     from .config import ServeSettings
 
@@ -344,13 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=_positive(float), default=2.0)
     p.add_argument("--max-steps", type=_positive(int))
-    p.add_argument("--limit", type=_positive(int),
-                   help="evaluate on the first N validation rows only")
+    p.add_argument(
+        "--limit", type=_positive(int), help="evaluate on the first N validation rows only"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("demo-data", help="write the ACLSum data (title and summary targets) "
-                       "as JSONL files")
+    p = sub.add_parser(
+        "demo-data", help="write the ACLSum data (title and summary targets) as JSONL files"
+    )
     p.add_argument("--out", default="runs/data")
     p.set_defaults(func=cmd_demo_data)
     return parser
@@ -370,8 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     name = f"gentune {args.command}"
     if unknown:  # named by the subcommand, with the nearest flag it has
-        return _fail(name, f"unrecognized arguments: {' '.join(unknown)}"
-                     + _nearest_flag(parser, args.command, unknown[0]))
+        return _fail(
+            name,
+            f"unrecognized arguments: {' '.join(unknown)}"
+            + _nearest_flag(parser, args.command, unknown[0]),
+        )
     try:
         args.func(args)
     except GentuneError as e:
@@ -382,16 +465,21 @@ def main(argv: list[str] | None = None) -> int:
         # a path the user gave: missing, unreadable, not writable, or the disk is full
         return _fail(name, f"{e.filename}: {e.strerror or e}")
     except KeyboardInterrupt:
-        print(f"\n{name}: interrupted" + (" (continue the run with --resume)"
-                                           if args.command == "train" else ""),
-              file=sys.stderr)
+        print(
+            f"\n{name}: interrupted"
+            + (" (continue the run with --resume)" if args.command == "train" else ""),
+            file=sys.stderr,
+        )
         return 130
     except Exception:  # noqa: BLE001 — a bug: show everything, and ask for a report
         import traceback
 
         traceback.print_exc()
-        print(f"{name}: internal error: this is a bug in gentune, not in your input; please "
-              "report it with the command you ran and the traceback above", file=sys.stderr)
+        print(
+            f"{name}: internal error: this is a bug in gentune, not in your input; please "
+            "report it with the command you ran and the traceback above",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

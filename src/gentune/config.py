@@ -45,7 +45,9 @@ class TrainConfig:
     seed: int = 42  # seeds data order, split, init and dropout
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scaling numerator
-    lora_dropout: float = 0.0  # dropout on LoRA inputs (peft's default; 0.05 costs ~15 % of CPU step time)
+    lora_dropout: float = (
+        0.0  # dropout on LoRA inputs (peft's default; 0.05 costs ~15 % of CPU step time)
+    )
     instruction: str | None = None  # replaces the task's default instruction
     system: str | None = None  # system message for chat templates
     template: Literal["auto", "chat", "plain"] = "auto"  # prompt layout
@@ -58,7 +60,9 @@ class TrainConfig:
     eval_every: int | None = None  # validate every N steps (default: at the end of each epoch)
     eval_generate: int = 16  # validation rows generated from for task metrics (0 = loss only)
     eval_budget_s: float = 60.0  # seconds the first generation pass may take; sizes the subset
-    metric: str = "val_loss"  # chooses the best checkpoint and early stopping (or rougeL, bleu, ter…)
+    metric: str = (
+        "val_loss"  # chooses the best checkpoint and early stopping (or rougeL, bleu, ter…)
+    )
     patience: int | None = None  # stop after N validations without improvement
     final_model: Literal["best", "last"] = "best"  # what RUN/model holds when validation ran
     save_every: int | None = None  # checkpoint every N steps (always at the end)
@@ -81,42 +85,75 @@ class TrainConfig:
                 problems.append(message)
 
         m = self.micro_batch_size
-        check("task", lambda: self.task in TASKS,
-              f"task={self.task!r}: choose one of {', '.join(TASKS)}")
+        check(
+            "task",
+            lambda: self.task in TASKS,
+            f"task={self.task!r}: choose one of {', '.join(TASKS)}",
+        )
         check("epochs", lambda: self.epochs > 0, f"epochs={self.epochs}: must be > 0")
-        check("batch_size", lambda: self.batch_size >= 1,
-              f"batch_size={self.batch_size}: must be >= 1")
-        check("micro_batch_size batch_size",
-              lambda: m is None or (m >= 1 and self.batch_size % m == 0),
-              f"micro_batch_size={m}: must divide batch_size={self.batch_size}")
+        check(
+            "batch_size",
+            lambda: self.batch_size >= 1,
+            f"batch_size={self.batch_size}: must be >= 1",
+        )
+        check(
+            "micro_batch_size batch_size",
+            lambda: m is None or (m >= 1 and self.batch_size % m == 0),
+            f"micro_batch_size={m}: must divide batch_size={self.batch_size}",
+        )
         check("lr", lambda: self.lr is None or 0 < self.lr < 1, f"lr={self.lr}: must be in (0, 1)")
-        check("warmup_ratio", lambda: 0 <= self.warmup_ratio < 1,
-              f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
-        check("val_fraction", lambda: 0 < self.val_fraction < 1,
-              f"val_fraction={self.val_fraction}: must be in (0, 1)")
-        check("max_length", lambda: self.max_length >= 16,
-              f"max_length={self.max_length}: must be >= 16")
+        check(
+            "warmup_ratio",
+            lambda: 0 <= self.warmup_ratio < 1,
+            f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)",
+        )
+        check(
+            "val_fraction",
+            lambda: 0 < self.val_fraction < 1,
+            f"val_fraction={self.val_fraction}: must be in (0, 1)",
+        )
+        check(
+            "max_length",
+            lambda: self.max_length >= 16,
+            f"max_length={self.max_length}: must be >= 16",
+        )
         check("lora_r", lambda: self.lora_r >= 1, f"lora_r={self.lora_r}: must be >= 1")
-        check("task source_lang target_lang instruction",
-              lambda: self.task != "translation" or self.instruction is not None
-              or bool(self.source_lang and self.target_lang),
-              "task=translation needs source_lang and target_lang "
-              "(e.g. --source-lang German --target-lang English)")
+        check(
+            "task source_lang target_lang instruction",
+            lambda: (
+                self.task != "translation"
+                or self.instruction is not None
+                or bool(self.source_lang and self.target_lang)
+            ),
+            "task=translation needs source_lang and target_lang "
+            "(e.g. --source-lang German --target-lang English)",
+        )
         for name in ("max_steps", "eval_every", "save_every", "patience"):
             value = getattr(self, name)
             check(name, lambda v=value: v is None or v >= 1, f"{name}={value}: must be >= 1")
-        check("keep_last", lambda: self.keep_last >= 1,
-              f"keep_last={self.keep_last}: must be >= 1")
-        check("eval_generate", lambda: self.eval_generate >= 0,
-              f"eval_generate={self.eval_generate}: must be >= 0")
+        check("keep_last", lambda: self.keep_last >= 1, f"keep_last={self.keep_last}: must be >= 1")
+        check(
+            "eval_generate",
+            lambda: self.eval_generate >= 0,
+            f"eval_generate={self.eval_generate}: must be >= 0",
+        )
         metrics = ("val_loss", *REFERENCE_METRICS)
-        check("metric", lambda: self.metric in metrics,
-              f"metric={self.metric!r}: choose one of {', '.join(metrics)}")
-        check("metric eval_generate", lambda: self.metric == "val_loss" or self.eval_generate,
-              f"metric={self.metric} needs eval_generate > 0")
-        check("resume overwrite", lambda: not (self.resume and self.overwrite),
-              "resume and overwrite: choose one (continue the run in --out, or delete it and "
-              "start again)")
+        check(
+            "metric",
+            lambda: self.metric in metrics,
+            f"metric={self.metric!r}: choose one of {', '.join(metrics)}",
+        )
+        check(
+            "metric eval_generate",
+            lambda: self.metric == "val_loss" or self.eval_generate,
+            f"metric={self.metric} needs eval_generate > 0",
+        )
+        check(
+            "resume overwrite",
+            lambda: not (self.resume and self.overwrite),
+            "resume and overwrite: choose one (continue the run in --out, or delete it and "
+            "start again)",
+        )
         if problems:
             _fail("training", problems)
 
@@ -147,24 +184,32 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         problems = [f"unknown setting {k!r}" + _suggest(k, known) for k in unknown]
-        required = [f.name for f in fields(cls) if f.default is f.default_factory is
-                    _MISSING and f.name not in d]
-        problems += [f"{k}: required (in the recipe, as --{k.replace('_', '-')} or {k}=...)"
-                     for k in required]
+        required = [
+            f.name
+            for f in fields(cls)
+            if f.default is f.default_factory is _MISSING and f.name not in d
+        ]
+        problems += [
+            f"{k}: required (in the recipe, as --{k.replace('_', '-')} or {k}=...)"
+            for k in required
+        ]
         values = {k: v for k, v in d.items() if k in known}
         values.update({k: "summarization" if k == "task" else "?" for k in required})
         try:  # the remaining settings are checked too, so every problem shows at once
             cfg = cls(**values)
         except ConfigError as e:
-            problems += [p for p in e.problems if not any(p.startswith(f"{k}=")
-                                                          for k in required)]
+            problems += [p for p in e.problems if not any(p.startswith(f"{k}=") for k in required)]
         if problems:
             _fail("training", problems)
         return cfg
 
     @classmethod
-    def from_sources(cls, recipe: str | None = None, flags: dict | None = None,
-                     overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    def from_sources(
+        cls,
+        recipe: str | None = None,
+        flags: dict | None = None,
+        overrides: list[str] | tuple[str, ...] = (),
+    ) -> TrainConfig:
         """Settings from a YAML recipe, then command-line flags, then key=value overrides."""
         merged: dict = {}
         if recipe:
@@ -266,12 +311,12 @@ def type_problems(obj) -> list[str]:
             ok = isinstance(value, allowed)
         choices = _choices(hint)
         if not ok:
-            want = " or ".join(sorted({"none" if t is type(None) else t.__name__
-                                       for t in allowed}))
+            want = " or ".join(sorted({"none" if t is type(None) else t.__name__ for t in allowed}))
             problems.append(f"{name}={value!r}: must be {want}")
         elif choices and value not in choices and value is not None:
-            problems.append(f"{name}={value!r}: choose {', '.join(map(str, choices[:-1]))} or "
-                            f"{choices[-1]}")
+            problems.append(
+                f"{name}={value!r}: choose {', '.join(map(str, choices[:-1]))} or {choices[-1]}"
+            )
     return problems
 
 
@@ -309,8 +354,10 @@ class Decoding:
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
         if not self.temperature >= MIN_TEMPERATURE:
-            problems.append(f"temperature={self.temperature}: must be >= {MIN_TEMPERATURE} "
-                            "(for greedy decoding, do not sample)")
+            problems.append(
+                f"temperature={self.temperature}: must be >= {MIN_TEMPERATURE} "
+                "(for greedy decoding, do not sample)"
+            )
         if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
             problems.append(f"seed={self.seed}: must fit in 64 bits")
         if not -100 <= self.length_penalty <= 100:
@@ -324,14 +371,14 @@ class Decoding:
         if self.top_k < 0:
             problems.append(f"top_k={self.top_k}: must be >= 0")
         if not 0.01 <= self.repetition_penalty <= 100:
-            problems.append(f"repetition_penalty={self.repetition_penalty}: must be in "
-                            "[0.01, 100]")
+            problems.append(f"repetition_penalty={self.repetition_penalty}: must be in [0.01, 100]")
         if self.no_repeat_ngram_size < 0:
             problems.append(f"no_repeat_ngram_size={self.no_repeat_ngram_size}: must be >= 0")
         n = self.num_return_sequences
         if n < 1 or (not self.do_sample and n > self.num_beams):
-            problems.append(f"num_return_sequences={n}: must be >= 1, and at most num_beams "
-                            "unless sampling")
+            problems.append(
+                f"num_return_sequences={n}: must be >= 1, and at most num_beams unless sampling"
+            )
         if problems:
             _fail("decoding", problems)
 
@@ -355,10 +402,20 @@ class ServeSettings:
     def __post_init__(self):
         problems = type_problems(self)
         if not problems:
-            problems += [f"{name}={getattr(self, name)}: must be > 0"
-                         for name in ("max_body_bytes", "max_tokens_limit", "max_prompt_tokens",
-                                      "max_batch", "max_queue", "timeout", "header_timeout",
-                                      "body_timeout") if not getattr(self, name) > 0]
+            problems += [
+                f"{name}={getattr(self, name)}: must be > 0"
+                for name in (
+                    "max_body_bytes",
+                    "max_tokens_limit",
+                    "max_prompt_tokens",
+                    "max_batch",
+                    "max_queue",
+                    "timeout",
+                    "header_timeout",
+                    "body_timeout",
+                )
+                if not getattr(self, name) > 0
+            ]
             if self.task is not None and self.task not in TASKS:
                 problems.append(f"task={self.task!r}: choose one of {', '.join(TASKS)}")
         if problems:

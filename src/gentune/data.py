@@ -99,8 +99,9 @@ def read_records(
     for row_no, row in rows:
         try:
             records.append(
-                _to_record(str(path), row_no, row, kind=kind, fields=fields,
-                           require_output=require_output)
+                _to_record(
+                    str(path), row_no, row, kind=kind, fields=fields, require_output=require_output
+                )
             )
         except DataError as e:
             if not skip_invalid:
@@ -113,8 +114,13 @@ def read_records(
 
 
 COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
-_MAGIC = {b"\x1f\x8b": ".gz", b"BZh": ".bz2", b"\xfd7zXZ": ".xz", b"PK\x03\x04": ".zip",
-          b"(\xb5/\xfd": ".zst"}
+_MAGIC = {
+    b"\x1f\x8b": ".gz",
+    b"BZh": ".bz2",
+    b"\xfd7zXZ": ".xz",
+    b"PK\x03\x04": ".zip",
+    b"(\xb5/\xfd": ".zst",
+}
 
 
 def _read_bytes(path: Path) -> tuple[bytes, str]:
@@ -132,19 +138,28 @@ def _read_bytes(path: Path) -> tuple[bytes, str]:
         try:
             raw = module.decompress(raw)
         except (OSError, EOFError, ValueError) as e:
-            raise DataError(f"{path}: cannot decompress it as {suffix} ({e}); the file is "
-                            "damaged or not really compressed that way") from None
+            raise DataError(
+                f"{path}: cannot decompress it as {suffix} ({e}); the file is "
+                "damaged or not really compressed that way"
+            ) from None
         return raw, Path(path.stem).suffix.lower()
     kind = next((k for magic, k in _MAGIC.items() if raw.startswith(magic)), None)
     if kind:
-        hint = (f"rename it to {path.name}{kind}" if kind in COMPRESSED else
-                "extract it first; gentune reads .gz, .bz2 and .xz directly")
+        hint = (
+            f"rename it to {path.name}{kind}"
+            if kind in COMPRESSED
+            else "extract it first; gentune reads .gz, .bz2 and .xz directly"
+        )
         raise DataError(f"{path}: the file is compressed ({kind[1:]}), not plain text; {hint}")
     return raw, suffix
 
 
-_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
-         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -153,9 +168,11 @@ def _decode(path: Path, raw: bytes) -> str:
             try:
                 return raw.decode(encoding)
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}: starts with a {encoding.upper()} byte-order mark but "
-                                f"byte {e.start} is not {encoding.upper()}; re-save the file as "
-                                "UTF-8") from None
+                raise DataError(
+                    f"{path}: starts with a {encoding.upper()} byte-order mark but "
+                    f"byte {e.start} is not {encoding.upper()}; re-save the file as "
+                    "UTF-8"
+                ) from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -252,8 +269,9 @@ def _field(where: str, row: dict, name: str, *, required: bool = True) -> str | 
     return value
 
 
-def _to_record(source: str, row_no: int, row, *, kind: Kind, fields: Fields,
-               require_output: bool) -> Record:
+def _to_record(
+    source: str, row_no: int, row, *, kind: Kind, fields: Fields, require_output: bool
+) -> Record:
     where = f"{source}:{row_no}"
     if not isinstance(row, dict):
         raise DataError(
@@ -262,22 +280,26 @@ def _to_record(source: str, row_no: int, row, *, kind: Kind, fields: Fields,
         )
     if kind == "pairs" or (kind == "text" and fields.text not in row):
         return Record(
-            source=source, row=row_no,
+            source=source,
+            row=row_no,
             input=_field(where, row, fields.input),
             output=_field(where, row, fields.output, required=require_output),
         )
     if kind == "text":
         return Record(source=source, row=row_no, text=_field(where, row, fields.text))
-    return Record(source=source, row=row_no,
-                  messages=_messages(where, row, fields.messages, require_output))
+    return Record(
+        source=source, row=row_no, messages=_messages(where, row, fields.messages, require_output)
+    )
 
 
 def _messages(where: str, row: dict, name: str, require_output: bool) -> tuple[dict, ...]:
     hint = " (use --skip-invalid to drop such rows)"
     msgs = row.get(name)
     if msgs is None:
-        raise DataError(f"{where}: field {name!r} is missing; chat rows need "
-                        f'"{name}": [{{"role": "user", "content": "..."}}, ...]{hint}')
+        raise DataError(
+            f"{where}: field {name!r} is missing; chat rows need "
+            f'"{name}": [{{"role": "user", "content": "..."}}, ...]{hint}'
+        )
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: field {name!r} must be a non-empty list of messages{hint}")
     out = []
@@ -293,16 +315,19 @@ def _messages(where: str, row: dict, name: str, require_output: bool) -> tuple[d
         if role == "system" and i != 0:
             raise DataError(f"{at}: a system message may only come first{hint}")
         if role == "assistant" and not any(m["role"] == "user" for m in out):
-            raise DataError(f"{at}: the conversation starts with the assistant's turn; the "
-                            f"first turn (after an optional system message) is the user's{hint}")
+            raise DataError(
+                f"{at}: the conversation starts with the assistant's turn; the "
+                f"first turn (after an optional system message) is the user's{hint}"
+            )
         out.append({"role": role, "content": content})
     if require_output and not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{where}: {name!r} has no assistant turn to learn from{hint}")
     return tuple(out)
 
 
-def split_train_val(records: list[Record], *, val_fraction: float, seed: int,
-                    min_val: int = 1) -> tuple[list[Record], list[Record]]:
+def split_train_val(
+    records: list[Record], *, val_fraction: float, seed: int, min_val: int = 1
+) -> tuple[list[Record], list[Record]]:
     """Seeded random split; the validation part gets at least `min_val` rows."""
     if len(records) < 2:
         raise DataError(
@@ -321,8 +346,12 @@ def split_train_val(records: list[Record], *, val_fraction: float, seed: int,
 
 def record_key(record: Record) -> tuple:
     """A record's content, without where it came from: equal keys are duplicate rows."""
-    return (record.input, record.output, record.messages and tuple(
-        (m["role"], m["content"]) for m in record.messages), record.text)
+    return (
+        record.input,
+        record.output,
+        record.messages and tuple((m["role"], m["content"]) for m in record.messages),
+        record.text,
+    )
 
 
 def fingerprint(path: str | Path) -> str:
@@ -336,8 +365,15 @@ def write_records(path: str | Path, records: list[Record]) -> None:
     """Write records as JSONL in gentune's own field names (with their source row)."""
     with Path(path).open("w") as f:
         for r in records:
-            row = {k: v for k, v in (("input", r.input), ("output", r.output),
-                                     ("messages", list(r.messages) if r.messages else None),
-                                     ("text", r.text)) if v is not None}
+            row = {
+                k: v
+                for k, v in (
+                    ("input", r.input),
+                    ("output", r.output),
+                    ("messages", list(r.messages) if r.messages else None),
+                    ("text", r.text),
+                )
+                if v is not None
+            }
             row["source"] = r.where
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -30,8 +30,10 @@ def aclsum_root() -> Path:
     dependencies are not needed)."""
     spec = importlib.util.find_spec("aclsum")
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError("the demo needs the ACLSum data: run `pip install --no-deps aclsum` "
-                           "(or `./dev setup`, which installs it)")
+        raise UsageError(
+            "the demo needs the ACLSum data: run `pip install --no-deps aclsum` "
+            "(or `./dev setup`, which installs it)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "dataset"
 
 
@@ -45,8 +47,9 @@ def aclsum_rows(split: str, target: str = "title") -> list[dict]:
             if target == "title":
                 output = doc["title"]
             else:
-                output = " ".join(doc["summary"][k].strip()
-                                  for k in ("challenge", "approach", "outcome"))
+                output = " ".join(
+                    doc["summary"][k].strip() for k in ("challenge", "approach", "outcome")
+                )
             rows.append({"input": _detok(doc["sentences"]["abstract"]), "output": output})
     return rows
 
@@ -62,20 +65,27 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def write_demo_data(dest: str | Path) -> list[Path]:
     """All ACLSum splits as JSONL, for both targets: aclsum-{title,summary}-{train,val,test}."""
     dest = Path(dest)
-    return [write_jsonl(dest / f"aclsum-{target}-{split}.jsonl", aclsum_rows(split, target))
-            for target in ("title", "summary") for split in ("train", "val", "test")]
+    return [
+        write_jsonl(dest / f"aclsum-{target}-{split}.jsonl", aclsum_rows(split, target))
+        for target in ("title", "summary")
+        for split in ("train", "val", "test")
+    ]
 
 
 def aclsum_files(dest: Path) -> tuple[Path, Path]:
     """ACLSum's train and validation splits as JSONL (input = abstract, output = title)."""
-    return (write_jsonl(dest / "aclsum-train.jsonl", aclsum_rows("train")),
-            write_jsonl(dest / "aclsum-val.jsonl", aclsum_rows("val")))
+    return (
+        write_jsonl(dest / "aclsum-train.jsonl", aclsum_rows("train")),
+        write_jsonl(dest / "aclsum-val.jsonl", aclsum_rows("val")),
+    )
 
 
 def format_table(comparison: dict) -> str:
     """The comparison as a Markdown table: both values, the difference and its interval."""
-    lines = ["| metric | base | fine-tuned | difference (95% CI) | better |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| metric | base | fine-tuned | difference (95% CI) | better |",
+        "|---|---|---|---|---|",
+    ]
     for m in comparison["metrics"]:
         ci = m.get("ci")
         hib = m["higher_is_better"]
@@ -83,35 +93,65 @@ def format_table(comparison: dict) -> str:
             verdict = f"no direction ({m['unit']})"
         else:
             tuned_wins = (m["difference"] > 0) == hib and m["difference"] != 0
-            verdict = (("fine-tuned" if tuned_wins else "base" if m["difference"] else "tie")
-                       + f" ({'higher' if hib else 'lower'} is better)")
+            verdict = (
+                "fine-tuned" if tuned_wins else "base" if m["difference"] else "tie"
+            ) + f" ({'higher' if hib else 'lower'} is better)"
         lines.append(
             f"| {m['metric']} | {m['base']:.2f} | {m['tuned']:.2f} | {m['difference']:+.2f}"
-            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + f" | {verdict} |")
+            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+            + f" | {verdict} |"
+        )
     return "\n".join(lines)
 
 
-def demo(out: str | Path = "runs/demo", *, epochs: float = 2.0, max_steps: int | None = None,
-         limit: int | None = None, progress: bool = True, log=print) -> dict:
+def demo(
+    out: str | Path = "runs/demo",
+    *,
+    epochs: float = 2.0,
+    max_steps: int | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
     out = Path(out)
     train_file, val_file = aclsum_files(out / "data")
-    cfg = TrainConfig(task="summarization", data=str(train_file), val=str(val_file),
-                      out=str(out / "run"), model=DEFAULT_MODEL, method="lora",
-                      instruction=INSTRUCTION, epochs=epochs, max_steps=max_steps,
-                      batch_size=8, max_length=384, progress=progress,
-                      eval_generate=0,  # the full comparison runs after training
-                      overwrite=True)  # the demo replaces its own earlier run
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(train_file),
+        val=str(val_file),
+        out=str(out / "run"),
+        model=DEFAULT_MODEL,
+        method="lora",
+        instruction=INSTRUCTION,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=8,
+        max_length=384,
+        progress=progress,
+        eval_generate=0,  # the full comparison runs after training
+        overwrite=True,
+    )  # the demo replaces its own earlier run
     log(f"gentune demo: LoRA fine-tuning {DEFAULT_MODEL} on ACLSum (abstract -> title)")
     run = train(cfg, log=log)
     log("gentune demo: scoring the fine-tuned and the base model on the validation split")
-    result = evaluate(str(run), str(val_file), out / "eval", limit=limit, progress=progress,
-                      compare=DEFAULT_MODEL, decoding_overrides={"max_new_tokens": 48})
+    result = evaluate(
+        str(run),
+        str(val_file),
+        out / "eval",
+        limit=limit,
+        progress=progress,
+        compare=DEFAULT_MODEL,
+        decoding_overrides={"max_new_tokens": 48},
+    )
     comparison = result["comparison"]
     table = format_table(comparison)
     (out / "comparison.md").write_text(
         f"# gentune demo: {DEFAULT_MODEL}, ACLSum abstract -> title, "
-        f"{comparison['rows']} validation rows\n\n{table}\n")
+        f"{comparison['rows']} validation rows\n\n{table}\n"
+    )
     log("\n" + table + "\n")
-    log(f"gentune demo: written {out}/comparison.md and {out}/eval/report.html "
-        f"(predictions: {out}/eval/predictions.jsonl, {out}/eval/base/predictions.jsonl)")
+    log(
+        f"gentune demo: written {out}/comparison.md and {out}/eval/report.html "
+        f"(predictions: {out}/eval/predictions.jsonl, {out}/eval/base/predictions.jsonl)"
+    )
     return comparison

@@ -48,17 +48,23 @@ class EncodeReport:
     def summary(self) -> str:
         parts = [f"{self.rows} rows -> {self.examples} examples"]
         if self.truncated_rows:
-            parts.append(f"{self.truncated_rows} rows had their input shortened "
-                         f"({self.truncated_tokens} tokens removed)")
+            parts.append(
+                f"{self.truncated_rows} rows had their input shortened "
+                f"({self.truncated_tokens} tokens removed)"
+            )
         if self.split_rows:
             parts.append(f"{self.split_rows} long texts split into windows")
         if self.skipped_too_long:
-            parts.append(f"{self.skipped_too_long} rows skipped: target longer than --max-length "
-                         f"({', '.join(self.too_long[:5])}{' ...' if len(self.too_long) > 5 else ''})")
+            parts.append(
+                f"{self.skipped_too_long} rows skipped: target longer than --max-length "
+                f"({', '.join(self.too_long[:5])}{' ...' if len(self.too_long) > 5 else ''})"
+            )
         return "; ".join(parts)
 
 
-def _tokens(tokenizer, segments: list[Segment], eos_id: int, eos: str) -> tuple[list[int], list[int]]:
+def _tokens(
+    tokenizer, segments: list[Segment], eos_id: int, eos: str
+) -> tuple[list[int], list[int]]:
     """Tokenize segments one by one; the same code builds training rows and prompts."""
     ids: list[int] = []
     labels: list[int] = []
@@ -90,9 +96,10 @@ def _render(method, record: Record, tokenizer) -> list[Segment]:
     except Exception as e:  # noqa: BLE001 — jinja2 errors of the model's own chat template
         if type(e).__module__.split(".")[0] != "jinja2":
             raise
-        raise DataError(f"{record.where}: the model's chat template refuses this conversation: "
-                        f"{e} (use --skip-invalid to drop such rows, or --template plain)"
-                        ) from None
+        raise DataError(
+            f"{record.where}: the model's chat template refuses this conversation: "
+            f"{e} (use --skip-invalid to drop such rows, or --template plain)"
+        ) from None
 
 
 def _shorten(record: Record, n_tokens: int, tokenizer) -> Record | None:
@@ -118,13 +125,19 @@ def _shorten(record: Record, n_tokens: int, tokenizer) -> Record | None:
                 return None
             msgs[last_user] = {**m, "content": tokenizer.decode(toks[:keep])}
         else:
-            del msgs[first: first + 2 if msgs[first + 1]["role"] == "assistant" else first + 1]
+            del msgs[first : first + 2 if msgs[first + 1]["role"] == "assistant" else first + 1]
         return replace(record, messages=tuple(msgs))
     return None
 
 
-def encode_example(record: Record, template: PromptTemplate, tokenizer, *,
-                   max_length: int, report: EncodeReport | None = None) -> list[Example]:
+def encode_example(
+    record: Record,
+    template: PromptTemplate,
+    tokenizer,
+    *,
+    max_length: int,
+    report: EncodeReport | None = None,
+) -> list[Example]:
     """One record → one example (or several windows for a long plain text).
 
     Raises DataError naming the row when the target alone cannot fit in max_length.
@@ -133,14 +146,17 @@ def encode_example(record: Record, template: PromptTemplate, tokenizer, *,
     eos_id = tokenizer.convert_tokens_to_ids(template.eos_token)
     report.rows += 1
     if record.text is not None:  # free text: long texts become consecutive windows
-        ids, labels = _tokens(tokenizer, _render(template.segments, record, tokenizer), eos_id,
-                              template.eos_token)
+        ids, labels = _tokens(
+            tokenizer, _render(template.segments, record, tokenizer), eos_id, template.eos_token
+        )
         if len(ids) <= max_length:
             out = [Example(ids, labels, record.where)]
         else:
             report.split_rows += 1
-            out = [Example(ids[i:i + max_length], labels[i:i + max_length], record.where)
-                   for i in range(0, len(ids), max_length)]
+            out = [
+                Example(ids[i : i + max_length], labels[i : i + max_length], record.where)
+                for i in range(0, len(ids), max_length)
+            ]
             out = [e for e in out if e.n_targets > 1] or out[:1]
         report.examples += len(out)
         return out
@@ -164,8 +180,10 @@ def encode_example(record: Record, template: PromptTemplate, tokenizer, *,
             )
         current = shorter
     else:
-        raise DataError(f"{record.where}: could not shorten the input to fit --max-length "
-                        f"{max_length}; raise --max-length")
+        raise DataError(
+            f"{record.where}: could not shorten the input to fit --max-length "
+            f"{max_length}; raise --max-length"
+        )
     if current is not record:
         report.truncated_rows += 1
         report.truncated_tokens += _count(tokenizer, record) - _count(tokenizer, current)
@@ -178,21 +196,29 @@ def encode_example(record: Record, template: PromptTemplate, tokenizer, *,
 def _count(tokenizer, record: Record) -> int:
     if record.input is not None:
         return len(tokenizer(record.input, add_special_tokens=False)["input_ids"])
-    return sum(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
-               for m in record.messages or ())
+    return sum(
+        len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
+        for m in record.messages or ()
+    )
 
 
-def encode_dataset(records: list[Record], template: PromptTemplate, tokenizer, *,
-                   max_length: int, skip_long_targets: bool = False
-                   ) -> tuple[list[Example], EncodeReport]:
+def encode_dataset(
+    records: list[Record],
+    template: PromptTemplate,
+    tokenizer,
+    *,
+    max_length: int,
+    skip_long_targets: bool = False,
+) -> tuple[list[Example], EncodeReport]:
     """Encode every record; long targets raise unless skip_long_targets (then counted)."""
     report = EncodeReport()
     examples: list[Example] = []
     problems: list[str] = []
     for rec in records:
         try:
-            examples.extend(encode_example(rec, template, tokenizer, max_length=max_length,
-                                           report=report))
+            examples.extend(
+                encode_example(rec, template, tokenizer, max_length=max_length, report=report)
+            )
         except DataError:
             if rec.where not in report.too_long:
                 raise
@@ -205,12 +231,14 @@ def encode_dataset(records: list[Record], template: PromptTemplate, tokenizer, *
         raise DataError(
             f"{len(problems)} rows have targets that do not fit in --max-length {max_length} "
             f"with their prompt: {', '.join(problems[:10])}{more}; raise --max-length or pass "
-            "--skip-long-targets to drop them (they are counted and listed)")
+            "--skip-long-targets to drop them (they are counted and listed)"
+        )
     return examples, report
 
 
-def encode_prompt(record: Record, template: PromptTemplate, tokenizer, *,
-                  max_length: int) -> tuple[list[int], str, bool]:
+def encode_prompt(
+    record: Record, template: PromptTemplate, tokenizer, *, max_length: int
+) -> tuple[list[int], str, bool]:
     """Token ids of the generation prompt, its text, and whether the input was shortened.
 
     Uses the same segment tokenization as training, so the ids are those trained on.
@@ -226,26 +254,33 @@ def encode_prompt(record: Record, template: PromptTemplate, tokenizer, *,
         if nxt is None:
             break
         current, shortened = nxt, True
-    raise DataError(f"{record.where}: the prompt does not fit in the model's context "
-                    f"({max_length} tokens left for it); shorten the input or lower "
-                    "--max-new-tokens")
+    raise DataError(
+        f"{record.where}: the prompt does not fit in the model's context "
+        f"({max_length} tokens left for it); shorten the input or lower "
+        "--max-new-tokens"
+    )
 
 
-def with_length_limit(template: PromptTemplate, max_length: int,
-                      examples: list[Example]) -> PromptTemplate:
+def with_length_limit(
+    template: PromptTemplate, max_length: int, examples: list[Example]
+) -> PromptTemplate:
     """The template carrying training's length limit, so inference shortens inputs by the same
     rule (`PromptTemplate.prompt_limit`): max_length and the median target length of the
     examples that have a prompt (free text has none)."""
     from dataclasses import replace
 
     targets = sorted(e.n_targets for e in examples if e.labels and e.labels[0] == IGNORE)
-    return replace(template, max_length=max_length,
-                   target_tokens=targets[len(targets) // 2] if targets else None)
+    return replace(
+        template,
+        max_length=max_length,
+        target_tokens=targets[len(targets) // 2] if targets else None,
+    )
 
 
 # ---- batching ------------------------------------------------------------------------------
-def length_grouped_batches(examples: list[Example], batch_size: int, *, seed: int,
-                           epoch: int, shuffle: bool = True) -> list[list[int]]:
+def length_grouped_batches(
+    examples: list[Example], batch_size: int, *, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
     """Indices grouped into batches of similar length (less padding), in a seeded order."""
     idx = list(range(len(examples)))
     rng = random.Random(seed * 1_000_003 + epoch)
@@ -254,8 +289,8 @@ def length_grouped_batches(examples: list[Example], batch_size: int, *, seed: in
     mega = batch_size * 16  # sort within windows so the order stays random across them
     batches = []
     for i in range(0, len(idx), mega):
-        window = sorted(idx[i:i + mega], key=lambda j: -len(examples[j].input_ids))
-        batches += [window[k:k + batch_size] for k in range(0, len(window), batch_size)]
+        window = sorted(idx[i : i + mega], key=lambda j: -len(examples[j].input_ids))
+        batches += [window[k : k + batch_size] for k in range(0, len(window), batch_size)]
     if shuffle:
         rng.shuffle(batches)
     return batches
@@ -301,8 +336,14 @@ def pack_examples(examples: list[Example], max_length: int) -> list[Example]:
             ex = examples[i]
             ids += ex.input_ids
             labels += [IGNORE] + ex.labels[1:]  # (the first label is never predicted anyway)
-        packed.append(Example(ids, labels, ",".join(examples[i].where for i in b),
-                              tuple(len(examples[i].input_ids) for i in b)))
+        packed.append(
+            Example(
+                ids,
+                labels,
+                ",".join(examples[i].where for i in b),
+                tuple(len(examples[i].input_ids) for i in b),
+            )
+        )
     return packed
 
 

@@ -30,8 +30,15 @@ from .runs import Loaded, is_run, load_for_inference, resolve_template, write_js
 from .tasks import PromptTemplate, get_task
 
 
-def predict(loaded: Loaded, template: PromptTemplate, records: list[Record],
-            decoding: Decoding, *, batch_size: int = 8, progress: bool = True) -> list[dict]:
+def predict(
+    loaded: Loaded,
+    template: PromptTemplate,
+    records: list[Record],
+    decoding: Decoding,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict]:
     """One dict per record: row, prompt (the exact text given to the model), output,
     reference (when there is one), and whether the model stopped by itself."""
     from tqdm.auto import tqdm
@@ -43,19 +50,41 @@ def predict(loaded: Loaded, template: PromptTemplate, records: list[Record],
         prompts.append(ids)
         texts.append(text)
         shortened.append(short)
-    with tqdm(total=len(prompts), desc=f"generate ({Path(str(loaded.name)).name})",
-              disable=not progress, dynamic_ncols=True) as bar:
-        outs = generate(loaded.model, loaded.tokenizer, prompts, decoding,
-                        batch_size=batch_size, progress=bar.update)
+    with tqdm(
+        total=len(prompts),
+        desc=f"generate ({Path(str(loaded.name)).name})",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
+        outs = generate(
+            loaded.model,
+            loaded.tokenizer,
+            prompts,
+            decoding,
+            batch_size=batch_size,
+            progress=bar.update,
+        )
     n = decoding.num_return_sequences
     rows = []
     for i, (rec, text, short) in enumerate(zip(records, texts, shortened, strict=True)):
-        group = outs[i * n:(i + 1) * n]
-        user = rec.input if rec.input is not None else rec.text if rec.text is not None else \
-            next((m["content"] for m in reversed(rec.messages) if m["role"] == "user"), "")
-        row = {"row": rec.where, "input": user, "prompt": text, "output": group[0].text,
-               "reference": template.reference(rec), "stopped": group[0].finished,
-               "new_tokens": group[0].new_tokens, "prompt_shortened": short}
+        group = outs[i * n : (i + 1) * n]
+        user = (
+            rec.input
+            if rec.input is not None
+            else rec.text
+            if rec.text is not None
+            else next((m["content"] for m in reversed(rec.messages) if m["role"] == "user"), "")
+        )
+        row = {
+            "row": rec.where,
+            "input": user,
+            "prompt": text,
+            "output": group[0].text,
+            "reference": template.reference(rec),
+            "stopped": group[0].finished,
+            "new_tokens": group[0].new_tokens,
+            "prompt_shortened": short,
+        }
         if n > 1:
             row["outputs"] = [g.text for g in group]
         rows.append(row)
@@ -63,31 +92,40 @@ def predict(loaded: Loaded, template: PromptTemplate, records: list[Record],
 
 
 @torch.no_grad()
-def corpus_perplexity(loaded: Loaded, template: PromptTemplate, records: list[Record], *,
-                      batch_size: int = 8) -> tuple[float, int, list[str]]:
+def corpus_perplexity(
+    loaded: Loaded, template: PromptTemplate, records: list[Record], *, batch_size: int = 8
+) -> tuple[float, int, list[str]]:
     """(perplexity over the references' target tokens, number of tokens, rows left out).
 
     Rows are encoded as in training (the run's max_length; 1024 for a plain model); a row
     whose target cannot fit is left out of perplexity — and named in the third value."""
     max_length = min(template.max_length or 1024, context_length(loaded.model))
-    examples, report = encode_dataset(records, template, loaded.tokenizer,
-                                      max_length=max_length, skip_long_targets=True)
-    total, count = corpus_nll(loaded.model, examples, loaded.tokenizer.pad_token_id,
-                              batch_size)
+    examples, report = encode_dataset(
+        records, template, loaded.tokenizer, max_length=max_length, skip_long_targets=True
+    )
+    total, count = corpus_nll(loaded.model, examples, loaded.tokenizer.pad_token_id, batch_size)
     return perplexity(total, count), count, report.too_long
 
 
-def _score(spec: str, loaded: Loaded, template: PromptTemplate, records: list[Record],
-           decoding: Decoding, out: Path, *, data: str, batch_size: int, progress: bool
-           ) -> tuple[dict, list[dict]]:
+def _score(
+    spec: str,
+    loaded: Loaded,
+    template: PromptTemplate,
+    records: list[Record],
+    decoding: Decoding,
+    out: Path,
+    *,
+    data: str,
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict, list[dict]]:
     """Predictions and metrics of one model on the records; writes both into `out`."""
     started = time.time()
     metrics: dict = {}
     rows: list[dict] = []
     scored = [r for r in records if r.text is None]  # free-text rows only get perplexity
     if scored:
-        rows = predict(loaded, template, scored, decoding, batch_size=batch_size,
-                       progress=progress)
+        rows = predict(loaded, template, scored, decoding, batch_size=batch_size, progress=progress)
         outputs = [r["output"] for r in rows]
         if all(r["reference"] is not None for r in rows):
             metrics.update(text_metrics(outputs, [r["reference"] for r in rows]))
@@ -96,10 +134,12 @@ def _score(spec: str, loaded: Loaded, template: PromptTemplate, records: list[Re
         metrics["stopped_by_eos"] = 100.0 * sum(r["stopped"] for r in rows) / len(rows)
     ppl, n_tok, left_out = corpus_perplexity(loaded, template, records, batch_size=batch_size)
     if left_out:
-        print(f"gentune: warning: {len(left_out)} of {len(records)} rows left out of perplexity"
-              f" (target longer than the {template.max_length or 1024}-token limit: "
-              f"{', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''})",
-              file=sys.stderr)
+        print(
+            f"gentune: warning: {len(left_out)} of {len(records)} rows left out of perplexity"
+            f" (target longer than the {template.max_length or 1024}-token limit: "
+            f"{', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''})",
+            file=sys.stderr,
+        )
     metrics["perplexity"] = ppl
     order = get_task(template.task).metrics
     ordered = [k for k in order if k in metrics] + sorted(k for k in metrics if k not in order)
@@ -126,11 +166,23 @@ def _score(spec: str, loaded: Loaded, template: PromptTemplate, records: list[Re
     return result, rows
 
 
-def evaluate(spec: str, data: str, out: str | Path, *, task: str | None = None,
-             fields: Fields = Fields(), limit: int | None = None, batch_size: int = 8,
-             progress: bool = True, loaded: Loaded | None = None, compare: str | None = None,
-             bootstrap: int = 1000, seed: int = 0,
-             decoding_overrides: dict | None = None, **template_args) -> dict:
+def evaluate(
+    spec: str,
+    data: str,
+    out: str | Path,
+    *,
+    task: str | None = None,
+    fields: Fields = Fields(),
+    limit: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    loaded: Loaded | None = None,
+    compare: str | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    decoding_overrides: dict | None = None,
+    **template_args,
+) -> dict:
     """Score a run or model on a labelled file; writes predictions.jsonl and metrics.json.
 
     With `compare` (a base model or another run), both are scored on the same rows with the
@@ -143,31 +195,55 @@ def evaluate(spec: str, data: str, out: str | Path, *, task: str | None = None,
     records = read_records(data, kind=kind, fields=fields)
     if limit:
         records = records[:limit]
-    refs_missing = [r.where for r in records if template.reference(r) is None
-                    and r.text is None]
+    refs_missing = [r.where for r in records if template.reference(r) is None and r.text is None]
     if refs_missing:
-        raise DataError(f"{refs_missing[0]}: no reference to score against "
-                         f"({len(refs_missing)} rows); evaluation needs labelled rows — use "
-                         "`gentune generate` for unlabelled inputs")
+        raise DataError(
+            f"{refs_missing[0]}: no reference to score against "
+            f"({len(refs_missing)} rows); evaluation needs labelled rows — use "
+            "`gentune generate` for unlabelled inputs"
+        )
     for warning in training_overlap(loaded, data, records):
         print(f"gentune: warning: {warning}", file=sys.stderr)
     decoding = default_decoding(template, **(decoding_overrides or {}))
-    result, rows = _score(spec, loaded, template, records, decoding, out, data=data,
-                          batch_size=batch_size, progress=progress)
+    result, rows = _score(
+        spec,
+        loaded,
+        template,
+        records,
+        decoding,
+        out,
+        data=data,
+        batch_size=batch_size,
+        progress=progress,
+    )
     if not compare:
         return result
     del loaded  # free the memory before loading the second model
     base = load_for_inference(compare)
     base_template = base.template or template  # a plain base gets the run's own prompt
-    base_result, base_rows = _score(compare, base, base_template, records, decoding,
-                                    out / "base", data=data, batch_size=batch_size,
-                                    progress=progress)
-    comparison = compare_results(template.task, base_result, result, base_rows, rows,
-                                 samples=bootstrap, seed=seed)
+    base_result, base_rows = _score(
+        compare,
+        base,
+        base_template,
+        records,
+        decoding,
+        out / "base",
+        data=data,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    comparison = compare_results(
+        template.task, base_result, result, base_rows, rows, samples=bootstrap, seed=seed
+    )
     comparison.update({"model": str(spec), "base": str(compare), "data": str(data)})
     write_json(out / "comparison.json", comparison)
-    write_report(out / "report.html", comparison=comparison, base_rows=base_rows,
-                 tuned_rows=rows, run_dir=spec if is_run(spec) else None)
+    write_report(
+        out / "report.html",
+        comparison=comparison,
+        base_rows=base_rows,
+        tuned_rows=rows,
+        run_dir=spec if is_run(spec) else None,
+    )
     result["comparison"] = comparison
     return result
 
@@ -178,32 +254,58 @@ def training_overlap(loaded: Loaded, data: str, records: list[Record]) -> list[s
     if not trained:
         return []
     if fingerprint(data) == trained[0].get("sha256"):
-        return [f"{data} is the file this run was trained on: the scores measure memorised "
-                "rows; evaluate on held-out rows (RUN/heldout.jsonl when no --val was given)"]
+        return [
+            f"{data} is the file this run was trained on: the scores measure memorised "
+            "rows; evaluate on held-out rows (RUN/heldout.jsonl when no --val was given)"
+        ]
     return []
 
 
-def compare_results(task: str, base: dict, tuned: dict, base_rows: list[dict],
-                    tuned_rows: list[dict], *, samples: int, seed: int) -> dict:
+def compare_results(
+    task: str,
+    base: dict,
+    tuned: dict,
+    base_rows: list[dict],
+    tuned_rows: list[dict],
+    *,
+    samples: int,
+    seed: int,
+) -> dict:
     """Per metric: both values, the difference, and its paired-bootstrap interval."""
     refs = [r["reference"] for r in tuned_rows]
     table = []
     for name in get_task(task).metrics:
         if tuned.get(name) is None or base.get(name) is None:  # absent or undefined (null)
             continue
-        entry = {"metric": name, "base": base[name], "tuned": tuned[name],
-                 "difference": tuned[name] - base[name],
-                 "higher_is_better": METRICS[name].higher_is_better,
-                 "unit": METRICS[name].unit}
+        entry = {
+            "metric": name,
+            "base": base[name],
+            "tuned": tuned[name],
+            "difference": tuned[name] - base[name],
+            "higher_is_better": METRICS[name].higher_is_better,
+            "unit": METRICS[name].unit,
+        }
         if name == "length" and refs and all(x is not None for x in refs):
             entry["unit"] += f"; references: {mean_length(refs):.2f}"
-        if refs and all(x is not None for x in refs) and name not in (
-                "perplexity", "stopped_by_eos", "length"):
-            boot = paired_bootstrap(name, [r["output"] for r in base_rows],
-                                    [r["output"] for r in tuned_rows], refs,
-                                    samples=samples if name != "ter" else min(samples, 200),
-                                    seed=seed)
-            entry.update(ci=boot["ci"], base_ci=boot["base_ci"], tuned_ci=boot["tuned_ci"],
-                         p_not_better=boot["p_not_better"], samples=boot["samples"])
+        if (
+            refs
+            and all(x is not None for x in refs)
+            and name not in ("perplexity", "stopped_by_eos", "length")
+        ):
+            boot = paired_bootstrap(
+                name,
+                [r["output"] for r in base_rows],
+                [r["output"] for r in tuned_rows],
+                refs,
+                samples=samples if name != "ter" else min(samples, 200),
+                seed=seed,
+            )
+            entry.update(
+                ci=boot["ci"],
+                base_ci=boot["base_ci"],
+                tuned_ci=boot["tuned_ci"],
+                p_not_better=boot["p_not_better"],
+                samples=boot["samples"],
+            )
         table.append(entry)
     return {"task": task, "rows": len(tuned_rows), "metrics": table, "seed": seed}

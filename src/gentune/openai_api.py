@@ -32,9 +32,11 @@ def _no_surrogates(value, path: str = ""):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise ValueError(f"{path or 'text'} contains an unpaired surrogate "
-                             f"(\\u{ord(value[e.start]):04x} at {e.start}); send valid "
-                             "Unicode") from None
+            raise ValueError(
+                f"{path or 'text'} contains an unpaired surrogate "
+                f"(\\u{ord(value[e.start]):04x} at {e.start}); send valid "
+                "Unicode"
+            ) from None
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             _no_surrogates(v, f"{path}[{i}]")
@@ -86,44 +88,65 @@ class _Body(_Strict):
     def decoding(self, default: Decoding, *, max_tokens_limit: int) -> Decoding:
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
-                raise RequestError(f"{name} is not supported by gentune; use "
-                                   "repetition_penalty (> 1 discourages repeats)", name)
+                raise RequestError(
+                    f"{name} is not supported by gentune; use "
+                    "repetition_penalty (> 1 discourages repeats)",
+                    name,
+                )
         if self.logit_bias:
             raise RequestError("logit_bias is not supported by gentune", "logit_bias")
         if self.logprobs:
             raise RequestError("logprobs are not supported by gentune", "logprobs")
         wanted = self.requested_tokens()
         if wanted is not None and wanted > max_tokens_limit:
-            raise RequestError(f"max_tokens={wanted} is over this server's limit of "
-                               f"{max_tokens_limit} (gentune serve --max-tokens-limit)",
-                               "max_tokens")
+            raise RequestError(
+                f"max_tokens={wanted} is over this server's limit of "
+                f"{max_tokens_limit} (gentune serve --max-tokens-limit)",
+                "max_tokens",
+            )
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > 4 or any(not s or len(s) > 256 for s in stop):
-            raise RequestError("stop: up to 4 non-empty strings of at most 256 characters",
-                               "stop")
+            raise RequestError("stop: up to 4 non-empty strings of at most 256 characters", "stop")
         if self.temperature is not None and 0 < self.temperature < MIN_TEMPERATURE:
-            raise RequestError(f"temperature={self.temperature:g}: use 0 for greedy decoding "
-                               f"or at least {MIN_TEMPERATURE} for sampling", "temperature")
-        changes: dict = {"max_new_tokens": min(wanted or default.max_new_tokens,
-                                               max_tokens_limit),
-                         "num_return_sequences": self.n, "stop": tuple(stop)}
+            raise RequestError(
+                f"temperature={self.temperature:g}: use 0 for greedy decoding "
+                f"or at least {MIN_TEMPERATURE} for sampling",
+                "temperature",
+            )
+        changes: dict = {
+            "max_new_tokens": min(wanted or default.max_new_tokens, max_tokens_limit),
+            "num_return_sequences": self.n,
+            "stop": tuple(stop),
+        }
         if self.temperature is not None:
             changes["do_sample"] = self.temperature > 0
             if self.temperature > 0:
                 changes["temperature"] = self.temperature
-        for name in ("top_p", "top_k", "min_p", "repetition_penalty", "no_repeat_ngram_size",
-                     "num_beams", "length_penalty", "seed"):
+        for name in (
+            "top_p",
+            "top_k",
+            "min_p",
+            "repetition_penalty",
+            "no_repeat_ngram_size",
+            "num_beams",
+            "length_penalty",
+            "seed",
+        ):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         if self.n > 1 and not changes.get("do_sample", default.do_sample):
             beams = changes.get("num_beams", default.num_beams)
             if self.n > beams:
-                raise RequestError(f"n={self.n} with greedy decoding would give {self.n} "
-                                   "identical answers: set temperature > 0 (sampling) or "
-                                   f"num_beams >= {self.n}", "n")
+                raise RequestError(
+                    f"n={self.n} with greedy decoding would give {self.n} "
+                    "identical answers: set temperature > 0 (sampling) or "
+                    f"num_beams >= {self.n}",
+                    "n",
+                )
         if self.stream and self.n > 1:
-            raise RequestError("stream with n > 1 is not supported; ask for one choice per "
-                               "request", "n")
+            raise RequestError(
+                "stream with n > 1 is not supported; ask for one choice per request", "n"
+            )
         try:
             return replace(default, **changes)
         except ValueError as e:
@@ -174,8 +197,9 @@ class ChatRequest(_Body):
     def conversation(self) -> tuple[dict, ...]:
         msgs = tuple({"role": m.role, "content": m.content} for m in self.messages)
         if msgs[-1]["role"] == "assistant":
-            raise RequestError("the last message is the assistant's: end with a user message",
-                               "messages")
+            raise RequestError(
+                "the last message is the assistant's: end with a user message", "messages"
+            )
         if not any(m["role"] == "user" for m in msgs):
             raise RequestError("messages need at least one user message", "messages")
         return msgs
@@ -183,42 +207,76 @@ class ChatRequest(_Body):
 
 # ---- response shapes ------------------------------------------------------------------------
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion(rid: str, model: str, choices: list[tuple[str, str]], used: dict) -> dict:
     """A /v1/completions answer; `choices` are (text, finish_reason)."""
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": k, "text": text, "finish_reason": reason, "logprobs": None}
-                        for k, (text, reason) in enumerate(choices)],
-            "usage": used}
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": k, "text": text, "finish_reason": reason, "logprobs": None}
+            for k, (text, reason) in enumerate(choices)
+        ],
+        "usage": used,
+    }
 
 
 def chat_completion(rid: str, model: str, choices: list[tuple[str, str]], used: dict) -> dict:
     """A /v1/chat/completions answer; `choices` are (text, finish_reason)."""
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": k, "message": {"role": "assistant", "content": text},
-                         "finish_reason": reason, "logprobs": None}
-                        for k, (text, reason) in enumerate(choices)],
-            "usage": used}
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": k,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": reason,
+                "logprobs": None,
+            }
+            for k, (text, reason) in enumerate(choices)
+        ],
+        "usage": used,
+    }
 
 
-def completion_chunk(rid: str, model: str, text: str | None, reason: str | None, *,
-                     start: bool = False) -> dict | None:
+def completion_chunk(
+    rid: str, model: str, text: str | None, reason: str | None, *, start: bool = False
+) -> dict | None:
     """A streamed /v1/completions event (none opens the stream)."""
     if start:
         return None
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text or "", "finish_reason": reason,
-                         "logprobs": None}]}
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}],
+    }
 
 
-def chat_chunk(rid: str, model: str, text: str | None, reason: str | None, *,
-               start: bool = False) -> dict:
+def chat_chunk(
+    rid: str, model: str, text: str | None, reason: str | None, *, start: bool = False
+) -> dict:
     """A streamed /v1/chat/completions event: the first carries the role."""
-    delta = {"role": "assistant", "content": ""} if start else (
-        {"content": text} if text is not None else {})
-    return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": reason,
-                                         "logprobs": None}]}
+    delta = (
+        {"role": "assistant", "content": ""}
+        if start
+        else ({"content": text} if text is not None else {})
+    )
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}],
+    }

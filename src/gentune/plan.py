@@ -67,8 +67,12 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     measured = timings[1:] or timings  # the first call includes warm-up
     per_token = sum(t for t, _ in measured) / sum(n for _, n in measured)
     padded = sum(len(b) * max(len(prep.train_ex[i].input_ids) for i in b) for b in batches)
-    return {"seconds_per_epoch": per_token * padded, "peak_memory_mb": peak_memory_mb(),
-            "memory_before_mb": before, "tokens_per_s": 1 / per_token}
+    return {
+        "seconds_per_epoch": per_token * padded,
+        "peak_memory_mb": peak_memory_mb(),
+        "memory_before_mb": before,
+        "tokens_per_s": 1 / per_token,
+    }
 
 
 def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
@@ -77,51 +81,66 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
     tok = prep.tokenizer
     examples = prep.train_ex if not cfg.packing else []
     if cfg.packing:  # show per-example statistics, not per packed row
-
-        examples, _ = encode_dataset(prep.train_records, prep.template, tok,
-                                     max_length=prep.max_length,
-                                     skip_long_targets=cfg.skip_long_targets)
+        examples, _ = encode_dataset(
+            prep.train_records,
+            prep.template,
+            tok,
+            max_length=prep.max_length,
+            skip_long_targets=cfg.skip_long_targets,
+        )
     inputs = [sum(1 for lab in e.labels if lab == IGNORE) for e in examples]
     targets = [e.n_targets for e in examples]
     rep = prep.train_report
-    lines.append(f"task {cfg.task} · model {cfg.model} · method {cfg.method} · template "
-                 f"{prep.template.style}")
-    lines.append(f"rows: {len(prep.train_records)} train, {len(prep.val_records)} validation"
-                 + ("" if cfg.val else f" (split off --data, seed {cfg.seed})"))
+    lines.append(
+        f"task {cfg.task} · model {cfg.model} · method {cfg.method} · template "
+        f"{prep.template.style}"
+    )
+    lines.append(
+        f"rows: {len(prep.train_records)} train, {len(prep.val_records)} validation"
+        + ("" if cfg.val else f" (split off --data, seed {cfg.seed})")
+    )
     for r in prep.read_reports:
         if r.skipped:
-            lines.append(f"  skipped {len(r.skipped)} invalid rows in {r.path}, e.g. "
-                         f"{r.skipped[0]}")
+            lines.append(
+                f"  skipped {len(r.skipped)} invalid rows in {r.path}, e.g. {r.skipped[0]}"
+            )
     lines.append(f"tokens per example, context (masked): {percentiles(inputs)}")
     lines.append(f"tokens per example, target (trained, EOS included): {percentiles(targets)}")
-    lines.append(f"max length {prep.max_length}: {rep.truncated_rows} rows get their input "
-                 f"shortened ({rep.truncated_tokens} tokens removed), targets are never cut")
+    lines.append(
+        f"max length {prep.max_length}: {rep.truncated_rows} rows get their input "
+        f"shortened ({rep.truncated_tokens} tokens removed), targets are never cut"
+    )
     if rep.split_rows:
         lines.append(f"  {rep.split_rows} long texts are split into windows")
     if rep.skipped_too_long:
-        lines.append(f"  {rep.skipped_too_long} rows skipped, target too long: "
-                     + ", ".join(rep.too_long[:10]))
+        lines.append(
+            f"  {rep.skipped_too_long} rows skipped, target too long: "
+            + ", ".join(rep.too_long[:10])
+        )
     empty = sum(1 for e in examples if e.n_targets <= 1)
     lines.append(f"targets with no trainable tokens besides EOS: {empty}")
     if cfg.packing:
         lines.append(f"packing: {len(examples)} examples into {len(prep.train_ex)} rows")
-    lines.append(f"parameters: {prep.n_trainable:,} trainable of {prep.n_total:,} "
-                 f"({100 * prep.n_trainable / prep.n_total:.2f} %)")
-    steps = cfg.max_steps or math.ceil(math.ceil(len(prep.train_ex) / cfg.batch_size)
-                                       * cfg.epochs)
-    lines.append(f"optimizer steps: {steps} (batch {cfg.batch_size} = micro-batch {cfg.micro} "
-                 f"x {cfg.batch_size // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}")
+    lines.append(
+        f"parameters: {prep.n_trainable:,} trainable of {prep.n_total:,} "
+        f"({100 * prep.n_trainable / prep.n_total:.2f} %)"
+    )
+    steps = cfg.max_steps or math.ceil(math.ceil(len(prep.train_ex) / cfg.batch_size) * cfg.epochs)
+    lines.append(
+        f"optimizer steps: {steps} (batch {cfg.batch_size} = micro-batch {cfg.micro} "
+        f"x {cfg.batch_size // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}"
+    )
     lines.append("")
-    lines.append(f"first example ({examples[0].where}), trained spans in "
-                 f"{MASK_OPEN}…{MASK_CLOSE}:")
+    lines.append(f"first example ({examples[0].where}), trained spans in {MASK_OPEN}…{MASK_CLOSE}:")
     lines.append(render_spans(examples[0], tok))
     lines.append("")
     if measure:
         with torch.enable_grad():
             p = probe(prep, cfg)
-        lines.append(f"probe: {p['tokens_per_s']:.0f} tokens/s (padded) → about "
-                     f"{p['seconds_per_epoch'] / 60:.1f} min per epoch; peak memory "
-                     f"{p['peak_memory_mb'] / 1024:.2f} GiB "
-                     f"({'GPU allocated' if torch.cuda.is_available() else 'process RSS'})")
+        lines.append(
+            f"probe: {p['tokens_per_s']:.0f} tokens/s (padded) → about "
+            f"{p['seconds_per_epoch'] / 60:.1f} min per epoch; peak memory "
+            f"{p['peak_memory_mb'] / 1024:.2f} GiB "
+            f"({'GPU allocated' if torch.cuda.is_available() else 'process RSS'})"
+        )
     return "\n".join(lines)
-

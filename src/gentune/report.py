@@ -20,15 +20,24 @@ def loss_curve_png(history: list[dict], path: str | Path) -> Path | None:
     steps = [int(r["step"]) for r in history]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, [float(r["loss"]) for r in history], label="train loss", lw=1.2)
-    val = [(int(r["step"]), float(r["val_loss"])) for r in history
-           if r.get("val_loss") not in (None, "")]
+    val = [
+        (int(r["step"]), float(r["val_loss"]))
+        for r in history
+        if r.get("val_loss") not in (None, "")
+    ]
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", lw=1.2)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nll per target token)")
     lr_ax = ax.twinx()
-    lr_ax.plot(steps, [float(r["lr"]) for r in history], color="grey", alpha=0.4, lw=1,
-               label="learning rate")
+    lr_ax.plot(
+        steps,
+        [float(r["lr"]) for r in history],
+        color="grey",
+        alpha=0.4,
+        lw=1,
+        label="learning rate",
+    )
     lr_ax.set_ylabel("learning rate")
     lines = ax.get_legend_handles_labels()
     lr_lines = lr_ax.get_legend_handles_labels()
@@ -99,15 +108,21 @@ def lengths_figure(references: list[str], base: list[str], tuned: list[str]) -> 
     return _png_data_uri(fig)
 
 
-def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
-                 tuned_rows: list[dict], run_dir: str | None = None, samples: int = 5,
-                 extremes: int = 3) -> Path:
+def write_report(
+    path: str | Path,
+    *,
+    comparison: dict,
+    base_rows: list[dict],
+    tuned_rows: list[dict],
+    run_dir: str | None = None,
+    samples: int = 5,
+    extremes: int = 3,
+) -> Path:
     """A self-contained HTML page (no network): metric table with intervals, the run's loss and
     learning-rate curves, length histograms, and side-by-side samples with the biggest wins and
     losses."""
     import html
     import json
-
 
     esc = html.escape
     task = comparison["task"]
@@ -118,8 +133,9 @@ def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
         hib = m["higher_is_better"]
         better = hib is not None and (m["difference"] > 0) == hib and m["difference"] != 0
         css = "" if hib is None else "win" if better else "loss"
-        direction = ("no direction" if hib is None else
-                     "higher is better" if hib else "lower is better")
+        direction = (
+            "no direction" if hib is None else "higher is better" if hib else "lower is better"
+        )
         ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "–"
         sig = ""
         if ci:
@@ -127,10 +143,10 @@ def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
         rows_html.append(
             f"<tr><td>{esc(m['metric'])}</td><td>{m['base']:.2f}</td><td>{m['tuned']:.2f}</td>"
             f"<td class='{css}'>{m['difference']:+.2f}</td><td>{ci_text}{sig}</td>"
-            f"<td>{direction}; {esc(m['unit'])}</td></tr>")
+            f"<td>{direction}; {esc(m['unit'])}</td></tr>"
+        )
     images = []
     if run_dir:
-
         try:
             curves = curves_figure(read_log(run_dir))
         except FileNotFoundError:
@@ -138,17 +154,27 @@ def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
         if curves:
             images.append(("Training curves", curves))
     if all(r is not None for r in refs):
-        images.append(("Lengths", lengths_figure(refs, [r["output"] for r in base_rows],
-                                                 [r["output"] for r in tuned_rows])))
+        images.append(
+            (
+                "Lengths",
+                lengths_figure(
+                    refs, [r["output"] for r in base_rows], [r["output"] for r in tuned_rows]
+                ),
+            )
+        )
     sample_sections = []
     if tuned_rows and all(r is not None for r in refs):
-        deltas = [row_score(t["output"], t["reference"], task)
-                  - row_score(b["output"], b["reference"], task)
-                  for b, t in zip(base_rows, tuned_rows, strict=True)]
+        deltas = [
+            row_score(t["output"], t["reference"], task)
+            - row_score(b["output"], b["reference"], task)
+            for b, t in zip(base_rows, tuned_rows, strict=True)
+        ]
         order = sorted(range(len(deltas)), key=lambda i: deltas[i])
-        groups = [("Samples", list(range(min(samples, len(tuned_rows))))),
-                  ("Biggest wins", order[::-1][:extremes]),
-                  ("Biggest losses", order[:extremes])]
+        groups = [
+            ("Samples", list(range(min(samples, len(tuned_rows))))),
+            ("Biggest wins", order[::-1][:extremes]),
+            ("Biggest losses", order[:extremes]),
+        ]
         metric = "chrF" if task == "translation" else "ROUGE-L"
         for title, idx in groups:
             cards = []
@@ -158,15 +184,18 @@ def write_report(path: str | Path, *, comparison: dict, base_rows: list[dict],
                     f"<tr class='sample'><td>{esc(t['row'])}<br><small>Δ{metric} "
                     f"{deltas[i]:+.1f}</small></td><td><pre>{esc(_input_of(t.get('input') or t['prompt']))}</pre>"
                     f"</td><td>{esc(t['reference'] or '')}</td><td>{esc(b['output'])}</td>"
-                    f"<td>{esc(t['output'])}</td></tr>")
+                    f"<td>{esc(t['output'])}</td></tr>"
+                )
             sample_sections.append(
                 f"<h2>{title}</h2><table class='samples'><tr><th>row</th><th>input</th>"
                 f"<th>reference</th><th>base</th><th>fine-tuned</th></tr>"
-                + "".join(cards) + "</table>")
+                + "".join(cards)
+                + "</table>"
+            )
     imgs = "".join(f"<h2>{esc(t)}</h2><img alt='{esc(t)}' src='{uri}'>" for t, uri in images)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>gentune report: {esc(str(comparison.get('model', '')))}</title>
+<title>gentune report: {esc(str(comparison.get("model", "")))}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
@@ -177,18 +206,18 @@ pre {{ white-space: pre-wrap; max-height: 12em; overflow: auto; margin: 0; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 <h1>gentune evaluation report</h1>
-<p>fine-tuned: <code>{esc(str(comparison.get('model', '')))}</code> · base:
-<code>{esc(str(comparison.get('base', '')))}</code> · task {esc(task)} · data
-<code>{esc(str(comparison.get('data', '')))}</code> · {comparison['rows']} rows, both models on the
+<p>fine-tuned: <code>{esc(str(comparison.get("model", "")))}</code> · base:
+<code>{esc(str(comparison.get("base", "")))}</code> · task {esc(task)} · data
+<code>{esc(str(comparison.get("data", "")))}</code> · {comparison["rows"]} rows, both models on the
 same rows with the same prompt.</p>
 <h2>Metrics</h2>
 <table class="metrics"><tr><th>metric</th><th>base</th><th>fine-tuned</th><th>Δ</th>
 <th>95% interval of Δ (paired bootstrap)</th><th>unit</th></tr>
-{''.join(rows_html)}</table>
-<p><small>✔: the interval excludes 0 in the better direction. Seed {comparison.get('seed')}.
+{"".join(rows_html)}</table>
+<p><small>✔: the interval excludes 0 in the better direction. Seed {comparison.get("seed")}.
 </small></p>
 {imgs}
-{''.join(sample_sections)}
+{"".join(sample_sections)}
 <script type="application/json" id="comparison">{esc(json.dumps(comparison))}</script>
 </body></html>
 """

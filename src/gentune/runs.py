@@ -32,13 +32,32 @@ from .tasks import PromptTemplate, build_template, get_task
 
 # what a manifest holds; a run whose manifest lacks these (or has others) is not loaded
 MANIFEST_REQUIRED = ("gentune_run", "method", "task", "base_model")
-MANIFEST_KEYS = {*MANIFEST_REQUIRED, "created", "base_model_resolved", "seed", "data",
-                 "versions", "python", "platform", "stats"}
+MANIFEST_KEYS = {
+    *MANIFEST_REQUIRED,
+    "created",
+    "base_model_resolved",
+    "seed",
+    "data",
+    "versions",
+    "python",
+    "platform",
+    "stats",
+}
 # files that mark a directory as a gentune run (complete or not)
 RUN_MARKERS = ("train_config.json", "manifest.json", "checkpoints", "template.json")
 
-PACKAGES = ("gentune", "torch", "transformers", "peft", "accelerate", "safetensors",
-            "tokenizers", "rouge-score", "sacrebleu", "numpy")
+PACKAGES = (
+    "gentune",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "tokenizers",
+    "rouge-score",
+    "sacrebleu",
+    "numpy",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -68,13 +87,23 @@ def write_json(path: Path, obj) -> None:
     """Write strict JSON (no NaN: undefined values are null) atomically (a temporary file
     renamed into place)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(strict(obj), indent=2, ensure_ascii=False, default=str,
-                              allow_nan=False) + "\n")
+    tmp.write_text(
+        json.dumps(strict(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+    )
     os.replace(tmp, path)
 
 
-def save_run(out: Path, *, model, tokenizer, template: PromptTemplate, cfg, base_model: str,
-             data_files: dict[str, str], stats: dict) -> None:
+def save_run(
+    out: Path,
+    *,
+    model,
+    tokenizer,
+    template: PromptTemplate,
+    cfg,
+    base_model: str,
+    data_files: dict[str, str],
+    stats: dict,
+) -> None:
     """Write the run directory; `data_files` maps each data file to its sha256."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out))
@@ -89,24 +118,29 @@ def save_run(out: Path, *, model, tokenizer, template: PromptTemplate, cfg, base
         raise
     template.save(out / "template.json")
     write_json(out / "train_config.json", cfg.run_settings())
-    write_json(out / "manifest.json", {  # last: the run is complete once this exists
-        "gentune_run": 1,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "method": cfg.method,
-        "task": cfg.task,
-        "base_model": cfg.model,
-        "base_model_resolved": base_model,
-        "seed": cfg.seed,
-        "data": [{"path": str(Path(p).resolve()), "sha256": sha} for p, sha in data_files.items()],
-        "versions": package_versions(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "stats": stats,
-    })
+    write_json(
+        out / "manifest.json",
+        {  # last: the run is complete once this exists
+            "gentune_run": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "method": cfg.method,
+            "task": cfg.task,
+            "base_model": cfg.model,
+            "base_model_resolved": base_model,
+            "seed": cfg.seed,
+            "data": [
+                {"path": str(Path(p).resolve()), "sha256": sha} for p, sha in data_files.items()
+            ],
+            "versions": package_versions(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "stats": stats,
+        },
+    )
 
 
 def run_state(path: str | Path) -> str | None:
-    """"complete", "interrupted" (training started, the run never finished) or None (no run)."""
+    """ "complete", "interrupted" (training started, the run never finished) or None (no run)."""
     path = Path(path)
     if not path.is_dir():
         return None
@@ -128,10 +162,13 @@ def resume_hint(path: str | Path) -> str:
 
 def interrupted(path: str | Path) -> RunError:
     last = latest(path)
-    where = f"last checkpoint: step {int(last.name.split('-')[-1])}" if last else \
-        "no checkpoint yet"
-    return RunError(f"{path}: interrupted run ({where}) — continue it with `{resume_hint(path)}`"
-                    " (or start it anew: add --overwrite)")
+    where = (
+        f"last checkpoint: step {int(last.name.split('-')[-1])}" if last else "no checkpoint yet"
+    )
+    return RunError(
+        f"{path}: interrupted run ({where}) — continue it with `{resume_hint(path)}`"
+        " (or start it anew: add --overwrite)"
+    )
 
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool, main: bool = True) -> None:
@@ -144,24 +181,30 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool, main: bool = True) 
         return
     state = run_state(out)
     if state is None:
-        raise RunError(f"--out {out}: the directory is not empty and holds no gentune run; "
-                       "choose a new or empty directory")
+        raise RunError(
+            f"--out {out}: the directory is not empty and holds no gentune run; "
+            "choose a new or empty directory"
+        )
     if overwrite:
         if main:
             shutil.rmtree(out)
         return
     if not resume:
-        raise RunError(f"--out {out}: already holds a{'n' if state == 'interrupted' else ''} "
-                       f"{state} run; add --resume to continue it, --overwrite to delete it "
-                       "and start again, or choose another --out")
+        raise RunError(
+            f"--out {out}: already holds a{'n' if state == 'interrupted' else ''} "
+            f"{state} run; add --resume to continue it, --overwrite to delete it "
+            "and start again, or choose another --out"
+        )
 
 
 def _read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path}: cannot read the {what} ({e}); the run directory is damaged: "
-                       "train it again or restore the file") from None
+        raise RunError(
+            f"{path}: cannot read the {what} ({e}); the run directory is damaged: "
+            "train it again or restore the file"
+        ) from None
     if not isinstance(data, dict):
         raise RunError(f"{path}: the {what} is not a JSON object; the run directory is damaged")
     return data
@@ -171,8 +214,10 @@ def read_manifest(path: Path) -> dict:
     manifest = _read_json(path / "manifest.json", "manifest")
     _check_keys(path / "manifest.json", manifest, MANIFEST_REQUIRED, MANIFEST_KEYS)
     if manifest["method"] not in ("lora", "full"):
-        raise RunError(f"{path / 'manifest.json'}: method {manifest['method']!r} is not lora or "
-                       "full; the run directory is damaged")
+        raise RunError(
+            f"{path / 'manifest.json'}: method {manifest['method']!r} is not lora or "
+            "full; the run directory is damaged"
+        )
     return manifest
 
 
@@ -181,10 +226,13 @@ def _check_keys(file: Path, data: dict, required, known: set) -> None:
     missing = [k for k in required if k not in data]
     unknown = sorted(set(data) - known)
     if missing or unknown:
-        problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + \
-            ([f"unknown keys {', '.join(unknown)}"] if unknown else [])
-        raise RunError(f"{file}: {'; '.join(problems)} (damaged, or written by another gentune "
-                       "version): train the run again (--overwrite)")
+        problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
+            [f"unknown keys {', '.join(unknown)}"] if unknown else []
+        )
+        raise RunError(
+            f"{file}: {'; '.join(problems)} (damaged, or written by another gentune "
+            "version): train the run again (--overwrite)"
+        )
 
 
 @dataclass
@@ -206,18 +254,21 @@ def load_for_inference(spec: str, *, merge: bool = True) -> Loaded:
         manifest = read_manifest(path)
         missing = [p for p in ("template.json", "model") if not (path / p).exists()]
         if missing:
-            raise RunError(f"{path}: incomplete run directory (missing {', '.join(missing)}); "
-                           "the run directory is damaged: train it again (--overwrite)")
+            raise RunError(
+                f"{path}: incomplete run directory (missing {', '.join(missing)}); "
+                "the run directory is damaged: train it again (--overwrite)"
+            )
         template = PromptTemplate.load(path / "template.json")
         try:
             model, tokenizer = _load_run_model(path, manifest, merge=merge)
         except GentuneError:
             raise
         except Exception as e:  # noqa: BLE001 — whatever a damaged file makes the loaders raise
-            raise RunError(f"{path / 'model'}: cannot load the trained model "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the run "
-                           "directory is damaged: train it again (--overwrite) or restore it"
-                           ) from None
+            raise RunError(
+                f"{path / 'model'}: cannot load the trained model "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the run "
+                "directory is damaged: train it again (--overwrite) or restore it"
+            ) from None
         model.eval()
         return Loaded(model, tokenizer, template, spec, manifest)
     model, tokenizer, where = load_model(spec)
@@ -250,17 +301,23 @@ def resolve_template(loaded: Loaded, task: str | None, **template_args) -> Promp
     """The run's saved template, or one built for `task` from the model's tokenizer."""
     if loaded.template is not None:
         if task and task != loaded.template.task:
-            raise UsageError(f"{loaded.name} was trained for task {loaded.template.task!r}, "
-                             f"not {task!r}; drop --task")
+            raise UsageError(
+                f"{loaded.name} was trained for task {loaded.template.task!r}, "
+                f"not {task!r}; drop --task"
+            )
         given = [f"--{k.replace('_', '-')}" for k, v in template_args.items() if v is not None]
         if given:  # never ignored: the model answers best to the prompt it was trained on
-            raise UsageError(f"{loaded.name} has its own prompt template (template.json, the "
-                             f"prompt it was trained on); {', '.join(given)} would change it: "
-                             "drop the flag, or train a run with it")
+            raise UsageError(
+                f"{loaded.name} has its own prompt template (template.json, the "
+                f"prompt it was trained on); {', '.join(given)} would change it: "
+                "drop the flag, or train a run with it"
+            )
         return loaded.template
     if not task:
-        raise UsageError(f"{loaded.name} is a plain model: name the task with --task "
-                         "(summarization, translation, dialogue, text)")
+        raise UsageError(
+            f"{loaded.name} is a plain model: name the task with --task "
+            "(summarization, translation, dialogue, text)"
+        )
     return build_template(get_task(task), loaded.tokenizer, **template_args)
 
 

@@ -75,16 +75,26 @@ class Scheduler:
         self._pending: deque[Job] = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self.counts = {"served": 0, "refused_busy": 0, "timed_out": 0, "failed": 0,
-                       "cancelled": 0, "running": 0}
+        self.counts = {
+            "served": 0,
+            "refused_busy": 0,
+            "timed_out": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "running": 0,
+        }
         self._thread = threading.Thread(target=self._work, name="gentune-generate", daemon=True)
         self._thread.start()
 
     # ---- the request side (event loop) ----------------------------------------------------
     def stats(self) -> dict:
         with self._cv:
-            return {**self.counts, "queued": len(self._pending), "max_queue": self.max_queue,
-                    "max_batch": self.max_batch}
+            return {
+                **self.counts,
+                "queued": len(self._pending),
+                "max_queue": self.max_queue,
+                "max_batch": self.max_batch,
+            }
 
     def _submit(self, job: Job) -> None:
         job._loop, job._sink = asyncio.get_running_loop(), asyncio.Queue()
@@ -93,8 +103,10 @@ class Scheduler:
                 raise Busy("the server is shutting down")
             if len(self._pending) >= self.max_queue:
                 self.counts["refused_busy"] += 1
-                raise Busy(f"server busy: {len(self._pending)} requests already waiting "
-                           f"(gentune serve --max-queue {self.max_queue}); retry shortly")
+                raise Busy(
+                    f"server busy: {len(self._pending)} requests already waiting "
+                    f"(gentune serve --max-queue {self.max_queue}); retry shortly"
+                )
             self._pending.append(job)
             self._cv.notify()
 
@@ -168,8 +180,11 @@ class Scheduler:
                 for other in list(self._pending):
                     if size >= self.max_batch:
                         break
-                    if (not other.streaming and other.decoding == d
-                            and size + len(other.prompts) <= self.max_batch):
+                    if (
+                        not other.streaming
+                        and other.decoding == d
+                        and size + len(other.prompts) <= self.max_batch
+                    ):
                         self._pending.remove(other)
                         batch.append(other)
                         size += len(other.prompts)
@@ -208,8 +223,14 @@ class Scheduler:
             return False
 
         try:
-            gens = generate(self.model, self.tokenizer, prompts, jobs[0].decoding,
-                            batch_size=self.max_batch, should_stop=should_stop)
+            gens = generate(
+                self.model,
+                self.tokenizer,
+                prompts,
+                jobs[0].decoding,
+                batch_size=self.max_batch,
+                should_stop=should_stop,
+            )
         except Exception as e:  # noqa: BLE001 — one batch's failure must not stop the server
             self._count("failed", len(jobs))
             for job in jobs:
@@ -227,7 +248,7 @@ class Scheduler:
                 job._put(TimedOut("generation ran past the request timeout"))
                 continue
             self._count("served")
-            job._put(gens[mine.start * n: mine.stop * n])
+            job._put(gens[mine.start * n : mine.stop * n])
 
     def _stream(self, job: Job) -> None:
         cut = []
@@ -238,8 +259,9 @@ class Scheduler:
                 return True
             return False
 
-        pieces = stream(self.model, self.tokenizer, job.prompts[0], job.decoding,
-                        should_stop=should_stop)
+        pieces = stream(
+            self.model, self.tokenizer, job.prompts[0], job.decoding, should_stop=should_stop
+        )
         try:
             while True:
                 try:

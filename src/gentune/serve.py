@@ -87,30 +87,38 @@ class Served:
 
     def check_model(self, body) -> None:
         if body.model not in (None, "", self.name):
-            raise _NotFound(f"model {body.model!r} is not served here; this server serves "
-                            f"{self.name!r} (GET /v1/models)")
+            raise _NotFound(
+                f"model {body.model!r} is not served here; this server serves "
+                f"{self.name!r} (GET /v1/models)"
+            )
 
     def decoding(self, body, template: PromptTemplate) -> Decoding:
-        d = body.decoding(default_decoding(template),
-                          max_tokens_limit=self.settings.max_tokens_limit)
+        d = body.decoding(
+            default_decoding(template), max_tokens_limit=self.settings.max_tokens_limit
+        )
         if d.do_sample and body.seed is None:  # as OpenAI: unseeded sampling differs per call
             d = replace(d, seed=secrets.randbelow(2**31))
         return d
 
-    def encode(self, record: Record, template: PromptTemplate, decoding: Decoding,
-               param: str) -> tuple[list[int], bool]:
+    def encode(
+        self, record: Record, template: PromptTemplate, decoding: Decoding, param: str
+    ) -> tuple[list[int], bool]:
         """The prompt's ids, shortened only as the run's training shortened inputs (its
         max_length, as `gentune generate` does), never to squeeze into the context (that is a
         400); a template that cannot render these messages is the request's fault (400)."""
         limit = template.prompt_limit(10**9, decoding.max_new_tokens)
         try:
-            ids, _, shortened = encode_prompt(record, template, self.loaded.tokenizer,
-                                              max_length=limit)
+            ids, _, shortened = encode_prompt(
+                record, template, self.loaded.tokenizer, max_length=limit
+            )
         except DataError as e:
             raise RequestError(str(e).removeprefix(f"{record.where}: "), param) from None
         except Exception as e:  # noqa: BLE001 — jinja errors have no common base we import
-            raise RequestError(f"the messages cannot be rendered with the model's template: "
-                               f"{type(e).__name__}: {e}", param) from None
+            raise RequestError(
+                f"the messages cannot be rendered with the model's template: "
+                f"{type(e).__name__}: {e}",
+                param,
+            ) from None
         return ids, shortened
 
     def fit(self, ids: list[int], body, decoding: Decoding, where: str) -> Decoding:
@@ -121,7 +129,9 @@ class Served:
             raise RequestError(
                 f"{where}: the prompt has {len(ids)} tokens and max_tokens is "
                 f"{asked or decoding.max_new_tokens}, together more than the model's context "
-                f"of {self.context} tokens; shorten the prompt or lower max_tokens", "max_tokens")
+                f"of {self.context} tokens; shorten the prompt or lower max_tokens",
+                "max_tokens",
+            )
         return replace(decoding, max_new_tokens=min(decoding.max_new_tokens, room))
 
     def within_prompt_limit(self, prompts: list[list[int]], param: str) -> None:
@@ -131,21 +141,32 @@ class Served:
             raise RequestError(
                 f"the request's prompts have {n} tokens in all, over this server's limit of "
                 f"{limit} (gentune serve --max-prompt-tokens); send fewer or shorter prompts",
-                param)
+                param,
+            )
 
     def job(self, prompts: list[list[int]], decoding: Decoding) -> Job:
-        return Job(prompts=prompts, decoding=decoding,
-                   deadline=time.monotonic() + self.settings.timeout)
+        return Job(
+            prompts=prompts, decoding=decoding, deadline=time.monotonic() + self.settings.timeout
+        )
 
 
 def create_app(loaded: Loaded, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving `loaded`: routes, error handlers, API key and body limits."""
     settings = settings or ServeSettings()
     completion_tpl, chat_tpl = templates(loaded, settings.task)
-    scheduler = Scheduler(loaded.model, loaded.tokenizer, max_batch=settings.max_batch,
-                          max_queue=settings.max_queue)
-    served = Served(loaded, settings, completion_tpl, chat_tpl, context_length(loaded.model),
-                    settings.model_name or _default_name(loaded), int(time.time()), scheduler)
+    scheduler = Scheduler(
+        loaded.model, loaded.tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue
+    )
+    served = Served(
+        loaded,
+        settings,
+        completion_tpl,
+        chat_tpl,
+        context_length(loaded.model),
+        settings.model_name or _default_name(loaded),
+        int(time.time()),
+        scheduler,
+    )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -154,8 +175,12 @@ def create_app(loaded: Loaded, settings: ServeSettings | None = None) -> FastAPI
 
     app = FastAPI(title="gentune", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.served, app.state.scheduler, app.state.model_name = served, scheduler, served.name
-    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                       body_timeout=settings.body_timeout)
+    app.add_middleware(
+        Guard,
+        api_key=settings.api_key,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout,
+    )
     for kind, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.include_router(routes)
@@ -164,8 +189,11 @@ def create_app(loaded: Loaded, settings: ServeSettings | None = None) -> FastAPI
 
 # ---- errors, all in OpenAI's shape {"error": {message, type, param, code}} ------------------
 def error(status: int, message: str, kind: str, param=None, code=None, headers=None):
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                   "code": code}}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 async def _invalid(request, exc: RequestValidationError):
@@ -181,14 +209,23 @@ async def _invalid(request, exc: RequestValidationError):
             problems.append(f"{where or 'body'}: {e.get('msg')}")
     first = exc.errors()[0] if exc.errors() else {}
     param = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
-    return error(422, "; ".join(problems) or "invalid request", "invalid_request_error",
-                 param, "invalid_body")
+    return error(
+        422,
+        "; ".join(problems) or "invalid request",
+        "invalid_request_error",
+        param,
+        "invalid_body",
+    )
 
 
 async def _timed_out(request, exc: TimedOut):
     timeout = request.app.state.served.settings.timeout
-    return error(504, f"{exc} ({timeout:g} s, gentune serve --timeout); lower max_tokens or "
-                 "retry", "timeout", code="timeout")
+    return error(
+        504,
+        f"{exc} ({timeout:g} s, gentune serve --timeout); lower max_tokens or retry",
+        "timeout",
+        code="timeout",
+    )
 
 
 async def _crashed(request, exc: Exception):
@@ -198,17 +235,23 @@ async def _crashed(request, exc: Exception):
 
 ERROR_HANDLERS = {
     RequestValidationError: _invalid,
-    HTTPException: lambda request, exc: error(exc.status_code, str(exc.detail),
-                                              "invalid_request_error",
-                                              headers=getattr(exc, "headers", None)),
+    HTTPException: lambda request, exc: error(
+        exc.status_code,
+        str(exc.detail),
+        "invalid_request_error",
+        headers=getattr(exc, "headers", None),
+    ),
     RequestError: lambda request, exc: error(400, str(exc), "invalid_request_error", exc.param),
-    Busy: lambda request, exc: error(429, str(exc), "server_busy", code="queue_full",
-                                     headers={"Retry-After": "1"}),
+    Busy: lambda request, exc: error(
+        429, str(exc), "server_busy", code="queue_full", headers={"Retry-After": "1"}
+    ),
     TimedOut: _timed_out,
-    _NotFound: lambda request, exc: error(404, str(exc), "invalid_request_error", "model",
-                                          "model_not_found"),
-    GenerationFailed: lambda request, exc: error(500, str(exc), "server_error",
-                                                 code="generation_failed"),
+    _NotFound: lambda request, exc: error(
+        404, str(exc), "invalid_request_error", "model", "model_not_found"
+    ),
+    GenerationFailed: lambda request, exc: error(
+        500, str(exc), "server_error", code="generation_failed"
+    ),
     Exception: _crashed,
 }
 
@@ -238,8 +281,13 @@ async def streamed(served: Served, job: Job, prompt_tokens: int, chunk, include_
                 if isinstance(item, Generation):
                     yield sse(chunk(None, _reason(item)))
                     if include_usage:
-                        yield sse({**chunk(None, None), "choices": [],
-                                   "usage": usage(prompt_tokens, item.new_tokens)})
+                        yield sse(
+                            {
+                                **chunk(None, None),
+                                "choices": [],
+                                "usage": usage(prompt_tokens, item.new_tokens),
+                            }
+                        )
                     break
                 if item:
                     yield sse(chunk(item, None))
@@ -251,8 +299,11 @@ async def streamed(served: Served, job: Job, prompt_tokens: int, chunk, include_
             await pieces.aclose()
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 # ---- routes ---------------------------------------------------------------------------------
@@ -268,9 +319,19 @@ async def health(request: Request):
 @routes.get("/v1/models")
 async def models(request: Request):
     s = request.app.state.served
-    return {"object": "list", "data": [{"id": s.name, "object": "model", "created": s.created,
-                                        "owned_by": "gentune", "context_length": s.context,
-                                        "task": s.completion_tpl.task}]}
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": s.name,
+                "object": "model",
+                "created": s.created,
+                "owned_by": "gentune",
+                "context_length": s.context,
+                "task": s.completion_tpl.task,
+            }
+        ],
+    }
 
 
 @routes.get("/v1/models/{model_id:path}")
@@ -293,23 +354,39 @@ async def completions(body: CompletionRequest, request: Request):
         if body.raw:
             ids = s.loaded.tokenizer(text, add_special_tokens=True)["input_ids"]
             if not ids:
-                raise RequestError(f"{where} is empty: a raw prompt needs at least one token",
-                                   "prompt")
+                raise RequestError(
+                    f"{where} is empty: a raw prompt needs at least one token", "prompt"
+                )
         else:
-            ids, short = s.encode(prompt_record(s.completion_tpl, text, row=i + 1),
-                                  s.completion_tpl, decoding, "prompt")
+            ids, short = s.encode(
+                prompt_record(s.completion_tpl, text, row=i + 1),
+                s.completion_tpl,
+                decoding,
+                "prompt",
+            )
             shortened += short
         decoding = s.fit(ids, body, decoding, where)
         prompts.append(ids)
     s.within_prompt_limit(prompts, "prompt")
     rid, n_prompt = f"cmpl-{secrets.token_hex(12)}", sum(map(len, prompts))
     if body.stream:
-        return await streamed(s, s.job(prompts, decoding), n_prompt,
-                              partial(completion_chunk, rid, s.name), _usage_wanted(body))
+        return await streamed(
+            s,
+            s.job(prompts, decoding),
+            n_prompt,
+            partial(completion_chunk, rid, s.name),
+            _usage_wanted(body),
+        )
     gens = await s.scheduler.complete(s.job(prompts, decoding))
-    return {**completion(rid, s.name, [(g.text, _reason(g)) for g in gens],
-                         usage(n_prompt, sum(g.new_tokens for g in gens))),
-            **_shortened(shortened)}
+    return {
+        **completion(
+            rid,
+            s.name,
+            [(g.text, _reason(g)) for g in gens],
+            usage(n_prompt, sum(g.new_tokens for g in gens)),
+        ),
+        **_shortened(shortened),
+    }
 
 
 @routes.post("/v1/chat/completions")
@@ -323,22 +400,38 @@ async def chat_completions(body: ChatRequest, request: Request):
     s.within_prompt_limit([ids], "messages")
     rid = f"chatcmpl-{secrets.token_hex(12)}"
     if body.stream:
-        return await streamed(s, s.job([ids], decoding), len(ids),
-                              partial(chat_chunk, rid, s.name), _usage_wanted(body))
+        return await streamed(
+            s,
+            s.job([ids], decoding),
+            len(ids),
+            partial(chat_chunk, rid, s.name),
+            _usage_wanted(body),
+        )
     gens = await s.scheduler.complete(s.job([ids], decoding))
-    return {**chat_completion(rid, s.name, [(g.text, _reason(g)) for g in gens],
-                              usage(len(ids), sum(g.new_tokens for g in gens))),
-            **_shortened(shortened)}
+    return {
+        **chat_completion(
+            rid,
+            s.name,
+            [(g.text, _reason(g)) for g in gens],
+            usage(len(ids), sum(g.new_tokens for g in gens)),
+        ),
+        **_shortened(shortened),
+    }
 
 
 @routes.get("/", response_class=HTMLResponse)
 async def playground():
     page = files("gentune").joinpath("static/playground.html").read_text()
-    return HTMLResponse(page, headers={
-        "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-        "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+    return HTMLResponse(
+        page,
+        headers={
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
 
 
 def _default_name(loaded: Loaded) -> str:
@@ -369,21 +462,27 @@ class Guard:
     up to the limit and handed on; past the limit the answer is 413 without reading further.
     """
 
-    def __init__(self, app, *, api_key: str | None, max_body_bytes: int,
-                 body_timeout: float = 30.0):
+    def __init__(
+        self, app, *, api_key: str | None, max_body_bytes: int, body_timeout: float = 30.0
+    ):
         self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
         self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
         if self.api_key and scope["path"] != "/health" and not self._authorized(headers):
             challenge = 'Basic realm="gentune"' if scope["path"] == "/" else "Bearer"
-            return await _reply(send, 401, "missing or wrong API key: send the header "
-                                "'Authorization: Bearer <key>'", "authentication_error",
-                                {"www-authenticate": challenge})
+            return await _reply(
+                send,
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                "authentication_error",
+                {"www-authenticate": challenge},
+            )
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body:
             return await _reply(send, 413, _too_big(self.max_body), "invalid_request_error")
@@ -395,17 +494,21 @@ class Guard:
                 try:  # the whole body within body_timeout: a slow client cannot hold on
                     message = await asyncio.wait_for(receive(), timeout=max(left, 0))
                 except TimeoutError:
-                    return await _reply(send, 408, "the request body did not arrive within "
-                                        f"{self.body_timeout:g} s (gentune serve "
-                                        "--body-timeout)", "invalid_request_error",
-                                        {"connection": "close"})
+                    return await _reply(
+                        send,
+                        408,
+                        "the request body did not arrive within "
+                        f"{self.body_timeout:g} s (gentune serve "
+                        "--body-timeout)",
+                        "invalid_request_error",
+                        {"connection": "close"},
+                    )
                 if message["type"] == "http.disconnect":
                     return
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
                 if len(body) > self.max_body:
-                    return await _reply(send, 413, _too_big(self.max_body),
-                                        "invalid_request_error")
+                    return await _reply(send, 413, _too_big(self.max_body), "invalid_request_error")
             replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
 
             async def receive_again():
@@ -429,13 +532,13 @@ class Guard:
 
 
 def _too_big(limit: int) -> str:
-    return (f"request body over the limit of {limit} bytes "
-            "(gentune serve --max-body-bytes)")
+    return f"request body over the limit of {limit} bytes (gentune serve --max-body-bytes)"
 
 
 async def _reply(send, status: int, message: str, kind: str, headers: dict | None = None):
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                 "code": None}}).encode()
+    body = json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    ).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -498,12 +601,15 @@ def check_port(host: str, port: int) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(info[4])
     except OSError as e:
-        raise UsageError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e});"
-                         " choose another --port, or stop what is using it") from None
+        raise UsageError(
+            f"--host {host} --port {port}: cannot listen there ({e.strerror or e});"
+            " choose another --port, or stop what is using it"
+        ) from None
 
 
-def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000,
-          settings: ServeSettings | None = None) -> None:
+def serve(
+    spec: str, *, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None
+) -> None:
     """Load the model and serve it until interrupted."""
     import uvicorn
 
@@ -515,20 +621,26 @@ def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000,
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         import sys
 
-        print(f"gentune serve: warning: listening on {host} without an API key: anyone who "
-              "can reach this machine can use the model (set --api-key or GENTUNE_API_KEY)",
-              file=sys.stderr, flush=True)
+        print(
+            f"gentune serve: warning: listening on {host} without an API key: anyone who "
+            "can reach this machine can use the model (set --api-key or GENTUNE_API_KEY)",
+            file=sys.stderr,
+            flush=True,
+        )
     loaded = load_for_inference(spec)
     app = create_app(loaded, settings)
-    print(f"gentune: serving {app.state.model_name} on http://{host}:{port}/ "
-          f"(playground at /, API at /v1)", flush=True)
+    print(
+        f"gentune: serving {app.state.model_name} on http://{host}:{port}/ "
+        f"(playground at /, API at /v1)",
+        flush=True,
+    )
     uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
 
 
-def server_config(app, *, host: str, port: int, settings: ServeSettings,
-                  log_level: str = "info"):
+def server_config(app, *, host: str, port: int, settings: ServeSettings, log_level: str = "info"):
     """uvicorn's settings for the app: the header deadline and idle keep-alive."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                          http=timed_protocol(settings.header_timeout))
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, http=timed_protocol(settings.header_timeout)
+    )

@@ -41,28 +41,52 @@ class Task:
 # the one table of what each task measures, headline first
 TASKS: dict[str, Task] = {
     "summarization": Task(
-        name="summarization", kind="pairs",
+        name="summarization",
+        kind="pairs",
         instruction="Summarize the following text.",
-        metrics=("rougeL", "rouge1", "rouge2", "rougeLsum", "bleu", "chrf", "length",
-                 "perplexity", "stopped_by_eos"),
+        metrics=(
+            "rougeL",
+            "rouge1",
+            "rouge2",
+            "rougeLsum",
+            "bleu",
+            "chrf",
+            "length",
+            "perplexity",
+            "stopped_by_eos",
+        ),
         max_new_tokens=128,
     ),
     "translation": Task(
-        name="translation", kind="pairs",
+        name="translation",
+        kind="pairs",
         instruction="Translate the following text from {source_lang} to {target_lang}.",
         metrics=("bleu", "chrf", "ter", "rougeL", "length", "perplexity", "stopped_by_eos"),
         max_new_tokens=256,
     ),
     "dialogue": Task(
-        name="dialogue", kind="chat", instruction="",
-        metrics=("rougeL", "distinct1", "distinct2", "length", "bleu", "chrf", "perplexity",
-                 "stopped_by_eos"),
+        name="dialogue",
+        kind="chat",
+        instruction="",
+        metrics=(
+            "rougeL",
+            "distinct1",
+            "distinct2",
+            "length",
+            "bleu",
+            "chrf",
+            "perplexity",
+            "stopped_by_eos",
+        ),
         max_new_tokens=128,
     ),
     "text": Task(
-        name="text", kind="text", instruction="",
+        name="text",
+        kind="text",
+        instruction="",
         metrics=("perplexity", "distinct1", "distinct2", "length", "rougeL", "stopped_by_eos"),
-        max_new_tokens=128, do_sample=True,
+        max_new_tokens=128,
+        do_sample=True,
     ),
 }
 
@@ -104,18 +128,24 @@ class PromptTemplate:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RunError(f"{path}: cannot read the prompt template ({e}); the run directory "
-                           "is damaged: train it again (--overwrite)") from None
+            raise RunError(
+                f"{path}: cannot read the prompt template ({e}); the run directory "
+                "is damaged: train it again (--overwrite)"
+            ) from None
         if not isinstance(data, dict):
-            raise RunError(f"{path}: the prompt template is not a JSON object; the run "
-                           "directory is damaged")
+            raise RunError(
+                f"{path}: the prompt template is not a JSON object; the run directory is damaged"
+            )
         missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if missing or unknown:
-            problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + \
-                ([f"unknown keys {', '.join(unknown)}"] if unknown else [])
-            raise RunError(f"{path}: {'; '.join(problems)} (damaged, or written by another "
-                           "gentune version): train the run again (--overwrite)")
+            problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
+                [f"unknown keys {', '.join(unknown)}"] if unknown else []
+            )
+            raise RunError(
+                f"{path}: {'; '.join(problems)} (damaged, or written by another "
+                "gentune version): train the run again (--overwrite)"
+            )
         return cls(**data)
 
     def prompt_limit(self, context: int, max_new_tokens: int) -> int:
@@ -149,8 +179,9 @@ class PromptTemplate:
         if messages[-1]["role"] == "assistant":
             messages = messages[:-1]
         if self.style == "chat":
-            segs = _chat_segments(messages, tokenizer, self.chat_template, self.eos_token,
-                                  add_generation_prompt=True)
+            segs = _chat_segments(
+                messages, tokenizer, self.chat_template, self.eos_token, add_generation_prompt=True
+            )
         else:
             segs = _plain_segments(messages, self.eos_token, add_generation_prompt=True)
         return segs
@@ -175,8 +206,9 @@ class PromptTemplate:
         return msgs
 
 
-def prompt_record(template: PromptTemplate, text: str, *, row: int = 1,
-                  source: str = "<prompt>") -> Record:
+def prompt_record(
+    template: PromptTemplate, text: str, *, row: int = 1, source: str = "<prompt>"
+) -> Record:
     """A bare prompt as a record of the template's task (`gentune generate "..."`, the
     server's completions): a user turn for dialogue, the input otherwise."""
     if template.task == "dialogue":
@@ -184,27 +216,42 @@ def prompt_record(template: PromptTemplate, text: str, *, row: int = 1,
     return Record(source=source, row=row, input=text)
 
 
-def build_template(task: Task, tokenizer, *, instruction: str | None = None,
-                   source_lang: str | None = None, target_lang: str | None = None,
-                   system: str | None = None, style: str = "auto") -> PromptTemplate:
+def build_template(
+    task: Task,
+    tokenizer,
+    *,
+    instruction: str | None = None,
+    source_lang: str | None = None,
+    target_lang: str | None = None,
+    system: str | None = None,
+    style: str = "auto",
+) -> PromptTemplate:
     """The template for a task and tokenizer: the chat template where the tokenizer has one."""
     text = task.instruction if instruction is None else instruction
     if task.name == "translation" and "{" in text:
         if not source_lang or not target_lang:
-            raise ConfigError("task 'translation' needs --source-lang and --target-lang "
-                             "(e.g. --source-lang German --target-lang English)")
+            raise ConfigError(
+                "task 'translation' needs --source-lang and --target-lang "
+                "(e.g. --source-lang German --target-lang English)"
+            )
         text = text.format(source_lang=source_lang, target_lang=target_lang)
     if tokenizer.eos_token is None:
-        raise ConfigError("the tokenizer has no EOS token; gentune needs one to teach the "
-                         "model to stop (set tokenizer.eos_token in the model directory)")
+        raise ConfigError(
+            "the tokenizer has no EOS token; gentune needs one to teach the "
+            "model to stop (set tokenizer.eos_token in the model directory)"
+        )
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if style == "auto":
         style = "chat" if has_chat and task.name != "text" else "plain"
     if style == "chat" and not has_chat:
         raise ConfigError("--template chat asked for, but the tokenizer has no chat template")
     return PromptTemplate(
-        task=task.name, style=style, instruction=text, eos_token=tokenizer.eos_token,
-        chat_template=tokenizer.chat_template if style == "chat" else None, system=system,
+        task=task.name,
+        style=style,
+        instruction=text,
+        eos_token=tokenizer.eos_token,
+        chat_template=tokenizer.chat_template if style == "chat" else None,
+        system=system,
     )
 
 
@@ -224,8 +271,9 @@ def _lead_space(text: str) -> str:
 _PLAIN_ROLE = {"system": "", "user": "### Input:\n", "assistant": "### Response:\n"}
 
 
-def _plain_segments(messages: list[dict], eos: str, *,
-                    add_generation_prompt: bool = False) -> list[Segment]:
+def _plain_segments(
+    messages: list[dict], eos: str, *, add_generation_prompt: bool = False
+) -> list[Segment]:
     segs: list[Segment] = []
     context = ""
     for m in messages:
@@ -240,8 +288,14 @@ def _plain_segments(messages: list[dict], eos: str, *,
     return _merge(segs)
 
 
-def _chat_segments(messages: list[dict], tokenizer, chat_template: str, eos: str, *,
-                   add_generation_prompt: bool = False) -> list[Segment]:
+def _chat_segments(
+    messages: list[dict],
+    tokenizer,
+    chat_template: str,
+    eos: str,
+    *,
+    add_generation_prompt: bool = False,
+) -> list[Segment]:
     """Split a chat-template rendering into context and assistant spans.
 
     Each assistant span is found by rendering the conversation up to it with and without the
@@ -250,8 +304,9 @@ def _chat_segments(messages: list[dict], tokenizer, chat_template: str, eos: str
     """
 
     def render(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, chat_template=chat_template, tokenize=False,
-                                             add_generation_prompt=gen)
+        return tokenizer.apply_chat_template(
+            msgs, chat_template=chat_template, tokenize=False, add_generation_prompt=gen
+        )
 
     segs: list[Segment] = []
     done = ""  # text already turned into segments
@@ -261,22 +316,26 @@ def _chat_segments(messages: list[dict], tokenizer, chat_template: str, eos: str
         before = render(messages[:i], True)
         through = render(messages[: i + 1], False)
         if not (before.startswith(done) and through.startswith(before)):
-            raise DataError("the chat template does not render conversations prefix by prefix; "
-                            "train with --template plain")
-        segs.append(Segment(before[len(done):], False))
-        turn = through[len(before):]
+            raise DataError(
+                "the chat template does not render conversations prefix by prefix; "
+                "train with --template plain"
+            )
+        segs.append(Segment(before[len(done) :], False))
+        turn = through[len(before) :]
         cut = turn.find(eos)
         if cut >= 0:
             segs.append(Segment(turn[: cut + len(eos)], True))
-            segs.append(Segment(turn[cut + len(eos):], False))
+            segs.append(Segment(turn[cut + len(eos) :], False))
         else:  # the template closes turns without EOS: the target still ends with it
             segs.append(Segment(turn + eos, True))
         done = through
     full = render(messages, add_generation_prompt)
     if not full.startswith(done):
-        raise DataError("the chat template does not render conversations prefix by prefix; "
-                        "train with --template plain")
-    segs.append(Segment(full[len(done):], False))
+        raise DataError(
+            "the chat template does not render conversations prefix by prefix; "
+            "train with --template plain"
+        )
+    segs.append(Segment(full[len(done) :], False))
     return _merge(segs)
 
 

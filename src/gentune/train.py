@@ -48,14 +48,40 @@ from .models import context_length, corpus_nll, load_model, token_nll, wrap_lora
 from .report import loss_curve_png
 from .tasks import build_template, get_task
 
-LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens",
-              "tokens_per_s", "target_tokens_per_s", "peak_memory_mb", "elapsed_s",
-              "val_loss", "val_perplexity", "val_metric"]
+LOG_FIELDS = [
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "target_tokens",
+    "tokens_per_s",
+    "target_tokens_per_s",
+    "peak_memory_mb",
+    "elapsed_s",
+    "val_loss",
+    "val_perplexity",
+    "val_metric",
+]
 # settings that may differ between a run and its resumption: they change neither the data
 # order nor the optimizer's path (the data files are compared by content, not by path, so a
 # copied or moved run can be resumed)
-RESUMABLE = {"resume", "overwrite", "out", "data", "val", "progress", "max_steps", "epochs",
-             "save_every", "keep_last", "tensorboard", "patience", "eval_budget_s"}
+RESUMABLE = {
+    "resume",
+    "overwrite",
+    "out",
+    "data",
+    "val",
+    "progress",
+    "max_steps",
+    "epochs",
+    "save_every",
+    "keep_last",
+    "tensorboard",
+    "patience",
+    "eval_budget_s",
+}
 
 
 def seed_everything(seed: int) -> None:
@@ -67,15 +93,21 @@ def seed_everything(seed: int) -> None:
 def load_data(cfg: TrainConfig):
     """(train records, val records, read reports) with the automatic seeded split."""
     task = get_task(cfg.task)
-    fields = Fields(input=cfg.input_field, output=cfg.output_field,
-                    messages=cfg.messages_field, text=cfg.text_field)
+    fields = Fields(
+        input=cfg.input_field,
+        output=cfg.output_field,
+        messages=cfg.messages_field,
+        text=cfg.text_field,
+    )
     reports = [ReadReport(path=cfg.data)]
-    train = read_records(cfg.data, kind=task.kind, fields=fields,
-                         skip_invalid=cfg.skip_invalid, report=reports[0])
+    train = read_records(
+        cfg.data, kind=task.kind, fields=fields, skip_invalid=cfg.skip_invalid, report=reports[0]
+    )
     if cfg.val:
         reports.append(ReadReport(path=cfg.val))
-        val = read_records(cfg.val, kind=task.kind, fields=fields,
-                           skip_invalid=cfg.skip_invalid, report=reports[1])
+        val = read_records(
+            cfg.val, kind=task.kind, fields=fields, skip_invalid=cfg.skip_invalid, report=reports[1]
+        )
     else:
         train, val = split_train_val(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
     return train, val, reports
@@ -86,23 +118,28 @@ def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
     return {"data": fingerprint(cfg.data), **({"val": fingerprint(cfg.val)} if cfg.val else {})}
 
 
-def overlap_warnings(cfg: TrainConfig, fingerprints: dict[str, str], train: list,
-                     val: list) -> list[str]:
+def overlap_warnings(
+    cfg: TrainConfig, fingerprints: dict[str, str], train: list, val: list
+) -> list[str]:
     """Validation that is (partly) the training data makes its scores optimistic: say so,
     with counts."""
     out = []
     if cfg.val:
         if fingerprints["val"] == fingerprints["data"]:
-            out.append(f"--val {cfg.val} is the training file --data {cfg.data}: validation "
-                       "scores will be optimistic; give held-out rows, or leave out --val to "
-                       "split some off")
+            out.append(
+                f"--val {cfg.val} is the training file --data {cfg.data}: validation "
+                "scores will be optimistic; give held-out rows, or leave out --val to "
+                "split some off"
+            )
             return out
     seen = {record_key(r) for r in train}
     shared = [r.where for r in val if record_key(r) in seen]
     if shared:
-        out.append(f"{len(shared)} of {len(val)} validation rows also occur in the training "
-                   f"data (e.g. {', '.join(shared[:3])}): validation scores will be optimistic;"
-                   " remove the duplicates")
+        out.append(
+            f"{len(shared)} of {len(val)} validation rows also occur in the training "
+            f"data (e.g. {', '.join(shared[:3])}): validation scores will be optimistic;"
+            " remove the duplicates"
+        )
     return out
 
 
@@ -118,8 +155,14 @@ class TargetLoss(torch.nn.Module):
         return token_nll(self.model, batch)
 
 
-def accumulate_gradients(loss_model, micro_batches: list[dict], accelerator=None, *,
-                         n_step: int | None = None, scale: float = 1.0) -> tuple[float, int]:
+def accumulate_gradients(
+    loss_model,
+    micro_batches: list[dict],
+    accelerator=None,
+    *,
+    n_step: int | None = None,
+    scale: float = 1.0,
+) -> tuple[float, int]:
     """Backward over the micro-batches of one optimizer step; returns (Σ nll, target tokens).
 
     The loss is normalised by the target tokens of the whole step (`n_step`, over all
@@ -154,8 +197,17 @@ def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float,
 
 
 @torch.no_grad()
-def generation_metric(model, tokenizer, template, records, metric: str, *, rows: int | None,
-                      budget_s: float, batch_size: int) -> tuple[float, int]:
+def generation_metric(
+    model,
+    tokenizer,
+    template,
+    records,
+    metric: str,
+    *,
+    rows: int | None,
+    budget_s: float,
+    batch_size: int,
+) -> tuple[float, int]:
     """The task metric on the first `rows` validation records (greedy). With rows=None the
     subset is sized by the time budget: batches are generated until it is spent."""
 
@@ -166,10 +218,11 @@ def generation_metric(model, tokenizer, template, records, metric: str, *, rows:
     pool = records if rows is None else records[:rows]
     outputs, refs, start = [], [], time.time()
     for i in range(0, len(pool), batch_size):
-        chunk = pool[i:i + batch_size]
+        chunk = pool[i : i + batch_size]
         prompts = [encode_prompt(r, template, tokenizer, max_length=room)[0] for r in chunk]
-        outputs += [g.text for g in generate(model, tokenizer, prompts, decoding,
-                                             batch_size=batch_size)]
+        outputs += [
+            g.text for g in generate(model, tokenizer, prompts, decoding, batch_size=batch_size)
+        ]
         refs += [template.reference(r) for r in chunk]
         if rows is None and time.time() - start > budget_s:
             break
@@ -202,8 +255,11 @@ def _fault(point: str, step: int) -> None:
 
 def _is_oom(e: BaseException) -> bool:
     text = str(e).lower()
-    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or \
-        "out of memory" in text or "can't allocate memory" in text
+    return (
+        isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
 
 
 def peak_memory_mb() -> float:
@@ -222,14 +278,21 @@ def _check_resumable(run: Path, cfg: TrainConfig) -> None:
     try:
         saved = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrainingError(f"{file}: cannot read it ({e}); the run directory is damaged: "
-                            "start again with --overwrite") from None
+        raise TrainingError(
+            f"{file}: cannot read it ({e}); the run directory is damaged: "
+            "start again with --overwrite"
+        ) from None
     now = cfg.to_dict()
-    diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-             if k not in RESUMABLE and saved.get(k) != now.get(k)]
+    diffs = [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(saved) | set(now))
+        if k not in RESUMABLE and saved.get(k) != now.get(k)
+    ]
     if diffs:
-        raise TrainingError(f"{run}: cannot resume with different settings ({'; '.join(diffs)});"
-                            " use the original settings, --overwrite, or a new --out")
+        raise TrainingError(
+            f"{run}: cannot resume with different settings ({'; '.join(diffs)});"
+            " use the original settings, --overwrite, or a new --out"
+        )
 
 
 def _resume_point(cfg: TrainConfig, out: Path, log) -> Path | None:
@@ -244,9 +307,11 @@ def _resume_point(cfg: TrainConfig, out: Path, log) -> Path | None:
         return found
     found = Path(cfg.resume)
     if not (found / "state.json").is_file():
-        raise TrainingError(f"--resume {cfg.resume}: not a complete checkpoint (a directory "
-                            "RUN/checkpoints/step-N with its state.json); give one, or --resume "
-                            "alone for the latest in --out")
+        raise TrainingError(
+            f"--resume {cfg.resume}: not a complete checkpoint (a directory "
+            "RUN/checkpoints/step-N with its state.json); give one, or --resume "
+            "alone for the latest in --out"
+        )
     _check_resumable(found.resolve().parent.parent, cfg)
     return found
 
@@ -293,28 +358,47 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     train_records, val_records, read_reports = load_data(cfg)
     for rep in read_reports:
         if rep.skipped:
-            log(f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
-                f"{rep.skipped[0]}")
+            log(
+                f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
+                f"{rep.skipped[0]}"
+            )
     fingerprints = data_fingerprints(cfg)
     for warning in overlap_warnings(cfg, fingerprints, train_records, val_records):
         log(f"gentune: warning: {warning}")
     model, tokenizer, resolved = load_model(cfg.model)
-    template = build_template(task, tokenizer, instruction=cfg.instruction,
-                              source_lang=cfg.source_lang, target_lang=cfg.target_lang,
-                              system=cfg.system, style=cfg.template)
+    template = build_template(
+        task,
+        tokenizer,
+        instruction=cfg.instruction,
+        source_lang=cfg.source_lang,
+        target_lang=cfg.target_lang,
+        system=cfg.system,
+        style=cfg.template,
+    )
     max_length = min(cfg.max_length, context_length(model))
-    train_ex, train_rep = encode_dataset(train_records, template, tokenizer,
-                                         max_length=max_length,
-                                         skip_long_targets=cfg.skip_long_targets)
-    val_ex, val_rep = encode_dataset(val_records, template, tokenizer, max_length=max_length,
-                                     skip_long_targets=cfg.skip_long_targets)
+    train_ex, train_rep = encode_dataset(
+        train_records,
+        template,
+        tokenizer,
+        max_length=max_length,
+        skip_long_targets=cfg.skip_long_targets,
+    )
+    val_ex, val_rep = encode_dataset(
+        val_records,
+        template,
+        tokenizer,
+        max_length=max_length,
+        skip_long_targets=cfg.skip_long_targets,
+    )
     log(f"gentune: train: {train_rep.summary()}")
     log(f"gentune: validation: {val_rep.summary()}")
     if not train_ex:
         raise TrainingError("no training examples left after encoding")
     if cfg.metric != "val_loss" and not any(template.reference(r) for r in val_records):
-        raise TrainingError(f"--metric {cfg.metric} compares generations with references, and "
-                            "no validation row has one (free text): use --metric val_loss")
+        raise TrainingError(
+            f"--metric {cfg.metric} compares generations with references, and "
+            "no validation row has one (free text): use --metric val_loss"
+        )
     template = with_length_limit(template, max_length, train_ex)  # the same limit at inference
     if cfg.packing:
         n = len(train_ex)
@@ -328,9 +412,23 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")
-    return Prepared(model, tokenizer, template, resolved, max_length, train_records,
-                    val_records, train_ex, val_ex, train_rep, val_rep, read_reports,
-                    n_trainable, n_total, fingerprints)
+    return Prepared(
+        model,
+        tokenizer,
+        template,
+        resolved,
+        max_length,
+        train_records,
+        val_records,
+        train_ex,
+        val_ex,
+        train_rep,
+        val_rep,
+        read_reports,
+        n_trainable,
+        n_total,
+        fingerprints,
+    )
 
 
 @dataclass
@@ -369,14 +467,14 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     from transformers import get_scheduler
 
     out = Path(cfg.out)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision=_precision(cfg))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
     main, world = accelerator.is_main_process, accelerator.num_processes
     if not main:
         log = lambda *_: None  # noqa: E731  (logs come from the main process only)
     if cfg.micro % world:
-        raise TrainingError(f"micro_batch_size {cfg.micro} must be a multiple of the "
-                            f"{world} processes")
+        raise TrainingError(
+            f"micro_batch_size {cfg.micro} must be a multiple of the {world} processes"
+        )
     # a new run, this run continued, or an old one replaced
     runs.prepare_out(out, resume=bool(cfg.resume), overwrite=cfg.overwrite, main=main)
     accelerator.wait_for_everyone()
@@ -395,26 +493,46 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     trainable = [p for p in prep.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
-        "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler, optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+        "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
     state = State(data_sha256=prep.fingerprints)
     if resume_from:
-        state = State(**checkpoint.load(resume_from, model=prep.model, optimizer=optimizer,
-                                        scheduler=scheduler))
-        changed = sorted(k for k, sha in prep.fingerprints.items()
-                         if state.data_sha256.get(k, sha) != sha)
+        state = State(
+            **checkpoint.load(
+                resume_from, model=prep.model, optimizer=optimizer, scheduler=scheduler
+            )
+        )
+        changed = sorted(
+            k for k, sha in prep.fingerprints.items() if state.data_sha256.get(k, sha) != sha
+        )
         if changed:
-            raise TrainingError(f"--resume: the {' and '.join(changed)} file's content differs "
-                                f"from what {resume_from} was trained on; resume with the "
-                                "original data, or start again with --overwrite")
+            raise TrainingError(
+                f"--resume: the {' and '.join(changed)} file's content differs "
+                f"from what {resume_from} was trained on; resume with the "
+                "original data, or start again with --overwrite"
+            )
         log(f"gentune: resumed from {resume_from} (step {state.step})")
     loss_model = TargetLoss(prep.model)
     if cfg.compile:
         loss_model = torch.compile(loss_model)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
     prep.model.train()
-    return Session(cfg, out, accelerator, prep, loss_model, optimizer, scheduler, state,
-                   total_steps, cfg.batch_size // cfg.micro, log)
+    return Session(
+        cfg,
+        out,
+        accelerator,
+        prep,
+        loss_model,
+        optimizer,
+        scheduler,
+        state,
+        total_steps,
+        cfg.batch_size // cfg.micro,
+        log,
+    )
 
 
 class RunLog:
@@ -466,30 +584,44 @@ def validate(s: Session, row: dict) -> None:
     if not prep.val_ex:
         return
     row["val_loss"], row["val_perplexity"] = evaluate_loss(
-        prep.model, prep.val_ex, prep.tokenizer.pad_token_id, cfg.micro)
+        prep.model, prep.val_ex, prep.tokenizer.pad_token_id, cfg.micro
+    )
     value = row["val_loss"]
     metric = cfg.metric if cfg.metric != "val_loss" else get_task(cfg.task).validation_metric
-    scored = prep.scored_val[:cfg.eval_generate]  # (--metric other than val_loss needs some)
+    scored = prep.scored_val[: cfg.eval_generate]  # (--metric other than val_loss needs some)
     if scored:
         score, n = generation_metric(
-            prep.model, prep.tokenizer, prep.template, scored, metric, rows=state.gen_rows,
-            budget_s=cfg.eval_budget_s, batch_size=cfg.micro)
+            prep.model,
+            prep.tokenizer,
+            prep.template,
+            scored,
+            metric,
+            rows=state.gen_rows,
+            budget_s=cfg.eval_budget_s,
+            batch_size=cfg.micro,
+        )
         if state.gen_rows is None:  # all processes use the main process's subset size
             state.gen_rows = broadcast_object_list([n])[0] if s.world > 1 else n
         row["val_metric"] = score
         if cfg.metric != "val_loss":
             value = score
-    improved = state.best is None or (value > state.best if cfg.higher_is_better
-                                      else value < state.best)
+    improved = state.best is None or (
+        value > state.best if cfg.higher_is_better else value < state.best
+    )
     if improved:
         state.best, state.best_step, state.bad_evals = value, state.step, 0
     else:
         state.bad_evals += 1
-    s.log(f"gentune: step {state.step}: val loss {row['val_loss']:.4f}, perplexity "
-          f"{row['val_perplexity']:.2f}"
-          + (f", {metric} {row['val_metric']:.2f} on {state.gen_rows} rows"
-             if "val_metric" in row else "")
-          + (" (best)" if improved else f" (no improvement {state.bad_evals}x)"))
+    s.log(
+        f"gentune: step {state.step}: val loss {row['val_loss']:.4f}, perplexity "
+        f"{row['val_perplexity']:.2f}"
+        + (
+            f", {metric} {row['val_metric']:.2f} on {state.gen_rows} rows"
+            if "val_metric" in row
+            else ""
+        )
+        + (" (best)" if improved else f" (no improvement {state.bad_evals}x)")
+    )
     if cfg.patience and state.bad_evals >= cfg.patience:
         state.stopped_early = True
 
@@ -498,10 +630,17 @@ def save_checkpoint(s: Session) -> None:
     """Checkpoint the current step (main process), keeping the last K and the best."""
     if s.main:
         state = s.state
-        checkpoint.save(s.out, state.step, model=s.model, optimizer=s.optimizer,
-                        scheduler=s.scheduler, state=vars(state), keep_last=s.cfg.keep_last,
-                        keep=(state.best_step,),
-                        crash_hook=lambda point: _fault("in-" + point, state.step))
+        checkpoint.save(
+            s.out,
+            state.step,
+            model=s.model,
+            optimizer=s.optimizer,
+            scheduler=s.scheduler,
+            state=vars(state),
+            keep_last=s.cfg.keep_last,
+            keep=(state.best_step,),
+            crash_hook=lambda point: _fault("in-" + point, state.step),
+        )
     s.accelerator.wait_for_everyone()
 
 
@@ -514,8 +653,10 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
     # every process sees the global micro-batches; it trains on its share of the rows
     n_step = sum(train_ex[i].n_targets for b in group for i in b)
     collate_fn = collate_for(cfg.packing)
-    micro = [collate_fn([train_ex[i] for i in b[rank::world]], s.prep.tokenizer.pad_token_id)
-             for b in group]
+    micro = [
+        collate_fn([train_ex[i] for i in b[rank::world]], s.prep.tokenizer.pad_token_id)
+        for b in group
+    ]
     try:
         nll_sum, _ = accumulate_gradients(s.loss_model, micro, acc, n_step=n_step, scale=world)
     except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
@@ -530,16 +671,21 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
     if world > 1:
         nll_sum = float(acc.reduce(torch.tensor(nll_sum, device=acc.device), reduction="sum"))
     loss = nll_sum / n_step
-    grad_norm = (float(acc.clip_grad_norm_(s.loss_model.parameters(), cfg.max_grad_norm))
-                 if cfg.max_grad_norm > 0 else float("nan"))
+    grad_norm = (
+        float(acc.clip_grad_norm_(s.loss_model.parameters(), cfg.max_grad_norm))
+        if cfg.max_grad_norm > 0
+        else float("nan")
+    )
     if not math.isfinite(loss) or (cfg.max_grad_norm > 0 and not math.isfinite(grad_norm)):
         last = checkpoint.latest(s.out)
         raise TrainingError(
             f"loss became {loss} (gradient norm {grad_norm}) at step {state.step + 1}; "
             "this step was not applied and nothing after it saved. "
-            + (f"The last good checkpoint is {last}: lower --lr and continue with "
-               "--resume." if last else "No checkpoint was written yet: lower --lr "
-               "(and consider --save-every).")
+            + (
+                f"The last good checkpoint is {last}: lower --lr and continue with --resume."
+                if last
+                else "No checkpoint was written yet: lower --lr (and consider --save-every)."
+            )
         )
     s.optimizer.step()
     s.scheduler.step()
@@ -556,17 +702,26 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     s = setup(cfg, log=log)
     state, train_ex = s.state, s.prep.train_ex
     run_log = RunLog(s.out, state.history, enabled=s.main, tensorboard=cfg.tensorboard)
-    bar = tqdm(total=s.total_steps, initial=state.step, desc="train", unit="step",
-               disable=not (cfg.progress and s.main), dynamic_ncols=True)
+    bar = tqdm(
+        total=s.total_steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not (cfg.progress and s.main),
+        dynamic_ncols=True,
+    )
     saved_step = state.step or None  # a resumed run's step is saved already
     t0 = time.time() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
     tokens_done = sum(r["tokens"] for r in state.history)
     targets_done = sum(r["target_tokens"] for r in state.history)
     while state.step < s.total_steps and not state.stopped_early:
         batches = length_grouped_batches(train_ex, cfg.micro, seed=cfg.seed, epoch=state.epoch)
-        while (state.next_batch < len(batches) and state.step < s.total_steps
-               and not state.stopped_early):
-            group = batches[state.next_batch:state.next_batch + s.accum]
+        while (
+            state.next_batch < len(batches)
+            and state.step < s.total_steps
+            and not state.stopped_early
+        ):
+            group = batches[state.next_batch : state.next_batch + s.accum]
             loss, grad_norm, n_step = optimizer_step(s, group)
             state.step += 1
             state.next_batch += len(group)
@@ -574,15 +729,19 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
             n_tokens = sum(len(train_ex[i].input_ids) for b in group for i in b)
             tokens_done += n_tokens
             targets_done += n_step
-            row = {"step": state.step,
-                   "epoch": round(state.epoch + state.next_batch / len(batches), 4),
-                   "loss": round(loss, 6), "lr": s.scheduler.get_last_lr()[0],
-                   "grad_norm": round(grad_norm, 6), "tokens": n_tokens,
-                   "target_tokens": n_step,
-                   "tokens_per_s": round(tokens_done / max(elapsed, 1e-9), 1),
-                   "target_tokens_per_s": round(targets_done / max(elapsed, 1e-9), 1),
-                   "peak_memory_mb": round(peak_memory_mb(), 1),
-                   "elapsed_s": round(elapsed, 3)}
+            row = {
+                "step": state.step,
+                "epoch": round(state.epoch + state.next_batch / len(batches), 4),
+                "loss": round(loss, 6),
+                "lr": s.scheduler.get_last_lr()[0],
+                "grad_norm": round(grad_norm, 6),
+                "tokens": n_tokens,
+                "target_tokens": n_step,
+                "tokens_per_s": round(tokens_done / max(elapsed, 1e-9), 1),
+                "target_tokens_per_s": round(targets_done / max(elapsed, 1e-9), 1),
+                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "elapsed_s": round(elapsed, 3),
+            }
             end_of_epoch = state.next_batch >= len(batches)
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
             if due or state.step == s.total_steps:
@@ -593,9 +752,12 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
             bar.update(1)
             if end_of_epoch:  # the next step starts the next epoch's batch order
                 state.epoch, state.next_batch = state.epoch + 1, 0
-            if ((cfg.save_every and state.step % cfg.save_every == 0)
-                    or state.best_step == state.step or state.step == s.total_steps
-                    or state.stopped_early):
+            if (
+                (cfg.save_every and state.step % cfg.save_every == 0)
+                or state.best_step == state.step
+                or state.step == s.total_steps
+                or state.stopped_early
+            ):
                 save_checkpoint(s)
                 saved_step = state.step
             _fault("after", state.step)
@@ -604,8 +766,10 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     bar.close()
     run_log.close()
     if state.stopped_early:
-        s.log(f"gentune: early stop at step {state.step}: {cfg.patience} validations without "
-            f"improvement; best {cfg.metric} {state.best:.4f} at step {state.best_step}")
+        s.log(
+            f"gentune: early stop at step {state.step}: {cfg.patience} validations without "
+            f"improvement; best {cfg.metric} {state.best:.4f} at step {state.best_step}"
+        )
     if saved_step != state.step:  # e.g. resumed from the final checkpoint
         save_checkpoint(s)
     return finish(s, started=started, t0=t0)
@@ -617,27 +781,40 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
     cfg, state, prep = s.cfg, s.state, s.prep
     model, final_step = s.model, state.step
     if cfg.final_model == "best" and state.best_step not in (None, state.step):
-        checkpoint.load(checkpoint.root(s.out) / f"{checkpoint.PREFIX}{state.best_step:08d}",
-                        model=model)
+        checkpoint.load(
+            checkpoint.root(s.out) / f"{checkpoint.PREFIX}{state.best_step:08d}", model=model
+        )
         final_step = state.best_step
         s.log(f"gentune: the run's model is the best checkpoint (step {state.best_step})")
     if s.main:
         loss_curve_png(state.history, s.out / "loss.png")
         val_rows = [r for r in state.history if "val_loss" in r]
         runs.save_run(
-            s.out, model=model, tokenizer=prep.tokenizer, template=prep.template, cfg=cfg,
+            s.out,
+            model=model,
+            tokenizer=prep.tokenizer,
+            template=prep.template,
+            cfg=cfg,
             base_model=prep.resolved,
             data_files={getattr(cfg, role): sha for role, sha in prep.fingerprints.items()},
             stats={
-                "train": vars(prep.train_report), "validation": vars(prep.val_report),
+                "train": vars(prep.train_report),
+                "validation": vars(prep.val_report),
                 "read": [vars(r) for r in prep.read_reports],
-                "steps": state.step, "model_step": final_step, "max_length": prep.max_length,
-                "processes": s.world, "packing": cfg.packing,
-                "best_checkpoint": (f"checkpoints/{checkpoint.PREFIX}{state.best_step:08d}"
-                                    if state.best_step is not None else None),
+                "steps": state.step,
+                "model_step": final_step,
+                "max_length": prep.max_length,
+                "processes": s.world,
+                "packing": cfg.packing,
+                "best_checkpoint": (
+                    f"checkpoints/{checkpoint.PREFIX}{state.best_step:08d}"
+                    if state.best_step is not None
+                    else None
+                ),
                 "best_metric": {cfg.metric: state.best} if state.best is not None else None,
                 "stopped_early": state.stopped_early,
-                "trainable_parameters": prep.n_trainable, "total_parameters": prep.n_total,
+                "trainable_parameters": prep.n_trainable,
+                "total_parameters": prep.n_total,
                 "final_train_loss": state.history[-1]["loss"] if state.history else None,
                 "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
                 "final_val_perplexity": val_rows[-1]["val_perplexity"] if val_rows else None,
