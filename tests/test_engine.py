@@ -217,10 +217,10 @@ def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_pat
 
 
 def test_early_stopping_stops_at_the_expected_step(tiny_llama, tmp_path, monkeypatch):
-    import gentune.train as train_mod
+    import gentune.validation as validation_mod
 
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
-    monkeypatch.setattr(train_mod, "evaluate_loss", lambda *a, **k: (v := next(losses), v))
+    monkeypatch.setattr(validation_mod, "evaluate_loss", lambda *a, **k: (v := next(losses), v))
     cfg = TrainConfig(
         task="summarization",
         data=str(_data(tmp_path)),

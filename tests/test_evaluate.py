@@ -12,8 +12,9 @@ from gentune.encode import IGNORE, encode_example, encode_prompt
 from gentune.evaluate import evaluate
 from gentune.metrics import rouge
 from gentune.models import context_length
+from gentune.prepare import prepare
 from gentune.runs import load_for_inference
-from gentune.train import prepare, train
+from gentune.train import train
 
 from .conftest import PAIRS, write_jsonl
 

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .config import TrainConfig
 from .errors import TrainingError
 
 PREFIX = "step-"
@@ -221,3 +223,86 @@ def load_tree(directory: Path, name: str):
         return {k: decode(v) for k, v in x["__dict__"].items()}
 
     return decode(tree)
+
+
+# ---- resuming ------------------------------------------------------------------------------
+@dataclass
+class State:
+    """Everything besides tensors that exact resume needs (saved as state.json)."""
+
+    step: int = 0
+    epoch: int = 0
+    next_batch: int = 0  # index into the epoch's batch list where the next step starts
+    history: list[dict] = field(default_factory=list)
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    gen_rows: int | None = None  # size of the generation subset, fixed at the first validation
+    stopped_early: bool = False
+    data_sha256: dict = field(default_factory=dict)  # the data trained on, checked on resume
+
+
+# settings that may differ between a run and its resumption: they change neither the data
+# order nor the optimizer's path (the data files are compared by content, not by path, so a
+# copied or moved run can be resumed)
+RESUMABLE = {
+    "resume",
+    "overwrite",
+    "out",
+    "data",
+    "val",
+    "progress",
+    "max_steps",
+    "epochs",
+    "save_every",
+    "keep_last",
+    "tensorboard",
+    "patience",
+    "eval_budget_s",
+}
+
+
+def check_resumable(run: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue `run` with settings that change the data order or the optimizer."""
+    file = run / "train_config.json"
+    if not file.exists():
+        return
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrainingError(
+            f"{file}: cannot read it ({e}); the run directory is damaged: "
+            "start again with --overwrite"
+        ) from None
+    now = cfg.to_dict()
+    diffs = [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(saved) | set(now))
+        if k not in RESUMABLE and saved.get(k) != now.get(k)
+    ]
+    if diffs:
+        raise TrainingError(
+            f"{run}: cannot resume with different settings ({'; '.join(diffs)});"
+            " use the original settings, --overwrite, or a new --out"
+        )
+
+
+def resume_point(cfg: TrainConfig, out: Path, log) -> Path | None:
+    """The checkpoint to continue from (None: start from the beginning)."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "latest":
+        found = latest(out)
+        check_resumable(out, cfg)
+        if found is None:
+            log(f"gentune: no complete checkpoint in {out}; starting from the beginning")
+        return found
+    found = Path(cfg.resume)
+    if not (found / "state.json").is_file():
+        raise TrainingError(
+            f"--resume {cfg.resume}: not a complete checkpoint (a directory "
+            "RUN/checkpoints/step-N with its state.json); give one, or --resume "
+            "alone for the latest in --out"
+        )
+    check_resumable(found.resolve().parent.parent, cfg)
+    return found

@@ -9,44 +9,30 @@ target tokens of the whole global step, so 2 processes give the gradient of 1.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import random
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoint, runs
 from .config import TrainConfig
 from .data import (
-    Fields,
-    ReadReport,
-    fingerprint,
-    read_records,
-    record_key,
-    split_train_val,
     write_records,
 )
 from .encode import (
     collate_for,
-    encode_dataset,
-    encode_prompt,
     length_grouped_batches,
-    pack_examples,
-    with_length_limit,
 )
 from .errors import TrainingError
-from .generate import default_decoding, generate
-from .metrics import corpus_metric
-from .models import context_length, corpus_nll, load_model, token_nll, wrap_lora
+from .models import token_nll
+from .prepare import Prepared, prepare
 from .report import loss_curve_png
-from .tasks import build_template, get_task
+from .validation import validate
 
 LOG_FIELDS = [
     "step",
@@ -64,83 +50,6 @@ LOG_FIELDS = [
     "val_perplexity",
     "val_metric",
 ]
-# settings that may differ between a run and its resumption: they change neither the data
-# order nor the optimizer's path (the data files are compared by content, not by path, so a
-# copied or moved run can be resumed)
-RESUMABLE = {
-    "resume",
-    "overwrite",
-    "out",
-    "data",
-    "val",
-    "progress",
-    "max_steps",
-    "epochs",
-    "save_every",
-    "keep_last",
-    "tensorboard",
-    "patience",
-    "eval_budget_s",
-}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_data(cfg: TrainConfig):
-    """(train records, val records, read reports) with the automatic seeded split."""
-    task = get_task(cfg.task)
-    fields = Fields(
-        input=cfg.input_field,
-        output=cfg.output_field,
-        messages=cfg.messages_field,
-        text=cfg.text_field,
-    )
-    reports = [ReadReport(path=cfg.data)]
-    train = read_records(
-        cfg.data, kind=task.kind, fields=fields, skip_invalid=cfg.skip_invalid, report=reports[0]
-    )
-    if cfg.val:
-        reports.append(ReadReport(path=cfg.val))
-        val = read_records(
-            cfg.val, kind=task.kind, fields=fields, skip_invalid=cfg.skip_invalid, report=reports[1]
-        )
-    else:
-        train, val = split_train_val(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    return train, val, reports
-
-
-def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
-    """sha256 of the training (and validation) file: what resuming compares, not the paths."""
-    return {"data": fingerprint(cfg.data), **({"val": fingerprint(cfg.val)} if cfg.val else {})}
-
-
-def overlap_warnings(
-    cfg: TrainConfig, fingerprints: dict[str, str], train: list, val: list
-) -> list[str]:
-    """Validation that is (partly) the training data makes its scores optimistic: say so,
-    with counts."""
-    out = []
-    if cfg.val:
-        if fingerprints["val"] == fingerprints["data"]:
-            out.append(
-                f"--val {cfg.val} is the training file --data {cfg.data}: validation "
-                "scores will be optimistic; give held-out rows, or leave out --val to "
-                "split some off"
-            )
-            return out
-    seen = {record_key(r) for r in train}
-    shared = [r.where for r in val if record_key(r) in seen]
-    if shared:
-        out.append(
-            f"{len(shared)} of {len(val)} validation rows also occur in the training "
-            f"data (e.g. {', '.join(shared[:3])}): validation scores will be optimistic;"
-            " remove the duplicates"
-        )
-    return out
 
 
 class TargetLoss(torch.nn.Module):
@@ -189,63 +98,6 @@ def accumulate_gradients(
     return nll_sum, n_step
 
 
-def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, float]:
-    """(mean loss per target token, perplexity) = exp(Σ nll / Σ target tokens)."""
-    total, count = corpus_nll(model, examples, pad_id, batch_size)
-    loss = total / max(count, 1)
-    return loss, math.exp(min(loss, 50.0))
-
-
-@torch.no_grad()
-def generation_metric(
-    model,
-    tokenizer,
-    template,
-    records,
-    metric: str,
-    *,
-    rows: int | None,
-    budget_s: float,
-    batch_size: int,
-) -> tuple[float, int]:
-    """The task metric on the first `rows` validation records (greedy). With rows=None the
-    subset is sized by the time budget: batches are generated until it is spent."""
-
-    was_training = model.training
-    model.eval()
-    decoding = default_decoding(template, do_sample=False)
-    room = template.prompt_limit(context_length(model), decoding.max_new_tokens)
-    pool = records if rows is None else records[:rows]
-    outputs, refs, start = [], [], time.time()
-    for i in range(0, len(pool), batch_size):
-        chunk = pool[i : i + batch_size]
-        prompts = [encode_prompt(r, template, tokenizer, max_length=room)[0] for r in chunk]
-        outputs += [
-            g.text for g in generate(model, tokenizer, prompts, decoding, batch_size=batch_size)
-        ]
-        refs += [template.reference(r) for r in chunk]
-        if rows is None and time.time() - start > budget_s:
-            break
-    model.train(was_training)
-    return corpus_metric(metric, outputs, refs), len(outputs)
-
-
-@dataclass
-class State:
-    """Everything besides tensors that exact resume needs (saved as state.json)."""
-
-    step: int = 0
-    epoch: int = 0
-    next_batch: int = 0  # index into the epoch's batch list where the next step starts
-    history: list[dict] = field(default_factory=list)
-    best: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0
-    gen_rows: int | None = None  # size of the generation subset, fixed at the first validation
-    stopped_early: bool = False
-    data_sha256: dict = field(default_factory=dict)  # the data trained on, checked on resume
-
-
 def _fault(point: str, step: int) -> None:
     """Fault injection for the kill tests: GENTUNE_FAULT=kill-in-save:STEP or kill-after:STEP."""
     spec = os.environ.get("GENTUNE_FAULT", "")
@@ -270,165 +122,12 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _check_resumable(run: Path, cfg: TrainConfig) -> None:
-    """Refuse to continue `run` with settings that change the data order or the optimizer."""
-    file = run / "train_config.json"
-    if not file.exists():
-        return
-    try:
-        saved = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrainingError(
-            f"{file}: cannot read it ({e}); the run directory is damaged: "
-            "start again with --overwrite"
-        ) from None
-    now = cfg.to_dict()
-    diffs = [
-        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
-        for k in sorted(set(saved) | set(now))
-        if k not in RESUMABLE and saved.get(k) != now.get(k)
-    ]
-    if diffs:
-        raise TrainingError(
-            f"{run}: cannot resume with different settings ({'; '.join(diffs)});"
-            " use the original settings, --overwrite, or a new --out"
-        )
-
-
-def _resume_point(cfg: TrainConfig, out: Path, log) -> Path | None:
-    """The checkpoint to continue from (None: start from the beginning)."""
-    if not cfg.resume:
-        return None
-    if cfg.resume == "latest":
-        found = checkpoint.latest(out)
-        _check_resumable(out, cfg)
-        if found is None:
-            log(f"gentune: no complete checkpoint in {out}; starting from the beginning")
-        return found
-    found = Path(cfg.resume)
-    if not (found / "state.json").is_file():
-        raise TrainingError(
-            f"--resume {cfg.resume}: not a complete checkpoint (a directory "
-            "RUN/checkpoints/step-N with its state.json); give one, or --resume "
-            "alone for the latest in --out"
-        )
-    _check_resumable(found.resolve().parent.parent, cfg)
-    return found
-
-
 def _precision(cfg: TrainConfig) -> str:
     if cfg.precision == "auto":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16"
         return "no"
     return {"fp32": "no"}.get(cfg.precision, cfg.precision)
-
-
-@dataclass
-class Prepared:
-    """Everything training needs before its first step (also what `gentune plan` shows)."""
-
-    model: object
-    tokenizer: object
-    template: object
-    resolved: str
-    max_length: int
-    train_records: list
-    val_records: list
-    train_ex: list
-    val_ex: list
-    train_report: object
-    val_report: object
-    read_reports: list
-    n_trainable: int
-    n_total: int
-    fingerprints: dict  # sha256 of the data files, by role (data, val)
-
-    @property
-    def scored_val(self) -> list:
-        """Validation records with a reference to score generations against (free text has
-        none: its validation is the loss)."""
-        return [r for r in self.val_records if self.template.reference(r) is not None]
-
-
-def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
-    """Read and encode the data, load the model, wrap it for LoRA: all before step one."""
-    seed_everything(cfg.seed)
-    task = get_task(cfg.task)
-    train_records, val_records, read_reports = load_data(cfg)
-    for rep in read_reports:
-        if rep.skipped:
-            log(
-                f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
-                f"{rep.skipped[0]}"
-            )
-    fingerprints = data_fingerprints(cfg)
-    for warning in overlap_warnings(cfg, fingerprints, train_records, val_records):
-        log(f"gentune: warning: {warning}")
-    model, tokenizer, resolved = load_model(cfg.model)
-    template = build_template(
-        task,
-        tokenizer,
-        instruction=cfg.instruction,
-        source_lang=cfg.source_lang,
-        target_lang=cfg.target_lang,
-        system=cfg.system,
-        style=cfg.template,
-    )
-    max_length = min(cfg.max_length, context_length(model))
-    train_ex, train_rep = encode_dataset(
-        train_records,
-        template,
-        tokenizer,
-        max_length=max_length,
-        skip_long_targets=cfg.skip_long_targets,
-    )
-    val_ex, val_rep = encode_dataset(
-        val_records,
-        template,
-        tokenizer,
-        max_length=max_length,
-        skip_long_targets=cfg.skip_long_targets,
-    )
-    log(f"gentune: train: {train_rep.summary()}")
-    log(f"gentune: validation: {val_rep.summary()}")
-    if not train_ex:
-        raise TrainingError("no training examples left after encoding")
-    if cfg.metric != "val_loss" and not any(template.reference(r) for r in val_records):
-        raise TrainingError(
-            f"--metric {cfg.metric} compares generations with references, and "
-            "no validation row has one (free text): use --metric val_loss"
-        )
-    template = with_length_limit(template, max_length, train_ex)  # the same limit at inference
-    if cfg.packing:
-        n = len(train_ex)
-        train_ex = pack_examples(train_ex, max_length)
-        log(f"gentune: packing: {n} examples into {len(train_ex)} rows of <= {max_length}")
-    seed_everything(cfg.seed)  # LoRA init does not depend on what loading consumed
-    if cfg.method == "lora":
-        model = wrap_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_total = sum(p.numel() for p in model.parameters())
-    log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")
-    return Prepared(
-        model,
-        tokenizer,
-        template,
-        resolved,
-        max_length,
-        train_records,
-        val_records,
-        train_ex,
-        val_ex,
-        train_rep,
-        val_rep,
-        read_reports,
-        n_trainable,
-        n_total,
-        fingerprints,
-    )
 
 
 @dataclass
@@ -442,7 +141,7 @@ class Session:
     loss_model: torch.nn.Module  # the model wrapped for Σ nll over targets (and for DDP)
     optimizer: torch.optim.Optimizer
     scheduler: object
-    state: State
+    state: checkpoint.State
     total_steps: int
     accum: int  # micro-batches per optimizer step
     log: object
@@ -478,7 +177,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     # a new run, this run continued, or an old one replaced
     runs.prepare_out(out, resume=bool(cfg.resume), overwrite=cfg.overwrite, main=main)
     accelerator.wait_for_everyone()
-    resume_from = _resume_point(cfg, out, log)
+    resume_from = checkpoint.resume_point(cfg, out, log)
     prep = prepare(cfg, log=log)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -498,9 +197,9 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
         num_warmup_steps=int(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    state = State(data_sha256=prep.fingerprints)
+    state = checkpoint.State(data_sha256=prep.fingerprints)
     if resume_from:
-        state = State(
+        state = checkpoint.State(
             **checkpoint.load(
                 resume_from, model=prep.model, optimizer=optimizer, scheduler=scheduler
             )
@@ -573,57 +272,6 @@ class RunLog:
             self.file.close()
         if self.tb:
             self.tb.close()
-
-
-def validate(s: Session, row: dict) -> None:
-    """Validation loss and perplexity into `row`, plus the task metric on the fixed generation
-    subset; updates the best value, the patience count and early stopping."""
-    from accelerate.utils import broadcast_object_list
-
-    cfg, state, prep = s.cfg, s.state, s.prep
-    if not prep.val_ex:
-        return
-    row["val_loss"], row["val_perplexity"] = evaluate_loss(
-        prep.model, prep.val_ex, prep.tokenizer.pad_token_id, cfg.micro
-    )
-    value = row["val_loss"]
-    metric = cfg.metric if cfg.metric != "val_loss" else get_task(cfg.task).validation_metric
-    scored = prep.scored_val[: cfg.eval_generate]  # (--metric other than val_loss needs some)
-    if scored:
-        score, n = generation_metric(
-            prep.model,
-            prep.tokenizer,
-            prep.template,
-            scored,
-            metric,
-            rows=state.gen_rows,
-            budget_s=cfg.eval_budget_s,
-            batch_size=cfg.micro,
-        )
-        if state.gen_rows is None:  # all processes use the main process's subset size
-            state.gen_rows = broadcast_object_list([n])[0] if s.world > 1 else n
-        row["val_metric"] = score
-        if cfg.metric != "val_loss":
-            value = score
-    improved = state.best is None or (
-        value > state.best if cfg.higher_is_better else value < state.best
-    )
-    if improved:
-        state.best, state.best_step, state.bad_evals = value, state.step, 0
-    else:
-        state.bad_evals += 1
-    s.log(
-        f"gentune: step {state.step}: val loss {row['val_loss']:.4f}, perplexity "
-        f"{row['val_perplexity']:.2f}"
-        + (
-            f", {metric} {row['val_metric']:.2f} on {state.gen_rows} rows"
-            if "val_metric" in row
-            else ""
-        )
-        + (" (best)" if improved else f" (no improvement {state.bad_evals}x)")
-    )
-    if cfg.patience and state.bad_evals >= cfg.patience:
-        state.stopped_early = True
 
 
 def save_checkpoint(s: Session) -> None:
@@ -745,7 +393,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
             end_of_epoch = state.next_batch >= len(batches)
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
             if due or state.step == s.total_steps:
-                validate(s, row)
+                validate(cfg, s.prep, state, row, world=s.world, log=s.log)
             state.history.append(row)
             run_log.write(row)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
