@@ -56,7 +56,8 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)  # the legacy state is a tuple around the key array
     state = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
@@ -85,7 +86,7 @@ def save(
     scheduler,
     state: dict,
     keep_last: int,
-    keep: tuple[int, ...] = (),
+    keep: tuple[int | None, ...] = (),
     crash_hook=None,
 ) -> Path:
     """Write checkpoint `step` atomically, then prune to the last `keep_last` plus `keep`."""
@@ -130,7 +131,7 @@ def latest(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def prune(run_dir: str | Path, *, keep_last: int, keep: tuple[int, ...] = ()) -> None:
+def prune(run_dir: str | Path, *, keep_last: int, keep: tuple[int | None, ...] = ()) -> None:
     found = complete(run_dir)
     keep_names = {f"{PREFIX}{s:08d}" for s in keep if s is not None}
     for path in found[:-keep_last] if keep_last > 0 else found:

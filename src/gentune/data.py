@@ -302,7 +302,7 @@ def _messages(where: str, row: dict, name: str, require_output: bool) -> tuple[d
         )
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: field {name!r} must be a non-empty list of messages{hint}")
-    out = []
+    out: list[dict] = []
     for i, m in enumerate(msgs):
         at = f"{where}: {name}[{i}]"
         if not isinstance(m, dict):
@@ -349,7 +349,7 @@ def record_key(record: Record) -> tuple:
     return (
         record.input,
         record.output,
-        record.messages and tuple((m["role"], m["content"]) for m in record.messages),
+        tuple((m["role"], m["content"]) for m in record.messages) if record.messages else None,
         record.text,
     )
 

@@ -330,9 +330,10 @@ def pack_examples(examples: list[Example], max_length: int) -> list[Example]:
             bins.append([i])
             room.append(max_length - n)
     packed = []
-    for b in bins:
-        ids, labels = [], []
-        for i in b:
+    for members in bins:
+        ids: list[int] = []
+        labels: list[int] = []
+        for i in members:
             ex = examples[i]
             ids += ex.input_ids
             labels += [IGNORE] + ex.labels[1:]  # (the first label is never predicted anyway)
@@ -340,8 +341,8 @@ def pack_examples(examples: list[Example], max_length: int) -> list[Example]:
             Example(
                 ids,
                 labels,
-                ",".join(examples[i].where for i in b),
-                tuple(len(examples[i].input_ids) for i in b),
+                ",".join(examples[i].where for i in members),
+                tuple(len(examples[i].input_ids) for i in members),
             )
         )
     return packed

@@ -73,7 +73,9 @@ def predict(
             if rec.input is not None
             else rec.text
             if rec.text is not None
-            else next((m["content"] for m in reversed(rec.messages) if m["role"] == "user"), "")
+            else next(
+                (m["content"] for m in reversed(rec.messages or ()) if m["role"] == "user"), ""
+            )
         )
         row = {
             "row": rec.where,

@@ -46,6 +46,7 @@ def export(run: str | Path, out: str | Path) -> Path:
         )
     loaded = load_for_inference(str(run), merge=True)
     model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.template
+    assert template is not None, "a complete run always has its template"
     if template.style == "chat":
         tokenizer.chat_template = template.chat_template  # the template trained with
     gen = model.generation_config

@@ -6,8 +6,9 @@ its one-prompt streaming twin, which yields the same text piece by piece).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -181,9 +182,7 @@ def generate(
         extra = {}
         cut: dict[int, int] = {}  # row -> new tokens made when should_stop turned true
         if should_stop is not None:
-            extra["stopping_criteria"] = _criteria(
-                lambda idx=idx: [should_stop(i) for i in idx], cut, width
-            )
+            extra["stopping_criteria"] = _criteria(partial(_flags, should_stop, idx), cut, width)
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(idx))
@@ -205,6 +204,10 @@ def generate(
         if progress is not None:
             progress(len(idx))
     return [g for group in results for g in group]  # type: ignore[union-attr]
+
+
+def _flags(should_stop: Callable[[int], bool], rows: list[int]) -> list[bool]:
+    return [should_stop(i) for i in rows]
 
 
 def _criteria(flags: Callable[[], list[bool]], cut: dict[int, int] | None = None, width: int = 0):
@@ -233,7 +236,7 @@ def stream(
     decoding: Decoding = Decoding(),
     *,
     should_stop: Callable[[], bool] | None = None,
-) -> Iterator[str]:
+) -> Generator[str, None, Generation | None]:
     """Yield the text of one generation piece by piece as it is produced (greedy output equals
     `generate`'s). Runs the generation in a background thread, which ends early when
     `should_stop()` turns true or when the caller closes the iterator. The iterator's return

@@ -86,7 +86,7 @@ class Guard:
                 given = base64.b64decode(value.strip()).decode().partition(":")[2]
             except (ValueError, UnicodeDecodeError):
                 given = ""
-        return hmac.compare_digest(given.encode(), self.api_key.encode())
+        return hmac.compare_digest(given.encode(), (self.api_key or "").encode())
 
 
 def _too_big(limit: int) -> str:

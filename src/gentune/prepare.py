@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,10 +20,10 @@ from .data import (
     record_key,
     split_train_val,
 )
-from .encode import encode_dataset, pack_examples, with_length_limit
+from .encode import EncodeReport, encode_dataset, pack_examples, with_length_limit
 from .errors import TrainingError
 from .models import context_length, load_model, wrap_lora
-from .tasks import build_template, get_task
+from .tasks import PromptTemplate, build_template, get_task
 
 
 def seed_everything(seed: int) -> None:
@@ -88,17 +89,17 @@ def overlap_warnings(
 class Prepared:
     """Everything training needs before its first step (also what `gentune plan` shows)."""
 
-    model: object
-    tokenizer: object
-    template: object
+    model: Any
+    tokenizer: Any
+    template: PromptTemplate
     resolved: str
     max_length: int
     train_records: list
     val_records: list
     train_ex: list
     val_ex: list
-    train_report: object
-    val_report: object
+    train_report: EncodeReport
+    val_report: EncodeReport
     read_reports: list
     n_trainable: int
     n_total: int

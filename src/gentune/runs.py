@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import latest
 from .errors import GentuneError, RunError, UsageError
@@ -63,7 +64,7 @@ PACKAGES = (
 def package_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
+    out: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             out[name] = version(name)
@@ -237,8 +238,8 @@ def _check_keys(file: Path, data: dict, required, known: set) -> None:
 
 @dataclass
 class Loaded:
-    model: object
-    tokenizer: object
+    model: Any
+    tokenizer: Any
     template: PromptTemplate | None  # None for a plain model: build one from the task
     name: str  # what was asked for
     manifest: dict | None = None
@@ -258,7 +259,7 @@ def load_for_inference(spec: str, *, merge: bool = True) -> Loaded:
                 f"{path}: incomplete run directory (missing {', '.join(missing)}); "
                 "the run directory is damaged: train it again (--overwrite)"
             )
-        template = PromptTemplate.load(path / "template.json")
+        saved = PromptTemplate.load(path / "template.json")
         try:
             model, tokenizer = _load_run_model(path, manifest, merge=merge)
         except GentuneError:
@@ -270,10 +271,10 @@ def load_for_inference(spec: str, *, merge: bool = True) -> Loaded:
                 "directory is damaged: train it again (--overwrite) or restore it"
             ) from None
         model.eval()
-        return Loaded(model, tokenizer, template, spec, manifest)
+        return Loaded(model, tokenizer, saved, spec, manifest)
     model, tokenizer, where = load_model(spec)
     model.eval()
-    template = None
+    template: PromptTemplate | None = None
     exported = Path(where) / "gentune_template.json"
     if exported.exists():  # a directory written by `gentune export`: its template comes along
         template = PromptTemplate.load(exported)

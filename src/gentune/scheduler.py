@@ -59,6 +59,7 @@ class Job:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
 
     def _put(self, item) -> None:
+        assert self._loop is not None and self._sink is not None, "put before submitted"
         try:
             self._loop.call_soon_threadsafe(self._sink.put_nowait, item)
         except RuntimeError:  # the event loop is gone (server shutting down)
@@ -118,6 +119,7 @@ class Scheduler:
 
     async def _next(self, job: Job):
         left = job.deadline - time.monotonic()
+        assert job._sink is not None, "waited on before submitted"
         try:
             item = await asyncio.wait_for(job._sink.get(), timeout=max(left, 0) + 0.25)
         except TimeoutError:

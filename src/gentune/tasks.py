@@ -165,7 +165,10 @@ class PromptTemplate:
         if self.task == "text" or record.text is not None:
             if record.text is not None:
                 return [Segment(record.text, True)]
-            return [Segment(record.input, False), Segment(_lead_space(record.output), True)]
+            return [
+                Segment(record.input or "", False),
+                Segment(_lead_space(record.output or ""), True),
+            ]
         messages = self.messages(record)
         if self.style == "chat":
             return _chat_segments(messages, tokenizer, self.chat_template, self.eos_token)
@@ -174,7 +177,7 @@ class PromptTemplate:
     def prompt_segments(self, record: Record, tokenizer) -> list[Segment]:
         """The context a model generates from: everything before the last target."""
         if self.task == "text" or record.text is not None:
-            return [Segment(record.input if record.text is None else record.text, False)]
+            return [Segment(record.input or "" if record.text is None else record.text, False)]
         messages = self.messages(record)
         if messages[-1]["role"] == "assistant":
             messages = messages[:-1]
@@ -247,7 +250,7 @@ def build_template(
         raise ConfigError("--template chat asked for, but the tokenizer has no chat template")
     return PromptTemplate(
         task=task.name,
-        style=style,
+        style="chat" if style == "chat" else "plain",
         instruction=text,
         eos_token=tokenizer.eos_token,
         chat_template=tokenizer.chat_template if style == "chat" else None,
@@ -291,7 +294,7 @@ def _plain_segments(
 def _chat_segments(
     messages: list[dict],
     tokenizer,
-    chat_template: str,
+    chat_template: str | None,
     eos: str,
     *,
     add_generation_prompt: bool = False,

@@ -13,9 +13,11 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -136,15 +138,15 @@ class Session:
 
     cfg: TrainConfig
     out: Path
-    accelerator: object
+    accelerator: Any
     prep: Prepared
     loss_model: torch.nn.Module  # the model wrapped for Σ nll over targets (and for DDP)
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: Any
     state: checkpoint.State
     total_steps: int
     accum: int  # micro-batches per optimizer step
-    log: object
+    log: Callable[..., None]
 
     @property
     def main(self) -> bool:
@@ -214,7 +216,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
                 "original data, or start again with --overwrite"
             )
         log(f"gentune: resumed from {resume_from} (step {state.step})")
-    loss_model = TargetLoss(prep.model)
+    loss_model: Any = TargetLoss(prep.model)
     if cfg.compile:
         loss_model = torch.compile(loss_model)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
@@ -258,7 +260,7 @@ class RunLog:
                 self.tb = None
 
     def write(self, row: dict) -> None:
-        if self.writer is None:
+        if self.writer is None or self.file is None:
             return
         self.writer.writerow(row)
         self.file.flush()
