@@ -152,3 +152,56 @@ def trained_run(tiny_llama, tmp_path_factory) -> str:
         eval_generate=0,
     )
     return str(train(cfg, log=lambda *_: None))
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_llama, tmp_path_factory):
+    """A tiny LoRA run (the default method) of a few steps."""
+    from gentune.config import TrainConfig
+    from gentune.train import train
+
+    tmp = tmp_path_factory.mktemp("run")
+    data = write_jsonl(tmp / "d.jsonl", PAIRS * 2)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(data),
+        out=str(tmp / "run"),
+        model=tiny_llama,
+        max_steps=4,
+        batch_size=4,
+        lr=5e-3,
+        progress=False,
+        tensorboard=False,
+        eval_generate=2,
+    )
+    return train(cfg, log=lambda *_: None), data
+
+
+@pytest.fixture(scope="session")
+def loaded(trained_run):
+    """The trained tiny run, loaded once for the server's tests."""
+    from gentune.runs import load_for_inference
+
+    return load_for_inference(trained_run)
+
+
+def _data(tmp_path, n=40):
+    rows = [
+        PAIRS[i % len(PAIRS)] | {"input": PAIRS[i % len(PAIRS)]["input"] + f" #{i}"}
+        for i in range(n)
+    ]
+    return write_jsonl(tmp_path / "data.jsonl", rows)
+
+
+def _examples(path):
+    """A tiny model, its tokenizer and eight encoded PAIRS."""
+    from gentune.data import Record
+    from gentune.encode import encode_dataset
+    from gentune.models import load_model
+    from gentune.tasks import build_template, get_task
+
+    model, tok, _ = load_model(path)
+    tpl = build_template(get_task("summarization"), tok)
+    recs = [Record(source="d", row=i, **r) for i, r in enumerate(PAIRS[:8], start=1)]
+    exs, _ = encode_dataset(recs, tpl, tok, max_length=128)
+    return model, tok, exs

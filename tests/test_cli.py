@@ -1,3 +1,5 @@
+"""The CLI end to end on tiny models: train, generate, evaluate; greedy and sampled decoding."""
+
 import json
 
 import pytest

@@ -1,6 +1,8 @@
+"""Reading data: JSONL/CSV/TSV/text, chats, compressed and UTF-16 files, and errors that name
+file, row and field."""
+
 import pytest
 
-from gentune.config import ConfigError, TrainConfig
 from gentune.data import DataError, ReadReport, read_records, split_train_val
 
 
@@ -106,22 +108,6 @@ def test_split_is_seeded_and_disjoint(pairs_file):
     b = split_train_val(recs, val_fraction=0.2, seed=1)
     assert a == b and len(a[1]) == 2
     assert not {r.row for r in a[0]} & {r.row for r in a[1]}
-
-
-def test_unknown_task_and_all_problems_reported_together():
-    with pytest.raises(ConfigError) as e:
-        TrainConfig(task="poetry", data="x", out="y", epochs=0, batch_size=8, micro_batch_size=3)
-    msg = str(e.value)
-    assert "task='poetry'" in msg and "epochs=0" in msg and "micro_batch_size=3" in msg
-
-
-def test_unknown_model_offline_message():
-    from gentune.models import ModelError, load_model
-
-    with pytest.raises(ModelError, match="smollm2-135m.*local model directory"):
-        load_model("no-such-org/no-such-model-xyz")
-    with pytest.raises(ModelError, match="no such directory"):
-        load_model("./missing/model/dir")
 
 
 @pytest.mark.parametrize(

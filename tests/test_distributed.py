@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 from gentune.runs import read_log
 
-from .test_engine import _data
+from .conftest import _data
+
+pytestmark = pytest.mark.slow  # subprocesses / a browser
 
 ROOT = Path(__file__).resolve().parent.parent
 

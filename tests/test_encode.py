@@ -1,3 +1,6 @@
+"""Encoding: prompt masked, EOS trained, inputs shortened never targets, the template's round
+trip, dialogue and free text."""
+
 import pytest
 from transformers import AutoTokenizer
 

@@ -1,5 +1,8 @@
+"""Metrics against the libraries, corpus perplexity, the seeded bootstrap."""
+
 import math
 
+import pytest
 import sacrebleu
 import torch
 from rouge_score import rouge_scorer
@@ -47,3 +50,38 @@ def test_perplexity_is_exp_of_total_nll_over_total_tokens(tiny_llama):
                 count += 1
     assert n == count
     assert math.isclose(ppl, math.exp(total / count), rel_tol=1e-4)
+
+
+def test_metrics_per_task_against_the_libraries():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    from gentune.metrics import distinct, text_metrics
+
+    preds = ["the cat sat. it was happy.", "a quick brown fox", "hello there"]
+    refs = ["the cat is on the mat. it purrs.", "the quick brown fox jumps", "general kenobi"]
+    m = text_metrics(preds, refs)
+    assert m["ter"] == sacrebleu.corpus_ter(preds, [refs]).score
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    want = (
+        100
+        * sum(
+            scorer.score(r.replace(". ", ".\n"), p.replace(". ", ".\n"))["rougeLsum"].fmeasure
+            for p, r in zip(preds, refs)
+        )
+        / 3
+    )
+    assert m["rougeLsum"] == pytest.approx(want)
+    assert distinct(["a a b", "a b"], 1) == pytest.approx(100 * 2 / 5)
+    assert distinct(["a a b", "a b"], 2) == pytest.approx(100 * 2 / 3)
+
+
+def test_bootstrap_is_seeded():
+    from gentune.metrics import paired_bootstrap
+
+    base = ["a b c", "d e f", "g h i", "x y"]
+    tuned = ["a b c", "d e", "g h i j", "x y z"]
+    refs = ["a b c d", "d e f", "g h i j", "x y z"]
+    a = paired_bootstrap("bleu", base, tuned, refs, samples=100, seed=1)
+    b = paired_bootstrap("bleu", base, tuned, refs, samples=100, seed=1)
+    assert a == b and a["ci"][0] <= a["ci"][1]

@@ -14,6 +14,8 @@ from gentune.runs import load_for_inference
 from .conftest import PAIRS
 from .test_serve import KEY, live_server
 
+pytestmark = pytest.mark.slow  # subprocesses / a browser
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 

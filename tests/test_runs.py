@@ -90,3 +90,27 @@ def test_a_continued_run_is_interrupted_until_it_is_complete(tiny_gpt2, tmp_path
     assert main(["train", "--config", str(out / "train_config.json"), "--resume"]) == 0
     assert run_state(out) == "complete"
     assert checkpoint.latest(out).name == "step-00000004"
+
+
+def test_incomplete_run_and_long_prompts(tiny_llama, lora_run, tmp_path):
+    from gentune.errors import RunError
+    from gentune.evaluate import evaluate
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{}")
+    with pytest.raises(RunError, match="missing keys gentune_run, method, task, base_model"):
+        load_for_inference(str(broken))
+    data = write_jsonl(
+        tmp_path / "long.jsonl",
+        [{"input": "word " * 400, "output": "w"}, {"input": "short", "output": "s"}],
+    )
+    result = evaluate(
+        tiny_llama,
+        str(data),
+        tmp_path / "e",
+        task="summarization",
+        progress=False,
+        decoding_overrides={"max_new_tokens": 4},
+    )
+    assert result["meta"]["prompts_shortened"] == 1  # context 256: reported and counted

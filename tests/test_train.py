@@ -1,27 +1,22 @@
+"""The training loop: gradient accumulation, seeds, the run directory, NaN and memory guards,
+early stopping, packing, gradient checkpointing, free text."""
+
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from gentune import checkpoint
 from gentune.config import TrainConfig
-from gentune.encode import collate, encode_dataset
-from gentune.models import load_model, token_nll, wrap_lora
+from gentune.encode import collate, collate_packed, encode_dataset, pack_examples
+from gentune.errors import TrainingError
+from gentune.models import load_model, wrap_lora
 from gentune.runs import load_for_inference, read_log
 from gentune.tasks import build_template, get_task
 from gentune.train import TargetLoss, accumulate_gradients, train
 
-from .conftest import PAIRS
-
-
-def _examples(path):
-    from gentune.data import Record
-
-    model, tok, _ = load_model(path)
-    tpl = build_template(get_task("summarization"), tok)
-    recs = [Record(source="d", row=i, **r) for i, r in enumerate(PAIRS[:8], start=1)]
-    exs, _ = encode_dataset(recs, tpl, tok, max_length=128)
-    return model, tok, exs
+from .conftest import PAIRS, _data, _examples
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
@@ -53,22 +48,6 @@ def test_gradient_accumulation_equals_one_big_batch(request, fixture, method):
     assert big[0] == pytest.approx(small[0], rel=1e-5)
     for a, b in zip(big[2], small[2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
-def test_selective_logits_equal_full_logits(request, fixture):
-    model, tok, exs = _examples(request.getfixturevalue(fixture))
-    batch = collate(exs, tok.pad_token_id)
-    nll, n = token_nll(model, batch)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    ref = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]),
-        batch["labels"][:, 1:].reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-    )
-    assert n == int((batch["labels"][:, 1:] != -100).sum())
-    torch.testing.assert_close(nll, ref, rtol=1e-5, atol=1e-4)
 
 
 def _cfg(model, data, out, **kw):
@@ -175,3 +154,203 @@ def test_free_text_trains_with_default_validation(tiny_gpt2, tmp_path):
     assert float(last["val_loss"]) > 0 and last["val_metric"] == ""
     with pytest.raises(TrainingError, match="--metric rougeL compares generations"):
         train(TrainConfig(**base, out=str(tmp_path / "r2"), metric="rougeL"), log=lambda *_: None)
+
+
+def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_path, monkeypatch):
+    import gentune.train as train_mod
+
+    calls = {"n": 0}
+    real = train_mod.token_nll
+
+    def poisoned(model, batch):
+        nll, n = real(model, batch)
+        calls["n"] += 1
+        if calls["n"] == 2 * 5 - 1:  # the first micro-batch of step 5
+            nll = nll * float("nan")
+        return nll, n
+
+    monkeypatch.setattr(train_mod, "token_nll", poisoned)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path)),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        batch_size=4,
+        micro_batch_size=2,
+        max_steps=10,
+        save_every=2,
+        eval_generate=0,
+        progress=False,
+        tensorboard=False,
+        eval_every=100,
+    )
+    with pytest.raises(TrainingError, match=r"loss became nan .* at step 5.*step-00000004"):
+        train(cfg, log=lambda *_: None)
+    last = checkpoint.latest(tmp_path / "r")
+    assert last.name == "step-00000004"
+    model, _, _ = load_model(tiny_llama)
+    from gentune.models import wrap_lora
+
+    model = wrap_lora(model, r=16, alpha=32, dropout=0.05)
+    state = checkpoint.load(last, model=model)
+    assert state["step"] == 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_early_stopping_stops_at_the_expected_step(tiny_llama, tmp_path, monkeypatch):
+    import gentune.validation as validation_mod
+
+    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
+    monkeypatch.setattr(validation_mod, "evaluate_loss", lambda *a, **k: (v := next(losses), v))
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path)),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        batch_size=4,
+        max_steps=20,
+        eval_every=2,
+        patience=2,
+        eval_generate=0,
+        progress=False,
+        tensorboard=False,
+    )
+    run = train(cfg, log=lambda *_: None)
+    stats = json.loads((run / "manifest.json").read_text())["stats"]
+    # validations at steps 2, 4 (best), 6, 8 -> two without improvement: stop at step 8
+    assert stats["stopped_early"] and stats["steps"] == 8
+    assert stats["best_checkpoint"] == "checkpoints/step-00000004"
+    assert stats["model_step"] == 4  # the run's model is the best checkpoint
+    assert (run / "checkpoints" / "step-00000004").exists()
+    best = load_file(run / "checkpoints" / "step-00000004" / "trainable.safetensors")
+    final = load_file(run / "model" / "adapter_model.safetensors")
+    for k, v in best.items():
+        short = k.replace("base_model.model.", "").replace(".default", "")
+        match = [fk for fk in final if fk.replace("base_model.model.", "") == short]
+        assert match and torch.equal(final[match[0]], v)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_packed_batch_gives_the_same_per_example_losses(request, fixture):
+    from gentune.data import Record
+
+    model, tok, _ = load_model(request.getfixturevalue(fixture))
+    model.eval()
+    tpl = build_template(get_task("summarization"), tok)
+    recs = [Record(source="d", row=i, **r) for i, r in enumerate(PAIRS, start=1)]
+    exs, _ = encode_dataset(recs, tpl, tok, max_length=128)
+    packed = pack_examples(exs, max_length=128)
+    assert len(packed) < len(exs)  # several examples share a row
+
+    def per_token_nll(batch):
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"),
+                use_cache=False,
+            ).logits
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), labels.clamp(min=0), reduction="none"
+        )
+        return nll * (labels != -100)
+
+    unpacked = per_token_nll(collate(exs, tok.pad_token_id)).sum(1)
+    expected = {e.where: float(v) for e, v in zip(exs, unpacked)}
+    nll = per_token_nll(collate_packed(packed, tok.pad_token_id))
+    for row, ex in enumerate(packed):
+        start = 0
+        for where, length in zip(ex.where.split(","), ex.lengths):
+            got = float(nll[row, start : start + length - 1].sum())
+            assert got == pytest.approx(expected[where], rel=1e-4, abs=1e-4), where
+            start += length
+
+
+def test_packing_trains(tiny_llama, tmp_path):
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path)),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        batch_size=2,
+        max_steps=6,
+        packing=True,
+        lr=5e-3,
+        eval_generate=0,
+        progress=False,
+        tensorboard=False,
+        max_length=128,
+    )
+    run = train(cfg, log=lambda *_: None)
+    log = read_log(run)
+    assert len(log) == 6 and float(log[-1]["loss"]) < float(log[0]["loss"])
+
+
+def test_run_has_loss_curve_png(tiny_gpt2, tmp_path):
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path, 8)),
+        model=tiny_gpt2,
+        out=str(tmp_path / "r"),
+        max_steps=3,
+        batch_size=2,
+        eval_generate=2,
+        metric="rougeL",
+        progress=False,
+        tensorboard=False,
+    )
+    run = train(cfg, log=lambda *_: None)
+    png = (run / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    log = read_log(run)
+    assert log[-1]["val_metric"] != "" and float(log[-1]["peak_memory_mb"]) > 0
+
+
+def test_out_of_memory_gives_an_actionable_message(tiny_llama, tmp_path, monkeypatch):
+    import gentune.train as train_mod
+
+    def no_memory(*a, **k):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+            "allocate memory: you tried to allocate 123456789 bytes."
+        )
+
+    monkeypatch.setattr(train_mod, "token_nll", no_memory)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path)),
+        out=str(tmp_path / "r"),
+        model=tiny_llama,
+        max_steps=2,
+        progress=False,
+        tensorboard=False,
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"out of memory at step 1 .*--micro-batch-size.*"
+        r"--gradient-checkpointing",
+    ):
+        train(cfg, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_keeps_the_loss_curve(tiny_llama, tmp_path, method):
+    curves = []
+    for flag in (False, True):
+        cfg = TrainConfig(
+            task="summarization",
+            data=str(_data(tmp_path)),
+            method=method,
+            out=str(tmp_path / f"r{flag}"),
+            model=tiny_llama,
+            max_steps=4,
+            batch_size=4,
+            lr=5e-3,
+            gradient_checkpointing=flag,
+            eval_generate=0,
+            progress=False,
+            tensorboard=False,
+        )
+        curves.append([float(r["loss"]) for r in read_log(train(cfg, log=lambda *_: None))])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-5)

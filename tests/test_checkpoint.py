@@ -1,0 +1,249 @@
+"""Checkpoints and exact resume: SIGKILL during a save and at random moments, then resume, bit for bit; keep-last-K plus best; resume refused with other settings or data, allowed for a copied run; no pickle."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gentune import checkpoint
+from gentune.runs import read_log
+from gentune.train import TrainingError
+
+from .conftest import _data
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+COMPARED = (
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "target_tokens",
+    "val_loss",
+    "val_perplexity",
+    "val_metric",
+)
+
+
+def _args(model, data, out, *extra):
+    return [
+        "train",
+        "--task",
+        "summarization",
+        "--data",
+        str(data),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--lr",
+        "5e-3",
+        "--max-steps",
+        "40",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "5",
+        "--eval-generate",
+        "0",
+        "--no-progress",
+        "--no-tensorboard",
+        *extra,
+    ]
+
+
+def _run(args, env_extra=None, wait=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env_extra or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gentune", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if wait:
+        out, _ = proc.communicate(timeout=300)
+        return proc.returncode, out
+    return proc
+
+
+def _curve(run):
+    return [{k: r[k] for k in COMPARED} for r in read_log(run)]
+
+
+def _weights(run):
+    return load_file(run / "model" / "adapter_model.safetensors")
+
+
+def _assert_same(run_a, run_b):
+    assert _curve(run_a) == _curve(run_b)
+    a, b = _weights(run_a), _weights(run_b)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    data = _data(tmp)
+    code, out = _run(_args(tiny_llama, data, tmp / "run"))
+    assert code == 0, out
+    return data, tmp / "run"
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_save_then_resume_is_exact(tiny_llama, reference, tmp_path):
+    data, ref = reference
+    run = tmp_path / "run"
+    code, out = _run(_args(tiny_llama, data, run), {"GENTUNE_FAULT": "kill-in-save:9"})
+    assert code == -signal.SIGKILL, out
+    # the half-written checkpoint of step 9 is there, but never picked
+    assert list(checkpoint.root(run).glob(".tmp-step-00000009-*"))
+    assert checkpoint.latest(run).name == "step-00000006"
+    code, out = _run(_args(tiny_llama, data, run, "--resume"))
+    assert code == 0, out
+    assert "resumed from" in out and "step 6" in out
+    assert not list(checkpoint.root(run).glob(".tmp-*"))
+    _assert_same(run, ref)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_exact(tiny_llama, reference, tmp_path):
+    data, ref = reference
+    run = tmp_path / "run"
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(6):
+        proc = _run(_args(tiny_llama, data, run, *(["--resume"] if attempt else [])), wait=False)
+        # wait for training to be under way, then kill at a random moment
+        deadline = time.time() + 120
+        log = run / "metrics.csv"
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and len(log.read_text().splitlines()) > 2:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            break
+    if proc.returncode != 0:
+        code, out = _run(_args(tiny_llama, data, run, "--resume"))
+        assert code == 0, out
+    assert kills >= 1
+    _assert_same(run, ref)
+
+
+@pytest.mark.slow
+def test_checkpoints_keep_last_k_plus_best(reference):
+    _, ref = reference
+    names = [p.name for p in checkpoint.complete(ref)]
+    manifest = json.loads((ref / "manifest.json").read_text())
+    best = manifest["stats"]["best_checkpoint"].split("/")[-1]
+    assert names[-1] == "step-00000040"
+    assert best in names and len(names) <= 3
+
+
+@pytest.mark.slow
+def test_resume_with_other_settings_is_refused(tiny_llama, reference, tmp_path):
+    data, ref = reference
+    code, out = _run(_args(tiny_llama, data, ref, "--resume", "--lr", "1e-3"))
+    assert code != 0 and "cannot resume with different settings" in out and "lr" in out
+
+
+@pytest.mark.slow
+def test_copied_run_with_moved_data_resumes_exactly(tiny_llama, reference, tmp_path):
+    """Resuming compares settings and the data's content, not paths: a run copied elsewhere,
+    with its data file moved, continues to the uninterrupted result."""
+    data, ref = reference
+    run = tmp_path / "run"
+    code, out = _run(_args(tiny_llama, data, run), {"GENTUNE_FAULT": "kill-after:10"})
+    assert code == -signal.SIGKILL, out
+    moved_data = tmp_path / "elsewhere" / "data-copy.jsonl"
+    moved_data.parent.mkdir()
+    moved_data.write_bytes(Path(data).read_bytes())
+    copy = tmp_path / "copied-run"
+    import shutil
+
+    shutil.copytree(run, copy)
+    shutil.rmtree(run)
+    code, out = _run(_args(tiny_llama, moved_data, copy, "--resume"))
+    assert code == 0, out
+    assert "resumed from" in out
+    _assert_same(copy, ref)
+    # other content under the same settings is refused, naming the file
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(Path(data).read_text().replace("#1", "#one"))
+    shutil.copytree(ref, tmp_path / "ref-copy")
+    (tmp_path / "ref-copy" / "manifest.json").unlink()
+    code, out = _run(_args(tiny_llama, changed, tmp_path / "ref-copy", "--resume"))
+    assert code == 2 and "the data file's content differs" in out
+
+
+@pytest.mark.slow
+def test_no_pickle_in_checkpoints(reference, monkeypatch, tiny_llama):
+    """Checkpoints hold safetensors and JSON only; loading one never unpickles."""
+    import pickle
+
+    _, ref = reference
+    last = checkpoint.latest(ref)
+    files = sorted(p.name for p in last.iterdir())
+    assert not [f for f in files if f.endswith((".pt", ".pkl", ".bin"))], files
+    assert {
+        "optimizer.json",
+        "optimizer.safetensors",
+        "scheduler.json",
+        "rng.json",
+        "rng.safetensors",
+        "state.json",
+        "trainable.safetensors",
+    } <= set(files)
+
+    def refuse(*a, **k):
+        raise AssertionError("a checkpoint was unpickled")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    opt = checkpoint.load_tree(last, "optimizer")
+    assert opt["state"] and all(isinstance(k, int) for k in opt["state"])
+    assert isinstance(opt["param_groups"][0]["betas"], tuple)
+    rng = checkpoint.load_tree(last, "rng")
+    assert isinstance(rng["python"], tuple) and rng["torch"].dtype == torch.uint8
+
+
+def test_state_tree_round_trip_is_exact(tmp_path):
+    tree = {
+        "state": {0: {"step": torch.tensor(3.0), "m": torch.randn(2, 3)}},
+        "groups": [{"betas": (0.9, 0.999), "lr": 1e-3 / 3, "none": None, "flag": True}],
+        "big": 2**63 + 5,
+        "nan": float("nan"),
+        "text": "ü",
+    }
+    checkpoint.save_tree(tree, tmp_path, "t")
+    back = checkpoint.load_tree(tmp_path, "t")
+    assert back["groups"] == tree["groups"] and back["big"] == tree["big"]
+    assert back["text"] == "ü" and back["nan"] != back["nan"]
+    assert torch.equal(back["state"][0]["m"], tree["state"][0]["m"])
+    assert list(back["state"]) == [0]
+    (tmp_path / "optimizer.pt").write_bytes(b"old")
+    with pytest.raises(TrainingError, match="old pickle format"):
+        checkpoint.load(tmp_path, model=torch.nn.Linear(1, 1))

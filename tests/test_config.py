@@ -1,0 +1,43 @@
+"""Settings: every recipe loads, overrides apply, every problem is reported at once."""
+
+from pathlib import Path
+
+import pytest
+
+from gentune.config import ConfigError, TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_recipe_loads():
+    recipes = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(recipes) >= 4
+    tasks = set()
+    for recipe in recipes:
+        header = recipe.read_text().splitlines()[0]
+        assert header.startswith("# ") and "gentune" in header, recipe
+        cfg = TrainConfig.from_sources(str(recipe))
+        tasks.add(cfg.task)
+        data = ROOT / cfg.data
+        if not cfg.data.startswith("runs/"):  # files shipped with the examples
+            assert data.exists(), data
+    assert tasks == {"summarization", "translation", "dialogue", "text"}
+
+
+def test_recipe_overrides_and_all_problems_together(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: summarization\ndata: d.jsonl\nout: o\nlr: 0.001\n")
+    cfg = TrainConfig.from_sources(str(recipe), {"epochs": 2.0}, ["lr=1e-4", "packing=true"])
+    assert cfg.lr == 1e-4 and cfg.epochs == 2.0 and cfg.packing is True
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.from_sources(str(recipe), {}, ["lr=fast", "epohcs=3", "method=qlora"])
+    msg = str(e.value)
+    assert "lr='fast'" in msg and "'epohcs'" in msg and "did you mean 'epochs'" in msg
+    assert "method='qlora'" in msg
+
+
+def test_unknown_task_and_all_problems_reported_together():
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(task="poetry", data="x", out="y", epochs=0, batch_size=8, micro_batch_size=3)
+    msg = str(e.value)
+    assert "task='poetry'" in msg and "epochs=0" in msg and "micro_batch_size=3" in msg

@@ -1,0 +1,34 @@
+"""Models: resolving names, directories and hub ids; the offline message; the loss over target positions."""
+
+import pytest
+import torch
+
+from gentune.encode import collate
+from gentune.models import token_nll
+
+from .conftest import _examples
+
+
+def test_unknown_model_offline_message():
+    from gentune.models import ModelError, load_model
+
+    with pytest.raises(ModelError, match="smollm2-135m.*local model directory"):
+        load_model("no-such-org/no-such-model-xyz")
+    with pytest.raises(ModelError, match="no such directory"):
+        load_model("./missing/model/dir")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_selective_logits_equal_full_logits(request, fixture):
+    model, tok, exs = _examples(request.getfixturevalue(fixture))
+    batch = collate(exs, tok.pad_token_id)
+    nll, n = token_nll(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    assert n == int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(nll, ref, rtol=1e-5, atol=1e-4)
