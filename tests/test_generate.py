@@ -135,15 +135,33 @@ def test_decoding_options(tiny_llama):
         ids[:2],
         Decoding(max_new_tokens=6, num_beams=3, num_return_sequences=3, length_penalty=0.5),
     )
-    assert len(beams) == 6
+    best = generate(m, tok, ids[:2], Decoding(max_new_tokens=6, num_beams=3, length_penalty=0.5))
+    # grouped by prompt, best first: each prompt's first return is the one-return beam search
+    assert [beams[0].text, beams[3].text] == [g.text for g in best]
     rep = generate(
         m, tok, ids[:2], Decoding(max_new_tokens=10, repetition_penalty=1.3, no_repeat_ngram_size=2)
     )
-    assert len(rep) == 2
-    full = generate(m, tok, ids[:1], Decoding(max_new_tokens=12))[0].text
-    if len(full) > 3:
-        stop = full[2:4]
-        cut = generate(m, tok, ids[:1], Decoding(max_new_tokens=12, stop=(stop,)))[0]
-        assert cut.finished and stop not in cut.text and full.startswith(cut.text)
+    plain = generate(m, tok, ids[:2], Decoding(max_new_tokens=10))
+    assert [g.text for g in rep] != [g.text for g in plain]  # the penalties change the output
     with pytest.raises(ConfigError, match="num_return_sequences"):
         Decoding(num_return_sequences=2)
+
+
+def test_stop_strings_cut_the_text(loaded):
+    """On the tiny trained run (it answers "Fox jumps dog."): generation ends before a stop
+    string, which is not part of the text, and counts as finished."""
+    from gentune.encode import encode_prompt
+    from gentune.tasks import prompt_record
+
+    from .conftest import PAIRS
+
+    tpl = loaded.template
+    ids, _, _ = encode_prompt(
+        prompt_record(tpl, PAIRS[0]["input"]), tpl, loaded.tokenizer, max_length=200
+    )
+    full = generate(loaded.model, loaded.tokenizer, [ids], Decoding(max_new_tokens=12))[0]
+    assert full.text == "Fox jumps dog."
+    cut = generate(
+        loaded.model, loaded.tokenizer, [ids], Decoding(max_new_tokens=12, stop=("jumps",))
+    )[0]
+    assert cut.text == "Fox" and cut.finished

@@ -37,7 +37,11 @@ def test_decoding_options_pass_through(loaded):
         beams = c.post(
             "/v1/completions", headers=AUTH, json={"prompt": PROMPT, "num_beams": 3, "n": 2}
         ).json()
-        assert len(beams["choices"]) == 2
+        one = c.post(
+            "/v1/completions", headers=AUTH, json={"prompt": PROMPT, "num_beams": 3}
+        ).json()
+        assert [x["index"] for x in beams["choices"]] == [0, 1]
+        assert beams["choices"][0]["text"] == one["choices"][0]["text"]  # the best beam first
         models = c.get("/v1/models", headers=AUTH).json()
         name = models["data"][0]["id"]
         assert (
