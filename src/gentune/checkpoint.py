@@ -35,6 +35,7 @@ PREFIX = "step-"
 
 
 def root(run_dir: str | Path) -> Path:
+    """RUN/checkpoints."""
     return Path(run_dir) / "checkpoints"
 
 
@@ -50,12 +51,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Copies of the parameters that train (the LoRA adapter, or all weights)."""
     return {
         n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
     }
 
 
 def rng_state() -> dict:
+    """Python, NumPy and torch (and CUDA) random states, as tensors and plain values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     assert isinstance(keys, np.ndarray)  # the legacy state is a tuple around the key array
     state = {
@@ -69,6 +72,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -127,11 +131,14 @@ def complete(run_dir: str | Path) -> list[Path]:
 
 
 def latest(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
     found = complete(run_dir)
     return found[-1] if found else None
 
 
 def prune(run_dir: str | Path, *, keep_last: int, keep: tuple[int | None, ...] = ()) -> None:
+    """Delete all but the last `keep_last` complete checkpoints (and those in `keep`) and any
+    half-written ones."""
     found = complete(run_dir)
     keep_names = {f"{PREFIX}{s:08d}" for s in keep if s is not None}
     for path in found[:-keep_last] if keep_last > 0 else found:

@@ -153,12 +153,14 @@ def _train_config(a):
 
 
 def cmd_train(a) -> None:
+    """gentune train."""
     from .train import train
 
     train(_train_config(a))
 
 
 def cmd_plan(a) -> None:
+    """gentune plan."""
     from .plan import plan
 
     print(plan(_train_config(a)))
@@ -176,6 +178,7 @@ def _records_from_args(a, template):
 
 
 def cmd_generate(a) -> None:
+    """gentune generate: one prompt (streamed) or a file of inputs."""
     from .evaluate import predict
     from .generate import default_decoding
     from .runs import load_for_inference, resolve_template
@@ -229,12 +232,14 @@ def cmd_generate(a) -> None:
 
 
 def cmd_chat(a) -> None:
+    """gentune chat."""
     from .chat import chat
 
     chat(a.model, decoding_overrides=_decoding_overrides(a), system=a.system)
 
 
 def cmd_export(a) -> None:
+    """gentune export."""
     from .export import export
 
     out = export(a.run, a.out)
@@ -245,6 +250,7 @@ def cmd_export(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
+    """gentune evaluate (with --compare: the report)."""
     from .evaluate import evaluate
 
     _out_dir(a.out)
@@ -281,6 +287,7 @@ def cmd_evaluate(a) -> None:
 
 
 def cmd_serve(a) -> None:
+    """gentune serve."""
     import os
 
     from . import DEFAULT_MODEL
@@ -294,6 +301,7 @@ def cmd_serve(a) -> None:
 
 
 def cmd_demo(a) -> None:
+    """gentune demo."""
     from .demo import demo
 
     demo(a.out, epochs=a.epochs, max_steps=a.max_steps, limit=a.limit, progress=not a.no_progress)
@@ -320,6 +328,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo_data(a) -> None:
+    """gentune demo-data."""
     from .demo import write_demo_data
 
     for path in write_demo_data(a.out):
@@ -327,6 +336,7 @@ def cmd_demo_data(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="gentune", description="Fine-tune language models for text generation, offline."
     )

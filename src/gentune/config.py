@@ -229,6 +229,7 @@ _MISSING = fields(TrainConfig)[0].default  # dataclasses.MISSING, as the class s
 
 
 def load_recipe(path: str | Path) -> dict:
+    """A YAML recipe as a dict of settings (dashes in keys become underscores)."""
     import yaml
 
     path = Path(path)

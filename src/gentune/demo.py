@@ -55,6 +55,7 @@ def aclsum_rows(split: str, target: str = "title") -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Write rows as JSONL (creating the folder); returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for row in rows:
@@ -113,6 +114,8 @@ def demo(
     progress: bool = True,
     log=print,
 ) -> dict:
+    """The demo: LoRA-train the embedded model on ACLSum titles, then score it and the base on
+    the validation split; returns the comparison."""
     out = Path(out)
     train_file, val_file = aclsum_files(out / "data")
     cfg = TrainConfig(

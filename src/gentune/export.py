@@ -20,6 +20,8 @@ from .runs import interrupted, load_for_inference, run_state
 
 
 def export(run: str | Path, out: str | Path) -> Path:
+    """Write RUN as a plain transformers directory at OUT (LoRA merged, the trained template
+    and generation settings); returns OUT."""
     run, out = Path(run), Path(out)
     state = run_state(run)
     if state == "interrupted":

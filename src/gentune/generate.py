@@ -34,6 +34,8 @@ class Generation:
 
 
 def eos_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a generation: the tokenizer's EOS and the model's generation
+    EOS ids."""
     ids = {tokenizer.eos_token_id}
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):

@@ -117,6 +117,7 @@ def rouge_rows(predictions: list[str], references: list[str]) -> dict[str, np.nd
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus ROUGE-1/2/L/Lsum: the mean of per-row F1 x 100."""
     return {
         k: float(v.mean()) if len(v) else 0.0
         for k, v in rouge_rows(predictions, references).items()
@@ -124,18 +125,21 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 
 
 def bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus sacreBLEU (0-100)."""
     import sacrebleu
 
     return sacrebleu.corpus_bleu(predictions, [references]).score
 
 
 def chrf(predictions: list[str], references: list[str]) -> float:
+    """Corpus chrF (0-100)."""
     import sacrebleu
 
     return sacrebleu.corpus_chrf(predictions, [references]).score
 
 
 def ter(predictions: list[str], references: list[str]) -> float:
+    """Corpus TER (edits per 100 reference words; lower is better)."""
     import sacrebleu
 
     return sacrebleu.corpus_ter(predictions, [references]).score
@@ -153,6 +157,7 @@ def distinct(predictions: list[str], n: int) -> float:
 
 
 def mean_length(texts: list[str]) -> float:
+    """Mean words per text."""
     return float(np.mean([len(t.split()) for t in texts])) if texts else 0.0
 
 
@@ -174,6 +179,7 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict[str, flo
 
 
 def diversity(predictions: list[str]) -> dict[str, float]:
+    """distinct-1, distinct-2 and mean length of the outputs."""
     return {
         "distinct1": distinct(predictions, 1),
         "distinct2": distinct(predictions, 2),
@@ -192,6 +198,7 @@ def row_score(prediction: str, reference: str, task: str) -> float:
 
 
 def corpus_metric(name: str, predictions: list[str], references: list[str]) -> float:
+    """One metric by name over the corpus."""
     if name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         return rouge(predictions, references)[name]
     return (

@@ -58,6 +58,7 @@ def family(model) -> Family:
 
 
 def gentune_home() -> Path:
+    """Where converted models are cached: $GENTUNE_HOME, else ~/.cache/gentune."""
     return Path(os.environ.get("GENTUNE_HOME", Path.home() / ".cache" / "gentune"))
 
 
@@ -168,6 +169,7 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
 
 
 def context_length(model) -> int:
+    """The model's context in tokens, from its config (2048 when it does not say)."""
     config = model.config
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, key, None)
@@ -177,6 +179,7 @@ def context_length(model) -> int:
 
 
 def wrap_lora(model, *, r: int, alpha: int, dropout: float):
+    """The model with LoRA adapters on its family's target modules (peft)."""
     from peft import LoraConfig, get_peft_model
 
     fam = family(model)

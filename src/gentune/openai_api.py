@@ -207,6 +207,7 @@ class ChatRequest(_Body):
 
 # ---- response shapes ------------------------------------------------------------------------
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    """OpenAI's usage object."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,

@@ -22,6 +22,7 @@ MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered exa
 
 
 def percentiles(values: list[int]) -> str:
+    """p50 / p90 / p99 / max of token counts, as text."""
     if not values:
         return "-"
     p = np.percentile(values, [50, 90, 99])
@@ -77,6 +78,9 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
 
 
 def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
+    """What training with `cfg` would do, as text: rows, token percentiles, truncation, the
+    first example with its trained spans, parameters and (measure=True) time and memory from a
+    short probe."""
     lines: list[str] = []
     prep = prepare(cfg, log=lambda *_: None)
     tok = prep.tokenizer

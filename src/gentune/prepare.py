@@ -27,6 +27,7 @@ from .tasks import PromptTemplate, build_template, get_task
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -62,6 +62,7 @@ PACKAGES = (
 
 
 def package_versions() -> dict[str, str | None]:
+    """The versions of the packages a run depends on (None: not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
@@ -153,6 +154,7 @@ def run_state(path: str | Path) -> str | None:
 
 
 def is_run(path: str | Path) -> bool:
+    """True for a complete run directory."""
     return run_state(path) == "complete"
 
 
@@ -162,6 +164,7 @@ def resume_hint(path: str | Path) -> str:
 
 
 def interrupted(path: str | Path) -> RunError:
+    """The error for an interrupted run: its last checkpoint and the command that continues it."""
     last = latest(path)
     where = (
         f"last checkpoint: step {int(last.name.split('-')[-1])}" if last else "no checkpoint yet"
@@ -212,6 +215,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def read_manifest(path: Path) -> dict:
+    """The run's manifest, checked for the keys gentune needs (a damaged one is named)."""
     manifest = _read_json(path / "manifest.json", "manifest")
     _check_keys(path / "manifest.json", manifest, MANIFEST_REQUIRED, MANIFEST_KEYS)
     if manifest["method"] not in ("lora", "full"):

@@ -187,6 +187,7 @@ def create_app(loaded: Loaded, settings: ServeSettings | None = None) -> FastAPI
 
 # ---- errors, all in OpenAI's shape {"error": {message, type, param, code}} ------------------
 def error(status: int, message: str, kind: str, param=None, code=None, headers=None):
+    """An error response in OpenAI's shape."""
     return JSONResponse(
         {"error": {"message": message, "type": kind, "param": param, "code": code}},
         status_code=status,
@@ -256,6 +257,7 @@ ERROR_HANDLERS = {
 
 # ---- streaming ------------------------------------------------------------------------------
 def sse(obj) -> str:
+    """One server-sent event."""
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
@@ -310,12 +312,14 @@ routes = APIRouter()
 
 @routes.get("/health")
 async def health(request: Request):
+    """Liveness and the queue's figures (open without a key)."""
     s = request.app.state.served
     return {"status": "ok", "model": s.name, "context": s.context, **s.scheduler.stats()}
 
 
 @routes.get("/v1/models")
 async def models(request: Request):
+    """The one served model."""
     s = request.app.state.served
     return {
         "object": "list",
@@ -334,6 +338,7 @@ async def models(request: Request):
 
 @routes.get("/v1/models/{model_id:path}")
 async def one_model(model_id: str, request: Request):
+    """The served model by id (404 for any other)."""
     s = request.app.state.served
     if model_id != s.name:
         raise _NotFound(f"model {model_id!r} is not served here; this server serves {s.name!r}")
@@ -342,6 +347,7 @@ async def one_model(model_id: str, request: Request):
 
 @routes.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
+    """POST /v1/completions: prompts through the task template (or raw), batched."""
     s: Served = request.app.state.served
     s.check_model(body)
     texts = body.prompts()
@@ -389,6 +395,7 @@ async def completions(body: CompletionRequest, request: Request):
 
 @routes.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
+    """POST /v1/chat/completions: messages through the chat template."""
     s: Served = request.app.state.served
     s.check_model(body)
     record = Record(source="<chat>", row=1, messages=body.conversation())
@@ -419,6 +426,7 @@ async def chat_completions(body: ChatRequest, request: Request):
 
 @routes.get("/", response_class=HTMLResponse)
 async def playground():
+    """The playground page, with a strict content security policy."""
     page = files("gentune").joinpath("static/playground.html").read_text()
     return HTMLResponse(
         page,

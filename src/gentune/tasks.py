@@ -92,6 +92,7 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
+    """The task preset by name (a clear error for an unknown one)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[name]

@@ -117,6 +117,7 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def peak_memory_mb() -> float:
+    """Peak memory so far: GPU allocations, or this process's peak RSS on CPU."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     import resource
