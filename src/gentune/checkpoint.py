@@ -248,6 +248,7 @@ class State:
     gen_rows: int | None = None  # size of the generation subset, fixed at the first validation
     stopped_early: bool = False
     data_sha256: dict = field(default_factory=dict)  # the data trained on, checked on resume
+    precision: str | None = None  # fp32 | bf16 | fp16: exact resume holds within one
 
 
 # settings that may differ between a run and its resumption: they change neither the data

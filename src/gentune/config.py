@@ -72,7 +72,9 @@ class TrainConfig:
     packing: bool = False  # pack several examples per row (they cannot attend to each other)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     compile: bool = False  # torch.compile the model
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto = bf16 on GPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = (
+        "auto"  # autocast; auto = bf16 where the GPU or CPU has it
+    )
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     progress: bool = True  # progress bar
 

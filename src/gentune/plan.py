@@ -16,7 +16,7 @@ import torch
 from .config import TrainConfig
 from .encode import IGNORE, collate_for, encode_dataset, length_grouped_batches
 from .prepare import prepare
-from .train import TargetLoss, peak_memory_mb
+from .train import TargetLoss, peak_memory_mb, resolve_precision
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered example
 
@@ -59,10 +59,14 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     longest = max(batches, key=lambda b: max(len(prep.train_ex[i].input_ids) for i in b))
     before = peak_memory_mb()
     timings = []
+    precision, _ = resolve_precision(cfg.precision)  # the precision training will use
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     for b in [longest] + batches[:steps]:
         batch = collate_fn([prep.train_ex[i] for i in b], prep.tokenizer.pad_token_id)
         start = time.time()
-        nll, n = loss_model(batch)
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            nll, n = loss_model(batch)
         (nll / max(n, 1)).backward()
         timings.append((time.time() - start, batch["input_ids"].numel()))
     model.zero_grad(set_to_none=True)
@@ -135,6 +139,8 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
         f"optimizer steps: {steps} (batch {cfg.batch_size} = micro-batch {cfg.micro} "
         f"x {cfg.batch_size // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}"
     )
+    precision, reason = resolve_precision(cfg.precision)
+    lines.append(f"precision: {precision} ({reason}); master weights and optimizer in fp32")
     lines.append("")
     lines.append(f"first example ({examples[0].where}), trained spans in {MASK_OPEN}…{MASK_CLOSE}:")
     lines.append(render_spans(examples[0], tok))

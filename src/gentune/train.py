@@ -125,12 +125,30 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _precision(cfg: TrainConfig) -> str:
-    if cfg.precision == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "no"
-    return {"fp32": "no"}.get(cfg.precision, cfg.precision)
+def cpu_bf16() -> str | None:
+    """The CPU flag that gives native bf16 matrix instructions (AVX512_BF16 or AMX), read from
+    /proc/cpuinfo, or None (no such flag, or no cpuinfo to read)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+
+
+def resolve_precision(choice: str) -> tuple[str, str]:
+    """(fp32 | bf16 | fp16, the reason). auto: bf16 autocast on GPUs that support it and on
+    CPUs with native bf16 instructions, fp32 elsewhere. Master weights and optimizer state stay
+    fp32 either way."""
+    if choice != "auto":
+        return choice, f"--precision {choice}"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"the GPU ({torch.cuda.get_device_name()}) supports bf16"
+        return "fp32", "the GPU has no bf16"
+    flag = cpu_bf16()
+    if flag:
+        return "bf16", f"the CPU has native bf16 ({flag})"
+    return "fp32", "the CPU has no native bf16 (no avx512_bf16 or amx_bf16)"
 
 
 @dataclass
@@ -148,6 +166,8 @@ class Session:
     total_steps: int
     accum: int  # micro-batches per optimizer step
     log: Callable[..., None]
+    precision: str  # fp32 | bf16 | fp16 (autocast; fp32 master weights)
+    precision_reason: str
 
     @property
     def main(self) -> bool:
@@ -166,10 +186,21 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     """Everything before the first step: the run directory checked, the accelerator, data and
     model, optimizer, schedule, and the state (restored from a checkpoint on --resume)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from transformers import get_scheduler
 
     out = Path(cfg.out)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
+    precision, reason = resolve_precision(cfg.precision)
+    mixed = "no" if precision == "fp32" else precision
+    shared = AcceleratorState._shared_state  # accelerate keeps one per process
+    if shared and shared.get("_mixed_precision") not in (None, mixed):
+        # a second run in this process with another precision (the Python API, tests):
+        # accelerate refuses a change; drop its mixed-precision state, keep the processes'
+        AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=mixed,
+    )
     main, world = accelerator.is_main_process, accelerator.num_processes
     if not main:
         log = lambda *_: None  # noqa: E731  (logs come from the main process only)
@@ -182,6 +213,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     accelerator.wait_for_everyone()
     resume_from = checkpoint.resume_point(cfg, out, log)
     prep = prepare(cfg, log=log)
+    log(f"gentune: precision {precision} ({reason}); master weights and optimizer in fp32")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         # not complete until the end: nothing loads an older model from here meanwhile
@@ -200,7 +232,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
         num_warmup_steps=int(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    state = checkpoint.State(data_sha256=prep.fingerprints)
+    state = checkpoint.State(data_sha256=prep.fingerprints, precision=precision)
     if resume_from:
         state = checkpoint.State(
             **checkpoint.load(
@@ -216,6 +248,13 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
                 f"from what {resume_from} was trained on; resume with the "
                 "original data, or start again with --overwrite"
             )
+        if state.precision not in (None, precision):
+            log(
+                f"gentune: warning: the run was trained in {state.precision} and continues in "
+                f"{precision}: the rest will differ from an uninterrupted run (give "
+                f"--precision {state.precision} to keep it)"
+            )
+            state.precision = precision
         log(f"gentune: resumed from {resume_from} (step {state.step})")
     loss_model: Any = TargetLoss(prep.model)
     if cfg.compile:
@@ -234,6 +273,8 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
         total_steps,
         cfg.batch_size // cfg.micro,
         log,
+        precision,
+        reason,
     )
 
 
@@ -456,6 +497,8 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
                 "model_step": final_step,
                 "max_length": prep.max_length,
                 "processes": s.world,
+                "precision": s.precision,
+                "precision_reason": s.precision_reason,
                 "packing": cfg.packing,
                 "best_checkpoint": (
                     f"checkpoints/{checkpoint.PREFIX}{state.best_step:08d}"

@@ -1,0 +1,79 @@
+"""Precision from the hardware: --precision auto reads the CPU flags (or the GPU), says why,
+and records the choice; the run is exact-resumable within a precision."""
+
+import json
+
+import pytest
+import torch
+
+import gentune.train as train_mod
+from gentune.config import TrainConfig
+from gentune.train import resolve_precision, train
+
+from .conftest import PAIRS, write_jsonl
+
+
+@pytest.mark.parametrize(
+    "flag,expected", [("avx512_bf16", "bf16"), ("amx_bf16", "bf16"), (None, "fp32")]
+)
+def test_auto_follows_the_cpu_flags(monkeypatch, flag, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_mod, "cpu_bf16", lambda: flag)
+    precision, reason = resolve_precision("auto")
+    assert precision == expected
+    assert (flag or "no native bf16") in reason
+    assert resolve_precision("fp32") == ("fp32", "--precision fp32")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    real = Path.read_text
+
+    def fake(self, *a, **k):
+        if str(self) == "/proc/cpuinfo":
+            return "flags\t: fpu sse2 avx512f avx512_bf16 amx_tile\n"
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", fake)
+    assert train_mod.cpu_bf16() == "avx512_bf16"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_recorded_and_applied(tiny_llama, tmp_path, precision, monkeypatch):
+    """The manifest records the precision and its reason; bf16 autocast really runs the
+    training forward in bf16 (a linear layer's output, seen by a hook), validation in fp32."""
+    seen = []
+
+    def hook(module, args, output):
+        seen.append(output.dtype)
+
+    from gentune.models import load_model
+
+    def load_and_hook(spec, **kw):
+        model, tok, where = load_model(spec, **kw)
+        model.model.layers[0].mlp.down_proj.register_forward_hook(hook)
+        return model, tok, where
+
+    monkeypatch.setitem(train_mod.prepare.__globals__, "load_model", load_and_hook)
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(data),
+        out=str(tmp_path / precision),
+        model=tiny_llama,
+        max_steps=2,
+        batch_size=4,
+        precision=precision,
+        eval_generate=0,
+        progress=False,
+        tensorboard=False,
+    )
+    run = train(cfg, log=lambda *_: None)
+    stats = json.loads((run / "manifest.json").read_text())["stats"]
+    assert (
+        stats["precision"] == precision and stats["precision_reason"] == f"--precision {precision}"
+    )
+    # two training steps, one forward each, then validation at the end
+    assert set(seen[:2]) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert set(seen[2:]) == {torch.float32}  # validation loss and perplexity in fp32
