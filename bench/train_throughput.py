@@ -6,6 +6,9 @@ in its own process (so peak memory is its own); the table compares them.
 
     .venv/bin/python bench/train_throughput.py [--steps 12] [--batch-size 8] [--method lora]
 
+Three sides: the Trainer recipe in fp32 (as users run it on a CPU), gentune forced to fp32, and
+gentune with its default precision (`auto`: bf16 autocast where the CPU has native bf16).
+
 target tokens = the tokens of the outputs (titles) + EOS: what the fine-tune is for. The Trainer
 recipe (DataCollatorForLanguageModeling(mlm=False)) trains on every token, prompt included, pads
 to the longest row of a random batch and projects every position onto the vocabulary.
@@ -39,7 +42,7 @@ def run_gentune(a) -> dict:
     from gentune.config import TrainConfig
     from gentune.demo import INSTRUCTION, aclsum_rows, write_jsonl
     from gentune.runs import read_log
-    from gentune.train import train
+    from gentune.train import resolve_precision, train
 
     tmp = Path(tempfile.mkdtemp())
     data = write_jsonl(tmp / "train.jsonl", aclsum_rows("train"))
@@ -61,6 +64,7 @@ def run_gentune(a) -> dict:
         progress=False,
         tensorboard=False,
         seed=a.seed,
+        precision=a.precision,
     )
     train(cfg, log=lambda *_: None)
     log = read_log(tmp / "run")
@@ -73,6 +77,7 @@ def run_gentune(a) -> dict:
         "target_tokens": sum(int(r["target_tokens"]) for r in log),
         "first_loss": float(log[0]["loss"]),
         "last_loss": float(log[-1]["loss"]),
+        "precision": resolve_precision(a.precision)[0],
     }
 
 
@@ -134,6 +139,7 @@ def run_trainer(a) -> dict:
         "target_tokens": counts["target_tokens"],
         "first_loss": losses[0],
         "last_loss": losses[-1],
+        "precision": "fp32",
     }
 
 
@@ -151,6 +157,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--packing", action="store_true", help="gentune side: pack examples")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["gentune", "trainer"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -159,8 +166,13 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
     results = {}
-    for side in ("trainer", "gentune"):
-        argv = [sys.executable, __file__, "--worker", side] + sys.argv[1:]
+    sides = {
+        "trainer": ["--worker", "trainer"],
+        "gentune fp32": ["--worker", "gentune", "--precision", "fp32"],
+        "gentune (default)": ["--worker", "gentune", "--precision", "auto"],
+    }
+    for side, extra in sides.items():
+        argv = [sys.executable, __file__, *extra] + sys.argv[1:]
         print(f"running {side} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(argv, capture_output=True, text=True)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -172,18 +184,27 @@ def main() -> None:
         f"max_length={a.max_length} model=smollm2-135m data=ACLSum abstract->title "
         f"packing(gentune)={a.packing}\n"
     )
-    head = ("side", "seconds", "target tok/s", "all tok/s", "peak RSS MiB", "loss first→last")
+    head = (
+        "side",
+        "precision",
+        "seconds",
+        "target tok/s",
+        "all tok/s",
+        "peak RSS MiB",
+        "loss first→last",
+        "target tok/s vs Trainer",
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
+    t = results["trainer"]
     for side, r in results.items():
+        ratio = (r["target_tokens"] / r["seconds"]) / (t["target_tokens"] / t["seconds"])
         print(
-            f"| {side} | {r['seconds']:.1f} | {r['target_tokens'] / r['seconds']:.1f} | "
-            f"{r['tokens'] / r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['first_loss']:.3f}→{r['last_loss']:.3f} |"
+            f"| {side} | {r['precision']} | {r['seconds']:.1f} | "
+            f"{r['target_tokens'] / r['seconds']:.1f} | {r['tokens'] / r['seconds']:.1f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['first_loss']:.3f}→{r['last_loss']:.3f} | "
+            f"{ratio:.2f}x |"
         )
-    g, t = results["gentune"], results["trainer"]
-    ratio = (g["target_tokens"] / g["seconds"]) / (t["target_tokens"] / t["seconds"])
-    print(f"\ntarget-token throughput, gentune / Trainer: {ratio:.2f}x")
     print("(the Trainer's loss is over all tokens, prompt included; gentune's over targets)")
 
 

@@ -165,3 +165,31 @@ def test_evaluating_on_the_training_file_is_warned(trained_run, capsys):
         decoding_overrides={"max_new_tokens": 2},
     )
     assert "is the file this run was trained on" in capsys.readouterr().err
+
+
+def test_new_tokens_capped_from_the_training_targets(lora_run, tiny_llama, tmp_path, capsys):
+    """A run records its targets' lengths; generation caps new tokens at 1.5 x their 99th
+    percentile (within the task's cap) for the run and for the base it is compared with,
+    says so, and --max-new-tokens overrides it."""
+    import math
+
+    from gentune.generate import default_decoding
+
+    run, _ = lora_run
+    loaded = load_for_inference(str(run))
+    tpl = loaded.template
+    cap = math.ceil(1.5 * tpl.target_p99)
+    assert tpl.target_p99 >= tpl.target_tokens > 0 and cap < 128  # PAIRS' outputs are short
+    assert default_decoding(tpl).max_new_tokens == cap
+    assert default_decoding(tpl, max_new_tokens=7).max_new_tokens == 7
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS[:4])
+    result = evaluate(
+        str(run), str(data), tmp_path / "e", progress=False, compare=tiny_llama, bootstrap=10
+    )
+    assert f"at most {cap} new tokens: 1.5 x the training targets' 99th percentile" in (
+        capsys.readouterr().err
+    )
+    for side in ("e", "e/base"):  # the random base model never stops: it runs to the cap
+        rows = [json.loads(x) for x in (tmp_path / side / "predictions.jsonl").open()]
+        assert max(r["new_tokens"] for r in rows) <= cap
+    assert result["meta"]["decoding"]["max_new_tokens"] == cap

@@ -143,8 +143,7 @@ def demo(
         out / "eval",
         limit=limit,
         progress=progress,
-        compare=DEFAULT_MODEL,
-        decoding_overrides={"max_new_tokens": 48},
+        compare=DEFAULT_MODEL,  # new tokens capped from the run's titles, for both models
     )
     comparison = result["comparison"]
     table = format_table(comparison)

@@ -264,9 +264,11 @@ def encode_prompt(
 def with_length_limit(
     template: PromptTemplate, max_length: int, examples: list[Example]
 ) -> PromptTemplate:
-    """The template carrying training's length limit, so inference shortens inputs by the same
-    rule (`PromptTemplate.prompt_limit`): max_length and the median target length of the
-    examples that have a prompt (free text has none)."""
+    """The template carrying training's lengths, so inference follows them: max_length and the
+    median target length shorten inputs by the same rule (`PromptTemplate.prompt_limit`), the
+    99th percentile of the target lengths caps new tokens (`PromptTemplate.new_tokens_cap`).
+    Targets are those of examples that have a prompt (free text has none)."""
+    import math
     from dataclasses import replace
 
     targets = sorted(e.n_targets for e in examples if e.labels and e.labels[0] == IGNORE)
@@ -274,6 +276,7 @@ def with_length_limit(
         template,
         max_length=max_length,
         target_tokens=targets[len(targets) // 2] if targets else None,
+        target_p99=targets[math.ceil(0.99 * len(targets)) - 1] if targets else None,
     )
 
 

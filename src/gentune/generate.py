@@ -17,12 +17,13 @@ from .tasks import PromptTemplate, get_task
 
 
 def default_decoding(template: PromptTemplate, **overrides) -> Decoding:
-    """The task's decoding defaults (length cap, greedy or sampling), then `overrides` that are
-    not None."""
+    """The defaults for a template — greedy or sampling by task, new tokens capped from the
+    run's training targets (`PromptTemplate.new_tokens_cap`) — then `overrides` not None."""
     from dataclasses import replace
 
     task = get_task(template.task)
-    base = Decoding(max_new_tokens=task.max_new_tokens, do_sample=task.do_sample)
+    cap, _ = template.new_tokens_cap(task.max_new_tokens)
+    base = Decoding(max_new_tokens=cap, do_sample=task.do_sample)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

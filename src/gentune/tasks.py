@@ -9,6 +9,7 @@ either context (masked from the loss) or targets (trained, each ending with EOS)
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -116,6 +117,7 @@ class PromptTemplate:
     system: str | None = None  # optional system message for chat style
     max_length: int | None = None  # tokens per example in training (prompt + target)
     target_tokens: int | None = None  # the median target in training (EOS included)
+    target_p99: int | None = None  # the 99th percentile of the training targets (EOS included)
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -159,6 +161,17 @@ class PromptTemplate:
         if self.max_length is None:
             return room
         return min(room, self.max_length - (self.target_tokens or max_new_tokens))
+
+    def new_tokens_cap(self, task_cap: int) -> tuple[int, str]:
+        """(new tokens at most, why): 1.5 x the 99th percentile of the training targets,
+        within the task's cap; the task's cap where the run recorded none."""
+        if not self.target_p99:
+            return task_cap, f"the {self.task} task's default"
+        cap = min(task_cap, math.ceil(1.5 * self.target_p99))
+        return cap, (
+            f"1.5 x the training targets' 99th percentile ({self.target_p99} tokens)"
+            + (f", within the {self.task} task's {task_cap}" if cap == task_cap else "")
+        )
 
     # ---- rendering ---------------------------------------------------------------------
     def segments(self, record: Record, tokenizer) -> list[Segment]:

@@ -497,6 +497,8 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
                 "model_step": final_step,
                 "max_length": prep.max_length,
                 "processes": s.world,
+                "target_tokens_p50": prep.template.target_tokens,
+                "target_tokens_p99": prep.template.target_p99,
                 "precision": s.precision,
                 "precision_reason": s.precision_reason,
                 "packing": cfg.packing,
