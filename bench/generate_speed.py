@@ -1,7 +1,9 @@
 """gentune's evaluation generation against a one-by-one `model.generate` loop, side by side.
 
 Same model, same prompts (the demo's ACLSum validation abstracts with the demo's prompt), greedy,
-same max_new_tokens. Prints both times, the speed-up, and whether the outputs are identical.
+same max_new_tokens. Prints the times, the speed-ups, and how many outputs are identical; a
+third side runs gentune with bf16 weights (`--precision bf16`) and counts its greedy agreement
+with the fp32 outputs.
 
     .venv/bin/python bench/generate_speed.py [--model smollm2-135m|RUN] [--rows 48]
                                              [--max-new-tokens 48] [--batch-size 8]
@@ -72,7 +74,15 @@ def main() -> None:
     ours = [g.text for g in generate(model, tok, prompts, decoding, batch_size=a.batch_size)]
     t_ours = time.time() - start
 
+    del model
+    half = load_for_inference(a.model, precision="bf16")
+    generate(half.model, tok, prompts[:2], decoding, batch_size=2)  # warm-up
+    start = time.time()
+    bf16 = [g.text for g in generate(half.model, tok, prompts, decoding, batch_size=a.batch_size)]
+    t_bf16 = time.time() - start
+
     same = sum(x == y for x, y in zip(loop, ours, strict=True))
+    agree = sum(x == y for x, y in zip(ours, bf16, strict=True))
     print(
         f"\nmodel={a.model} rows={len(prompts)} greedy max_new_tokens={a.max_new_tokens} "
         f"prompt tokens p50={sorted(map(len, prompts))[len(prompts) // 2]}\n"
@@ -84,7 +94,12 @@ def main() -> None:
         f"| gentune generate (batch {a.batch_size}, length-sorted, shared prefix) | "
         f"{t_ours:.1f} | {len(prompts) / t_ours:.2f} | {t_loop / t_ours:.2f}x |"
     )
-    print(f"\nidentical greedy outputs: {same}/{len(prompts)}")
+    print(
+        f"| gentune generate, bf16 weights | {t_bf16:.1f} | {len(prompts) / t_bf16:.2f} | "
+        f"{t_loop / t_bf16:.2f}x |"
+    )
+    print(f"\nidentical greedy outputs, fp32 loop vs gentune: {same}/{len(prompts)}")
+    print(f"bf16 weights, greedy outputs identical to fp32: {agree}/{len(prompts)}")
     for x, y in zip(loop, ours, strict=True):
         if x != y:
             print(f"  differs:\n    loop:    {x!r}\n    gentune: {y!r}")

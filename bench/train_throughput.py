@@ -41,8 +41,9 @@ def _records(n: int):
 def run_gentune(a) -> dict:
     from gentune.config import TrainConfig
     from gentune.demo import INSTRUCTION, aclsum_rows, write_jsonl
+    from gentune.models import resolve_precision
     from gentune.runs import read_log
-    from gentune.train import resolve_precision, train
+    from gentune.train import train
 
     tmp = Path(tempfile.mkdtemp())
     data = write_jsonl(tmp / "train.jsonl", aclsum_rows("train"))

@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
+import gentune.models as models_mod
 import gentune.train as train_mod
 from gentune.config import TrainConfig
-from gentune.train import resolve_precision, train
+from gentune.models import resolve_precision
+from gentune.train import train
 
 from .conftest import PAIRS, write_jsonl
 
@@ -18,7 +20,7 @@ from .conftest import PAIRS, write_jsonl
 )
 def test_auto_follows_the_cpu_flags(monkeypatch, flag, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train_mod, "cpu_bf16", lambda: flag)
+    monkeypatch.setattr(models_mod, "cpu_bf16", lambda: flag)
     precision, reason = resolve_precision("auto")
     assert precision == expected
     assert (flag or "no native bf16") in reason
@@ -36,7 +38,7 @@ def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
         return real(self, *a, **k)
 
     monkeypatch.setattr(Path, "read_text", fake)
-    assert train_mod.cpu_bf16() == "avx512_bf16"
+    assert models_mod.cpu_bf16() == "avx512_bf16"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -77,3 +79,38 @@ def test_precision_recorded_and_applied(tiny_llama, tmp_path, precision, monkeyp
     # two training steps, one forward each, then validation at the end
     assert set(seen[:2]) == {torch.bfloat16 if precision == "bf16" else torch.float32}
     assert set(seen[2:]) == {torch.float32}  # validation loss and perplexity in fp32
+
+
+def test_bf16_weights_for_generation_on_request(trained_run, tmp_path, capsys):
+    """--precision bf16 loads the weights in bf16 for generation and evaluation (the default
+    stays fp32): the tiny trained run still gives its answer."""
+    import gentune.runs as runs_mod
+    from gentune.cli import main
+
+    half = runs_mod.load_for_inference(trained_run, precision="bf16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    full = runs_mod.load_for_inference(trained_run)
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32}
+    capsys.readouterr()
+    assert main(["generate", trained_run, PAIRS[0]["input"], "--precision", "bf16"]) == 0
+    assert capsys.readouterr().out.strip() == PAIRS[0]["output"]
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS[:3])
+    out = tmp_path / "e"
+    assert (
+        main(
+            [
+                "evaluate",
+                trained_run,
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--precision",
+                "bf16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rougeL"] > 50 and metrics["perplexity"] > 0

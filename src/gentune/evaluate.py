@@ -183,6 +183,7 @@ def evaluate(
     bootstrap: int = 1000,
     seed: int = 0,
     decoding_overrides: dict | None = None,
+    precision: str = "fp32",
     **template_args,
 ) -> dict:
     """Score a run or model on a labelled file; writes predictions.jsonl and metrics.json.
@@ -191,7 +192,7 @@ def evaluate(
     same prompt; OUT/base/ holds the base's files, OUT/comparison.json the differences with
     bootstrap intervals, and OUT/report.html the report."""
     out = Path(out)
-    loaded = loaded or load_for_inference(spec)
+    loaded = loaded or load_for_inference(spec, precision=precision)
     template = resolve_template(loaded, task, **template_args)
     kind = get_task(template.task).kind
     records = read_records(data, kind=kind, fields=fields)
@@ -227,7 +228,7 @@ def evaluate(
     if not compare:
         return result
     del loaded  # free the memory before loading the second model
-    base = load_for_inference(compare)
+    base = load_for_inference(compare, precision=precision)  # as the run: a fair comparison
     base_template = base.template or template  # a plain base gets the run's own prompt
     base_result, base_rows = _score(
         compare,

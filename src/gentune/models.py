@@ -245,3 +245,30 @@ def corpus_nll(model, examples, pad_id: int, batch_size: int) -> tuple[float, in
         count += n
     model.train(was_training)
     return total, count
+
+
+# ---- precision ----------------------------------------------------------------------------
+def cpu_bf16() -> str | None:
+    """The CPU flag that gives native bf16 matrix instructions (AVX512_BF16 or AMX), read from
+    /proc/cpuinfo, or None (no such flag, or no cpuinfo to read)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+
+
+def resolve_precision(choice: str) -> tuple[str, str]:
+    """(fp32 | bf16 | fp16, the reason). auto: bf16 autocast on GPUs that support it and on
+    CPUs with native bf16 instructions, fp32 elsewhere. Master weights and optimizer state stay
+    fp32 either way."""
+    if choice != "auto":
+        return choice, f"--precision {choice}"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"the GPU ({torch.cuda.get_device_name()}) supports bf16"
+        return "fp32", "the GPU has no bf16"
+    flag = cpu_bf16()
+    if flag:
+        return "bf16", f"the CPU has native bf16 ({flag})"
+    return "fp32", "the CPU has no native bf16 (no avx512_bf16 or amx_bf16)"

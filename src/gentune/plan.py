@@ -15,8 +15,9 @@ import torch
 
 from .config import TrainConfig
 from .encode import IGNORE, collate_for, encode_dataset, length_grouped_batches
+from .models import resolve_precision
 from .prepare import prepare
-from .train import TargetLoss, peak_memory_mb, resolve_precision
+from .train import TargetLoss, peak_memory_mb
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered example
 

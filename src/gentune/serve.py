@@ -461,7 +461,12 @@ def _usage_wanted(body) -> bool:
 
 
 def serve(
-    spec: str, *, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None
+    spec: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    precision: str = "fp32",
 ) -> None:
     """Load the model and serve it until interrupted."""
     import uvicorn
@@ -478,7 +483,7 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
-    loaded = load_for_inference(spec)
+    loaded = load_for_inference(spec, precision=precision)
     app = create_app(loaded, settings)
     print(
         f"gentune: serving {app.state.model_name} on http://{host}:{port}/ "

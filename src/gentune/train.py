@@ -31,7 +31,7 @@ from .encode import (
     length_grouped_batches,
 )
 from .errors import TrainingError
-from .models import token_nll
+from .models import resolve_precision, token_nll
 from .prepare import Prepared, prepare
 from .report import loss_curve_png
 from .validation import validate
@@ -123,32 +123,6 @@ def peak_memory_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_bf16() -> str | None:
-    """The CPU flag that gives native bf16 matrix instructions (AVX512_BF16 or AMX), read from
-    /proc/cpuinfo, or None (no such flag, or no cpuinfo to read)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return None
-    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
-
-
-def resolve_precision(choice: str) -> tuple[str, str]:
-    """(fp32 | bf16 | fp16, the reason). auto: bf16 autocast on GPUs that support it and on
-    CPUs with native bf16 instructions, fp32 elsewhere. Master weights and optimizer state stay
-    fp32 either way."""
-    if choice != "auto":
-        return choice, f"--precision {choice}"
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return "bf16", f"the GPU ({torch.cuda.get_device_name()}) supports bf16"
-        return "fp32", "the GPU has no bf16"
-    flag = cpu_bf16()
-    if flag:
-        return "bf16", f"the CPU has native bf16 ({flag})"
-    return "fp32", "the CPU has no native bf16 (no avx512_bf16 or amx_bf16)"
 
 
 @dataclass
