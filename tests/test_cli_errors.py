@@ -308,3 +308,33 @@ def test_compressed_and_utf16_data_train_like_plain(tiny_gpt2, tmp_path):
     assert code == 0
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["stats"]["read"][0]["rows"] == len(PAIRS)
+
+
+def test_train_from_a_datasets_directory(tiny_gpt2, tmp_path):
+    """A save_to_disk directory trains like a file; its fingerprint covers its files, so the
+    manifest records the data and resume can compare it."""
+    from datasets import Dataset
+
+    Dataset.from_list(PAIRS).save_to_disk(str(tmp_path / "ds"))
+    code = main(
+        [
+            "train",
+            "--task",
+            "summarization",
+            "--data",
+            str(tmp_path / "ds"),
+            "--model",
+            tiny_gpt2,
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--eval-generate",
+            "0",
+        ]
+    )
+    assert code == 0
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["stats"]["read"][0]["rows"] == len(PAIRS)
+    assert len(manifest["data"][0]["sha256"]) == 64

@@ -180,3 +180,43 @@ def test_utf16_and_utf32_by_their_byte_order_mark(tmp_path):
         p.write_bytes(data)
         rec = read_records(p, kind="pairs")[0]
         assert (rec.input, rec.output) == ("café", "日本語"), enc
+
+
+def test_parquet_and_datasets_directories_read_like_jsonl(tmp_path):
+    """Parquet files and `datasets` save_to_disk directories give the same records as JSONL,
+    and their bad rows are named by file, row and field like any other."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset, DatasetDict
+
+    from .conftest import PAIRS, write_jsonl
+
+    want = [
+        (r.input, r.output)
+        for r in read_records(write_jsonl(tmp_path / "p.jsonl", PAIRS), kind="pairs")
+    ]
+    pq.write_table(pa.Table.from_pylist(PAIRS), tmp_path / "p.parquet")
+    got = [(r.input, r.output) for r in read_records(tmp_path / "p.parquet", kind="pairs")]
+    assert got == want
+    Dataset.from_list(PAIRS).save_to_disk(str(tmp_path / "ds"))
+    got = [(r.input, r.output) for r in read_records(tmp_path / "ds", kind="pairs")]
+    assert got == want
+    DatasetDict({"train": Dataset.from_list(PAIRS)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(
+        DataError,
+        match=r"dd: a datasets DatasetDict with splits train; give "
+        r"one of them, e.g. .*dd/train",
+    ):
+        read_records(tmp_path / "dd", kind="pairs")
+    assert len(read_records(tmp_path / "dd" / "train", kind="pairs")) == len(PAIRS)
+    bad = [{"input": "a", "output": "b"}, {"input": "a", "output": None}]
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet:2: field 'output' is null"):
+        read_records(tmp_path / "bad.parquet", kind="pairs")
+    (tmp_path / "bad.parquet").rename(tmp_path / "parquet-named.jsonl")
+    with pytest.raises(
+        DataError,
+        match=r"the file is Parquet, not text; name it "
+        r"parquet-named.parquet",
+    ):
+        read_records(tmp_path / "parquet-named.jsonl", kind="pairs")

@@ -77,23 +77,7 @@ def read_records(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file (check the path given to --data/--val)")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; give a .jsonl, .csv, .tsv or .txt file")
-    raw, suffix = _read_bytes(path)
-    text = _decode(path, raw)
-    if not text.strip():
-        raise DataError(f"{path}: the file is empty; it needs at least one row")
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        rows = _jsonl_rows(path, text)
-    elif suffix in (".csv", ".tsv"):
-        rows = _csv_rows(path, text, delimiter="," if suffix == ".csv" else "\t")
-    elif suffix in (".txt", ".text", ".md"):
-        rows = _text_rows(text)
-    else:
-        raise DataError(
-            f"{path}: unknown file type {suffix!r}; use .jsonl, .csv, .tsv or .txt (optionally "
-            "compressed: .gz, .bz2, .xz)"
-        )
+    rows = _rows(path)
     report = report if report is not None else ReadReport(path=str(path))
     records = []
     for row_no, row in rows:
@@ -113,6 +97,66 @@ def read_records(
     return records
 
 
+FILE_TYPES = ".jsonl, .csv, .tsv, .txt or .parquet (text optionally compressed: .gz, .bz2, .xz)"
+
+
+def _rows(path: Path):
+    """(row number, row) pairs of a data file or a `datasets` directory."""
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists():
+            splits = sorted(p.name for p in path.iterdir() if (p / "dataset_info.json").exists())
+            raise DataError(
+                f"{path}: a datasets DatasetDict with splits {', '.join(splits)}; "
+                f"give one of them, e.g. {path / (splits[0] if splits else 'train')}"
+            )
+        if (path / "dataset_info.json").exists() and (path / "state.json").exists():
+            return _dataset_rows(path)
+        raise DataError(
+            f"{path}: is a directory; give a {FILE_TYPES} file, or a directory "
+            "written by datasets' save_to_disk"
+        )
+    if path.suffix.lower() == ".parquet":
+        return _parquet_rows(path)
+    raw, suffix = _read_bytes(path)
+    text = _decode(path, raw)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; it needs at least one row")
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return _jsonl_rows(path, text)
+    if suffix in (".csv", ".tsv"):
+        return _csv_rows(path, text, delimiter="," if suffix == ".csv" else "\t")
+    if suffix in (".txt", ".text", ".md"):
+        return _text_rows(text)
+    raise DataError(f"{path}: unknown file type {suffix!r}; use {FILE_TYPES}")
+
+
+def _parquet_rows(path: Path):
+    """Rows of a Parquet file (numbered from 1), read with pyarrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: cannot read it as Parquet ({e})") from None
+    if table.num_rows == 0:
+        raise DataError(f"{path}: the file is empty; it needs at least one row")
+    return list(enumerate(table.to_pylist(), start=1))
+
+
+def _dataset_rows(path: Path):
+    """Rows of a directory written by `datasets.Dataset.save_to_disk` (numbered from 1)."""
+    from datasets import load_from_disk
+
+    try:
+        data = load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise DataError(f"{path}: cannot load it with datasets.load_from_disk ({e})") from None
+    if len(data) == 0:
+        raise DataError(f"{path}: the dataset is empty; it needs at least one row")
+    return list(enumerate(data, start=1))
+
+
 COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 _MAGIC = {
     b"\x1f\x8b": ".gz",
@@ -120,6 +164,7 @@ _MAGIC = {
     b"\xfd7zXZ": ".xz",
     b"PK\x03\x04": ".zip",
     b"(\xb5/\xfd": ".zst",
+    b"PAR1": ".parquet",
 }
 
 
@@ -144,6 +189,8 @@ def _read_bytes(path: Path) -> tuple[bytes, str]:
             ) from None
         return raw, Path(path.stem).suffix.lower()
     kind = next((k for magic, k in _MAGIC.items() if raw.startswith(magic)), None)
+    if kind == ".parquet":
+        raise DataError(f"{path}: the file is Parquet, not text; name it {path.stem}.parquet")
     if kind:
         hint = (
             f"rename it to {path.name}{kind}"
@@ -355,10 +402,17 @@ def record_key(record: Record) -> tuple:
 
 
 def fingerprint(path: str | Path) -> str:
-    """sha256 of a file's bytes, for the run manifest."""
+    """sha256 of a file's bytes (of a directory's files, by relative path), for the manifest
+    and the resume check."""
     import hashlib
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    path = Path(path)
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 def write_records(path: str | Path, records: list[Record]) -> None:
