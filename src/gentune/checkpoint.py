@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import TrainConfig
-from .errors import TrainingError
+from .errors import TrainingError, read_json_object
 
 PREFIX = "step-"
 
@@ -276,13 +276,7 @@ def check_resumable(run: Path, cfg: TrainConfig) -> None:
     file = run / "train_config.json"
     if not file.exists():
         return
-    try:
-        saved = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrainingError(
-            f"{file}: cannot read it ({e}); the run directory is damaged: "
-            "start again with --overwrite"
-        ) from None
+    saved = read_json_object(file, "training settings", TrainingError)
     now = cfg.to_dict()
     diffs = [
         f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"

@@ -132,18 +132,6 @@ def _given(a, cls) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
-def _say_new_tokens(a, template) -> None:
-    """Print where the cap on new tokens comes from, unless --max-new-tokens set it."""
-    from .tasks import get_task
-
-    if getattr(a, "max_new_tokens", None) is None:
-        cap, why = template.new_tokens_cap(get_task(template.task).max_new_tokens)
-        print(
-            f"gentune {a.command}: at most {cap} new tokens: {why} (--max-new-tokens to change)",
-            file=sys.stderr,
-        )
-
-
 def _decoding_overrides(a) -> dict:
     from .config import Decoding
 
@@ -215,8 +203,8 @@ def cmd_generate(a) -> None:
     loaded = load_for_inference(a.model, precision=a.precision)
     template = resolve_template(loaded, a.task, **_template_args(a))
     decoding = default_decoding(template, **_decoding_overrides(a))
-    if a.data:
-        _say_new_tokens(a, template)
+    if a.data and a.max_new_tokens is None:
+        print(f"gentune generate: {template.new_tokens_note()}", file=sys.stderr)
     records = _records_from_args(a, template)
     if not a.data and decoding.num_return_sequences == 1 and not a.no_stream:
         from .encode import encode_prompt

@@ -36,3 +36,36 @@ class RunError(GentuneError, RuntimeError):
 
 class TrainingError(GentuneError, RuntimeError):
     """Training stopped; the message says why and what to do."""
+
+
+# ---- files gentune wrote itself: damaged ones are named, never a traceback ---------------------
+def read_json_object(path, what: str, error: type[GentuneError] = RunError) -> dict:
+    """A JSON object gentune saved (manifest, template, settings); a damaged file raises
+    `error` naming it and what it was."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(
+            f"{path}: cannot read the {what} ({e}); the run directory is damaged: "
+            "train it again (--overwrite) or restore the file"
+        ) from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: the {what} is not a JSON object; the run directory is damaged")
+    return data
+
+
+def check_keys(path, data: dict, required, known) -> None:
+    """Missing or unknown keys in a saved JSON object name the file."""
+    missing = [k for k in required if k not in data]
+    unknown = sorted(set(data) - set(known))
+    if missing or unknown:
+        problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
+            [f"unknown keys {', '.join(unknown)}"] if unknown else []
+        )
+        raise RunError(
+            f"{path}: {'; '.join(problems)} (damaged, or written by another gentune "
+            "version): train the run again (--overwrite)"
+        )

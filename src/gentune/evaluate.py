@@ -209,11 +209,7 @@ def evaluate(
         print(f"gentune: warning: {warning}", file=sys.stderr)
     decoding = default_decoding(template, **(decoding_overrides or {}))
     if "max_new_tokens" not in (decoding_overrides or {}):
-        cap, why = template.new_tokens_cap(get_task(template.task).max_new_tokens)
-        print(
-            f"gentune: at most {cap} new tokens: {why} (--max-new-tokens to change)",
-            file=sys.stderr,
-        )
+        print(f"gentune: {template.new_tokens_note()}", file=sys.stderr)
     result, rows = _score(
         spec,
         loaded,

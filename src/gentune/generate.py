@@ -22,7 +22,7 @@ def default_decoding(template: PromptTemplate, **overrides) -> Decoding:
     from dataclasses import replace
 
     task = get_task(template.task)
-    cap, _ = template.new_tokens_cap(task.max_new_tokens)
+    cap, _ = template.new_tokens_cap()
     base = Decoding(max_new_tokens=cap, do_sample=task.do_sample)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

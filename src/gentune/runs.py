@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .checkpoint import latest
-from .errors import GentuneError, RunError, UsageError
+from .errors import GentuneError, RunError, UsageError, check_keys, read_json_object
 from .models import load_model, resolve_precision
 from .tasks import PromptTemplate, build_template, get_task
 
@@ -203,43 +203,16 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool, main: bool = True) 
         )
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(
-            f"{path}: cannot read the {what} ({e}); the run directory is damaged: "
-            "train it again or restore the file"
-        ) from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path}: the {what} is not a JSON object; the run directory is damaged")
-    return data
-
-
 def read_manifest(path: Path) -> dict:
     """The run's manifest, checked for the keys gentune needs (a damaged one is named)."""
-    manifest = _read_json(path / "manifest.json", "manifest")
-    _check_keys(path / "manifest.json", manifest, MANIFEST_REQUIRED, MANIFEST_KEYS)
+    manifest = read_json_object(path / "manifest.json", "manifest")
+    check_keys(path / "manifest.json", manifest, MANIFEST_REQUIRED, MANIFEST_KEYS)
     if manifest["method"] not in ("lora", "full"):
         raise RunError(
             f"{path / 'manifest.json'}: method {manifest['method']!r} is not lora or "
             "full; the run directory is damaged"
         )
     return manifest
-
-
-def _check_keys(file: Path, data: dict, required, known: set) -> None:
-    """Missing or unknown keys name the file (as `PromptTemplate.load` does for templates)."""
-    missing = [k for k in required if k not in data]
-    unknown = sorted(set(data) - known)
-    if missing or unknown:
-        problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
-            [f"unknown keys {', '.join(unknown)}"] if unknown else []
-        )
-        raise RunError(
-            f"{file}: {'; '.join(problems)} (damaged, or written by another gentune "
-            "version): train the run again (--overwrite)"
-        )
 
 
 @dataclass

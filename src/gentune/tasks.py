@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from .data import Kind, Record
-from .errors import ConfigError, DataError, RunError
+from .errors import ConfigError, DataError, check_keys, read_json_object
 from .metrics import REFERENCE_METRICS
 
 TaskName = Literal["summarization", "translation", "dialogue", "text"]
@@ -128,27 +128,9 @@ class PromptTemplate:
         """The saved template; a damaged file (not JSON, keys missing or unknown) is named."""
         from dataclasses import MISSING, fields
 
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RunError(
-                f"{path}: cannot read the prompt template ({e}); the run directory "
-                "is damaged: train it again (--overwrite)"
-            ) from None
-        if not isinstance(data, dict):
-            raise RunError(
-                f"{path}: the prompt template is not a JSON object; the run directory is damaged"
-            )
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if missing or unknown:
-            problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
-                [f"unknown keys {', '.join(unknown)}"] if unknown else []
-            )
-            raise RunError(
-                f"{path}: {'; '.join(problems)} (damaged, or written by another "
-                "gentune version): train the run again (--overwrite)"
-            )
+        data = read_json_object(path, "prompt template")
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        check_keys(path, data, required, {f.name for f in fields(cls)})
         return cls(**data)
 
     def prompt_limit(self, context: int, max_new_tokens: int) -> int:
@@ -162,9 +144,10 @@ class PromptTemplate:
             return room
         return min(room, self.max_length - (self.target_tokens or max_new_tokens))
 
-    def new_tokens_cap(self, task_cap: int) -> tuple[int, str]:
+    def new_tokens_cap(self) -> tuple[int, str]:
         """(new tokens at most, why): 1.5 x the 99th percentile of the training targets,
         within the task's cap; the task's cap where the run recorded none."""
+        task_cap = get_task(self.task).max_new_tokens
         if not self.target_p99:
             return task_cap, f"the {self.task} task's default"
         cap = min(task_cap, math.ceil(1.5 * self.target_p99))
@@ -172,6 +155,11 @@ class PromptTemplate:
             f"1.5 x the training targets' 99th percentile ({self.target_p99} tokens)"
             + (f", within the {self.task} task's {task_cap}" if cap == task_cap else "")
         )
+
+    def new_tokens_note(self) -> str:
+        """The cap on new tokens and where it comes from, for the user."""
+        cap, why = self.new_tokens_cap()
+        return f"at most {cap} new tokens: {why} (--max-new-tokens to change)"
 
     # ---- rendering ---------------------------------------------------------------------
     def segments(self, record: Record, tokenizer) -> list[Segment]:
