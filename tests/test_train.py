@@ -91,6 +91,41 @@ def test_same_seed_gives_identical_weights(tiny_llama, pairs_file, tmp_path, met
     assert any(not torch.equal(a[k], other[k]) for k in a)
 
 
+def test_micro_batch_token_cap_splits_forward_passes_not_the_gradient(tiny_llama, tmp_path):
+    """A cap of 40 padded tokens per forward pass cuts every 4-row micro-batch into pieces;
+    every step's loss is the uncapped run's (up to float rounding), and the capped run
+    really ran more, smaller forward passes."""
+    import gentune.train as train_module
+
+    data = _data(tmp_path, 24)
+    shapes: dict[str, list] = {"capped": [], "whole": []}
+    real = train_module.accumulate_gradients
+
+    def spy(name):
+        def accumulate(loss_model, micro, *a, **k):
+            shapes[name] += [tuple(m["input_ids"].shape) for m in micro]
+            return real(loss_model, micro, *a, **k)
+
+        return accumulate
+
+    runs = {}
+    for name, cap in (("capped", 40), ("whole", 10_000)):
+        train_module.accumulate_gradients = spy(name)
+        try:
+            runs[name] = train(
+                _cfg(tiny_llama, data, tmp_path / name, micro_batch_size=4, method="full",
+                     micro_batch_tokens=cap, eval_generate=0),
+                log=lambda *_: None,
+            )  # fmt: skip
+        finally:
+            train_module.accumulate_gradients = real
+    assert all(rows * width <= 40 or rows == 1 for rows, width in shapes["capped"])
+    assert len(shapes["capped"]) > len(shapes["whole"])
+    assert max(rows for rows, _ in shapes["whole"]) == 4
+    a, b = (read_log(runs[n]) for n in ("capped", "whole"))
+    assert [float(r["loss"]) for r in a] == pytest.approx([float(r["loss"]) for r in b], rel=1e-4)
+
+
 def test_run_directory_contents_and_training_lowers_loss(tiny_gpt2, pairs_file, tmp_path):
     run = train(
         _cfg(tiny_gpt2, pairs_file, tmp_path / "run", method="full", epochs=6), log=lambda *_: None

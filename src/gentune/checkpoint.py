@@ -249,6 +249,7 @@ class State:
     stopped_early: bool = False
     data_sha256: dict = field(default_factory=dict)  # the data trained on, checked on resume
     precision: str | None = None  # fp32 | bf16 | fp16: exact resume holds within one
+    layout: dict | None = None  # micro-batch and checkpointing chosen for --memory-budget
 
 
 # settings that may differ between a run and its resumption: they change neither the data

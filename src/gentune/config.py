@@ -34,6 +34,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
     batch_size: int = 8  # examples per optimizer step (micro_batch_size × accumulation)
     micro_batch_size: int | None = None  # examples per forward pass; default = batch_size
+    micro_batch_tokens: int | None = None  # padded tokens per forward pass (CPU default 2048)
     lr: float | None = None  # peak learning rate; default 1e-3 for LoRA, 5e-5 for full
     warmup_ratio: float = 0.1  # share of steps with linear warmup
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
@@ -71,6 +72,7 @@ class TrainConfig:
     overwrite: bool = False  # delete the run already in --out (checkpoints too) and start anew
     packing: bool = False  # pack several examples per row (they cannot attend to each other)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    memory_budget: float | None = None  # GiB to peak at: a probe picks micro-batch, checkpointing
     compile: bool = False  # torch.compile the model
     precision: Literal["auto", "fp32", "bf16", "fp16"] = (
         "auto"  # autocast; auto = bf16 where the GPU or CPU has it
@@ -133,6 +135,16 @@ class TrainConfig:
         for name in ("max_steps", "eval_every", "save_every", "patience"):
             value = getattr(self, name)
             check(name, lambda v=value: v is None or v >= 1, f"{name}={value}: must be >= 1")
+        check(
+            "micro_batch_tokens",
+            lambda: self.micro_batch_tokens is None or self.micro_batch_tokens >= 16,
+            f"micro_batch_tokens={self.micro_batch_tokens}: must be >= 16",
+        )
+        check(
+            "memory_budget",
+            lambda: self.memory_budget is None or self.memory_budget > 0,
+            f"memory_budget={self.memory_budget}: must be > 0 (GiB)",
+        )
         check("keep_last", lambda: self.keep_last >= 1, f"keep_last={self.keep_last}: must be >= 1")
         check(
             "eval_generate",

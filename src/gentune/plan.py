@@ -15,9 +15,10 @@ import torch
 
 from .config import TrainConfig
 from .encode import IGNORE, collate_for, encode_dataset, length_grouped_batches
+from .memory import peak_memory_mb
 from .models import resolve_precision
 from .prepare import prepare
-from .train import TargetLoss, peak_memory_mb
+from .train import TargetLoss
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered example
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import memory
 from .config import TrainConfig
 from .data import (
     Fields,
@@ -169,8 +170,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     seed_everything(cfg.seed)  # LoRA init does not depend on what loading consumed
     if cfg.method == "lora":
         model = wrap_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    memory.set_checkpointing(model, cfg.gradient_checkpointing)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")

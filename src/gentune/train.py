@@ -15,13 +15,13 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint, runs
+from . import checkpoint, memory, runs
 from .config import TrainConfig
 from .data import (
     write_records,
@@ -116,15 +116,6 @@ def _is_oom(e: BaseException) -> bool:
     )
 
 
-def peak_memory_mb() -> float:
-    """Peak memory so far: GPU allocations, or this process's peak RSS on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 @dataclass
 class Session:
     """A training run set up and ready for its first (or next) step."""
@@ -139,6 +130,7 @@ class Session:
     state: checkpoint.State
     total_steps: int
     accum: int  # micro-batches per optimizer step
+    micro_tokens: int | None  # padded tokens per forward pass at most (None: no cap)
     log: Callable[..., None]
     precision: str  # fp32 | bf16 | fp16 (autocast; fp32 master weights)
     precision_reason: str
@@ -230,6 +222,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
             )
             state.precision = precision
         log(f"gentune: resumed from {resume_from} (step {state.step})")
+    micro_tokens = fit_memory(cfg, prep, state, accelerator, log)
     loss_model: Any = TargetLoss(prep.model)
     if cfg.compile:
         loss_model = torch.compile(loss_model)
@@ -246,10 +239,46 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
         state,
         total_steps,
         cfg.batch_size // cfg.micro,
+        micro_tokens,
         log,
         precision,
         reason,
     )
+
+
+def fit_memory(
+    cfg: TrainConfig, prep: Prepared, state: checkpoint.State, accelerator, log
+) -> int | None:
+    """Padded tokens per forward pass (and gradient checkpointing, set on the model): the
+    run's own on resume, else the fastest layout a probe finds within --memory-budget, else
+    --micro-batch-tokens or its default."""
+    tokens = cfg.micro_batch_tokens or memory.default_micro_batch_tokens()
+    if state.layout:
+        layout = memory.Layout(**state.layout)
+        why = "the run's layout"
+    elif cfg.memory_budget:
+        pending = 0.0 if state.step else memory.optimizer_state_mb(prep.n_trainable)
+        layout = memory.choose_layout(
+            prep.model,
+            prep.train_ex,
+            cfg,
+            tokens=tokens or cfg.micro * max(len(e.input_ids) for e in prep.train_ex),
+            pad_id=prep.tokenizer.pad_token_id,
+            autocast=accelerator.autocast,
+            pending_mb=pending,
+            log=log,
+            world=accelerator.num_processes,
+        )
+        why = f"the fastest that fits --memory-budget {cfg.memory_budget:g} GiB"
+    elif tokens:
+        layout = memory.Layout(tokens, cfg.gradient_checkpointing)
+        why = "--micro-batch-tokens" if cfg.micro_batch_tokens else "the CPU default"
+    else:
+        return None
+    memory.set_checkpointing(prep.model, layout.gradient_checkpointing)
+    state.layout = asdict(layout)
+    log(f"gentune: {layout.describe()} ({why})")
+    return layout.micro_batch_tokens
 
 
 class RunLog:
@@ -319,9 +348,14 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
     # every process sees the global micro-batches; it trains on its share of the rows
     n_step = sum(train_ex[i].n_targets for b in group for i in b)
     collate_fn = collate_for(cfg.packing)
+
+    def length(i: int) -> int:
+        return len(train_ex[i].input_ids)
+
     micro = [
-        collate_fn([train_ex[i] for i in b[rank::world]], s.prep.tokenizer.pad_token_id)
+        collate_fn([train_ex[i] for i in piece[rank::world]], s.prep.tokenizer.pad_token_id)
         for b in group
+        for piece in memory.split_by_tokens(b, length, s.micro_tokens, world)
     ]
     try:
         nll_sum, _ = accumulate_gradients(s.loss_model, micro, acc, n_step=n_step, scale=world)
@@ -331,7 +365,7 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
         raise TrainingError(
             f"out of memory at step {state.step + 1} (micro-batch of {cfg.micro} rows, "
             f"up to {max(len(train_ex[i].input_ids) for b in group for i in b)} tokens)"
-            "; try a smaller --micro-batch-size (gradient accumulation keeps the "
+            "; try a smaller --micro-batch-tokens or --micro-batch-size (accumulation keeps the "
             "batch), --gradient-checkpointing, --method lora, or a lower --max-length"
         ) from None
     if world > 1:
@@ -405,7 +439,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
                 "target_tokens": n_step,
                 "tokens_per_s": round(tokens_done / max(elapsed, 1e-9), 1),
                 "target_tokens_per_s": round(targets_done / max(elapsed, 1e-9), 1),
-                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "peak_memory_mb": round(memory.peak_memory_mb(), 1),
                 "elapsed_s": round(elapsed, 3),
             }
             end_of_epoch = state.next_batch >= len(batches)
@@ -476,6 +510,10 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
                 "precision": s.precision,
                 "precision_reason": s.precision_reason,
                 "packing": cfg.packing,
+                "micro_batch_tokens": s.micro_tokens,
+                "gradient_checkpointing": (state.layout or {}).get(
+                    "gradient_checkpointing", cfg.gradient_checkpointing
+                ),
                 "best_checkpoint": (
                     f"checkpoints/{checkpoint.PREFIX}{state.best_step:08d}"
                     if state.best_step is not None

@@ -1,0 +1,147 @@
+"""Measured memory: peak resets, the layout probe, and --memory-budget in training."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from gentune import memory
+from gentune.errors import TrainingError
+from tests.conftest import PAIRS, write_jsonl
+
+
+def test_peak_resets_so_a_later_peak_is_measured_alone():
+    block = bytearray(400 * 2**20)  # touched: 400 MiB resident
+    block[::4096] = b"x" * len(block[::4096])
+    high = memory.peak_memory_mb()
+    del block
+    memory._release_freed()
+    assert memory.reset_peak_memory()
+    assert memory.peak_memory_mb() < high - 300
+
+
+def test_candidate_layouts_go_from_fastest_to_leanest():
+    layouts = memory.candidate_layouts(2048, checkpointing=False, longest=300)
+    assert [(x.micro_batch_tokens, x.gradient_checkpointing) for x in layouts] == [
+        (2048, False),
+        (2048, True),
+        (1024, True),
+        (512, True),
+        (300, True),  # one row of the longest example: the least there is
+    ]
+
+
+def test_split_by_tokens_bounds_every_piece_and_keeps_every_row():
+    lengths = {0: 1000, 1: 420, 2: 400, 3: 390, 4: 100, 5: 90, 6: 80, 7: 20}
+    pieces = memory.split_by_tokens([3, 0, 5, 1, 7, 2, 4, 6], lengths.get, 1200)
+    assert pieces == [[0], [1, 2], [3, 4, 5], [6, 7]]
+    assert sorted(i for p in pieces for i in p) == list(range(8))
+    assert all(len(p) * max(lengths[i] for i in p) <= 1200 for p in pieces)
+    assert memory.split_by_tokens([1, 2], lengths.get, None) == [[1, 2]]
+    # data-parallel: pieces are whole multiples of the processes, each process within the cap
+    assert memory.split_by_tokens([4, 5, 6, 7], lengths.get, 200, world=2) == [[4, 5, 6, 7]]
+
+
+def test_fit_layout_takes_the_first_that_fits_and_names_all_when_none_does():
+    layouts = memory.candidate_layouts(2048, False, 300)
+    peaks = {(2048, False): 900, (2048, True): 700, (1024, True): 450, (512, True): 300}
+    peaks[(300, True)] = 250
+
+    def measure(x):
+        return peaks[(x.micro_batch_tokens, x.gradient_checkpointing)]
+
+    logged = []
+    got = memory.fit_layout(measure, layouts, budget_mb=500, extra_mb=40, log=logged.append)
+    assert (got.micro_batch_tokens, got.gradient_checkpointing) == (1024, True)
+    assert len(logged) == 3  # 940, 740, 490: stops at the first that fits
+    with pytest.raises(TrainingError, match=r"no layout fits .*<= 300 tokens.*290 MiB"):
+        memory.fit_layout(measure, layouts, budget_mb=200, extra_mb=40, log=lambda *_: None)
+
+
+def _wide_llama():
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def test_checkpointing_measurably_lowers_the_probed_peak_and_leaves_no_trace():
+    model = _wide_llama()
+    model.train()
+    ids = torch.randint(0, 256, (8, 768))
+    labels = ids.clone()
+    labels[:, :700] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    torch.manual_seed(5)
+    rng = torch.get_rng_state()
+    plain = memory.measure_step(model, batch, nullcontext)
+    memory.set_checkpointing(model, True)
+    lean = memory.measure_step(model, batch, nullcontext)
+    assert plain - lean > 200, (plain, lean)  # six layers of 8 x 768 activations, not kept
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_training_with_a_budget_records_the_layout_and_resumes_with_it(tiny_llama, tmp_path):
+    import json
+
+    from gentune.checkpoint import latest
+    from gentune.config import TrainConfig
+    from gentune.train import train
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS * 2)
+    kw = dict(
+        task="summarization",
+        data=str(data),
+        out=str(tmp_path / "run"),
+        model=tiny_llama,
+        max_steps=2,
+        batch_size=4,
+        progress=False,
+        tensorboard=False,
+        eval_generate=0,
+        memory_budget=64.0,  # far above a tiny model: the configured layout fits
+    )
+    lines: list[str] = []
+    train(TrainConfig(**kw), log=lines.append)
+    assert any("memory probe: micro-batches of <= 2048 tokens:" in x for x in lines)
+    assert any("2048 tokens (the fastest that fits --memory-budget 64 GiB)" in x for x in lines)
+    ckpt = latest(tmp_path / "run")
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["layout"] == {"micro_batch_tokens": 2048, "gradient_checkpointing": False}
+    lines.clear()
+    train(TrainConfig(**kw | {"max_steps": 3, "resume": "latest"}), log=lines.append)
+    assert not any("memory probe" in x for x in lines)  # the run's layout, not a new probe
+    assert any("(the run's layout)" in x for x in lines)
+
+
+def test_a_budget_nothing_fits_stops_with_the_measurements(tiny_llama, tmp_path):
+    from gentune.config import TrainConfig
+    from gentune.train import train
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(data),
+        out=str(tmp_path / "run"),
+        model=tiny_llama,
+        max_steps=1,
+        batch_size=2,
+        progress=False,
+        tensorboard=False,
+        eval_generate=0,
+        memory_budget=0.01,  # 10 MiB: less than the interpreter itself
+    )
+    with pytest.raises(TrainingError, match=r"--memory-budget 0.0: no layout fits.*checkpointing"):
+        train(cfg, log=lambda *_: None)
