@@ -125,15 +125,14 @@ def side_gentune(args: list[str]) -> dict:
     ap.add_argument("--set", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("extra", nargs="*")
-    a = ap.parse_args(args)
+    a, extra = ap.parse_known_args(args)  # the rest: gentune train flags
     from gentune.cli import main
     from gentune.runs import read_log
 
     spec = heldout.SETS[a.set]
     argv = ["train", "--task", spec.task, *spec.flags, "--data", a.data, "--out", a.out]
     start = time.perf_counter()
-    code = main([*argv, "--no-progress", *a.extra])
+    code = main([*argv, "--no-progress", *extra])
     seconds = time.perf_counter() - start
     if code:
         raise SystemExit(code)

@@ -154,7 +154,10 @@ def test_run_directory_contents_and_training_lowers_loss(tiny_gpt2, pairs_file, 
 
 
 def test_lora_run_saves_only_the_adapter(tiny_llama, pairs_file, tmp_path):
-    run = train(_cfg(tiny_llama, pairs_file, tmp_path / "run", max_steps=2), log=lambda *_: None)
+    run = train(
+        _cfg(tiny_llama, pairs_file, tmp_path / "run", max_steps=2, method="lora"),
+        log=lambda *_: None,
+    )
     assert (run / "model" / "adapter_model.safetensors").exists()
     assert not (run / "model" / "model.safetensors").exists()
     loaded = load_for_inference(str(run))
@@ -210,6 +213,7 @@ def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_pat
         data=str(_data(tmp_path)),
         out=str(tmp_path / "r"),
         model=tiny_llama,
+        method="lora",
         batch_size=4,
         micro_batch_size=2,
         max_steps=10,
@@ -242,6 +246,7 @@ def test_early_stopping_stops_at_the_expected_step(tiny_llama, tmp_path, monkeyp
         data=str(_data(tmp_path)),
         out=str(tmp_path / "r"),
         model=tiny_llama,
+        method="lora",
         batch_size=4,
         max_steps=20,
         eval_every=2,

@@ -29,13 +29,13 @@ class TrainConfig:
     val: str | None = None  # validation file; default: split off from --data
     val_fraction: float = 0.1  # share of --data held out when --val is not given
     model: str = DEFAULT_MODEL  # embedded name, local directory or hub id
-    method: Literal["lora", "full"] = "lora"  # LoRA adapter or full fine-tuning
-    epochs: float = 3.0  # passes over the training data
+    method: Literal["auto", "lora", "full"] = "auto"  # auto: from the model size and memory
+    epochs: float | None = None  # passes over the data; default: from the number of rows
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
     batch_size: int = 8  # examples per optimizer step (micro_batch_size × accumulation)
     micro_batch_size: int | None = None  # examples per forward pass; default = batch_size
     micro_batch_tokens: int | None = None  # padded tokens per forward pass (CPU default 2048)
-    lr: float | None = None  # peak learning rate; default 1e-3 for LoRA, 5e-5 for full
+    lr: float | None = None  # peak learning rate; default 1e-3 for LoRA, 1e-4 for full
     warmup_ratio: float = 0.1  # share of steps with linear warmup
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
     weight_decay: float = 0.0  # AdamW weight decay
@@ -59,10 +59,12 @@ class TrainConfig:
     messages_field: str = "messages"  # column holding chat messages
     text_field: str = "text"  # column holding free text
     eval_every: int | None = None  # validate every N steps (default: at the end of each epoch)
-    eval_generate: int = 16  # validation rows generated from for task metrics (0 = loss only)
+    eval_generate: int | None = (
+        None  # rows generated per validation (default 16 when the metric needs them; 0 = none)
+    )
     eval_budget_s: float = 60.0  # seconds the first generation pass may take; sizes the subset
     metric: str = (
-        "val_loss"  # chooses the best checkpoint and early stopping (or rougeL, bleu, ter…)
+        "auto"  # picks the best checkpoint, early stopping: auto, val_loss, rougeL, bleu, ter…
     )
     patience: int | None = None  # stop after N validations without improvement
     final_model: Literal["best", "last"] = "best"  # what RUN/model holds when validation ran
@@ -94,7 +96,11 @@ class TrainConfig:
             lambda: self.task in TASKS,
             f"task={self.task!r}: choose one of {', '.join(TASKS)}",
         )
-        check("epochs", lambda: self.epochs > 0, f"epochs={self.epochs}: must be > 0")
+        check(
+            "epochs",
+            lambda: self.epochs is None or self.epochs > 0,
+            f"epochs={self.epochs}: must be > 0",
+        )
         check(
             "batch_size",
             lambda: self.batch_size >= 1,
@@ -148,10 +154,10 @@ class TrainConfig:
         check("keep_last", lambda: self.keep_last >= 1, f"keep_last={self.keep_last}: must be >= 1")
         check(
             "eval_generate",
-            lambda: self.eval_generate >= 0,
+            lambda: self.eval_generate is None or self.eval_generate >= 0,
             f"eval_generate={self.eval_generate}: must be >= 0",
         )
-        metrics = ("val_loss", *REFERENCE_METRICS)
+        metrics = ("auto", "val_loss", *REFERENCE_METRICS)
         check(
             "metric",
             lambda: self.metric in metrics,
@@ -159,7 +165,7 @@ class TrainConfig:
         )
         check(
             "metric eval_generate",
-            lambda: self.metric == "val_loss" or self.eval_generate,
+            lambda: self.metric in ("auto", "val_loss") or self.eval_generate != 0,
             f"metric={self.metric} needs eval_generate > 0",
         )
         check(
@@ -173,12 +179,24 @@ class TrainConfig:
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else (1e-3 if self.method == "lora" else 5e-5)
+        """The learning rate (resolved: see recipe.LEARNING_RATE for the defaults)."""
+        if self.lr is None:
+            raise ValueError("lr is chosen by recipe.resolve before training")
+        return self.lr
+
+    @property
+    def passes(self) -> float:
+        """The epochs (resolved: see recipe.choose_epochs for the default)."""
+        if self.epochs is None:
+            raise ValueError("epochs are chosen by recipe.resolve before training")
+        return self.epochs
 
     @property
     def higher_is_better(self) -> bool:
         """The direction of --metric (validation loss: lower is better)."""
-        return self.metric != "val_loss" and bool(METRICS[self.metric].higher_is_better)
+        return self.metric not in ("auto", "val_loss") and bool(
+            METRICS[self.metric].higher_is_better
+        )
 
     @property
     def micro(self) -> int:

@@ -146,6 +146,7 @@ def _release_freed() -> None:
 
 
 def checkpointing_on(model) -> bool:
+    """Whether the model recomputes activations in backward."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     if hasattr(lm, "is_activation_checkpointing"):  # transformers 5 renamed it
         return bool(lm.is_activation_checkpointing)

@@ -89,6 +89,7 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
     short probe."""
     lines: list[str] = []
     prep = prepare(cfg, log=lambda *_: None)
+    cfg = prep.cfg  # with the automatic settings decided
     tok = prep.tokenizer
     examples = prep.train_ex if not cfg.packing else []
     if cfg.packing:  # show per-example statistics, not per packed row
@@ -136,13 +137,15 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
         f"parameters: {prep.n_trainable:,} trainable of {prep.n_total:,} "
         f"({100 * prep.n_trainable / prep.n_total:.2f} %)"
     )
-    steps = cfg.max_steps or math.ceil(math.ceil(len(prep.train_ex) / cfg.batch_size) * cfg.epochs)
+    steps = cfg.max_steps or math.ceil(math.ceil(len(prep.train_ex) / cfg.batch_size) * cfg.passes)
     lines.append(
         f"optimizer steps: {steps} (batch {cfg.batch_size} = micro-batch {cfg.micro} "
         f"x {cfg.batch_size // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}"
     )
     precision, reason = resolve_precision(cfg.precision)
     lines.append(f"precision: {precision} ({reason}); master weights and optimizer in fp32")
+    for choice in prep.choices:
+        lines.append(f"chosen: {choice.line()}")
     lines.append("")
     lines.append(f"first example ({examples[0].where}), trained spans in {MASK_OPEN}…{MASK_CLOSE}:")
     lines.append(render_spans(examples[0], tok))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import memory
+from . import memory, recipe
 from .config import TrainConfig
 from .data import (
     Fields,
@@ -91,6 +91,8 @@ def overlap_warnings(
 class Prepared:
     """Everything training needs before its first step (also what `gentune plan` shows)."""
 
+    cfg: TrainConfig  # the settings with every automatic one decided (recipe.resolve)
+    choices: list  # recipe.Choice: what was decided, and why
     model: Any
     tokenizer: Any
     template: PromptTemplate
@@ -157,7 +159,8 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     log(f"gentune: validation: {val_rep.summary()}")
     if not train_ex:
         raise TrainingError("no training examples left after encoding")
-    if cfg.metric != "val_loss" and not any(template.reference(r) for r in val_records):
+    has_references = any(template.reference(r) for r in val_records)
+    if cfg.metric not in ("auto", "val_loss") and not has_references:
         raise TrainingError(
             f"--metric {cfg.metric} compares generations with references, and "
             "no validation row has one (free text): use --metric val_loss"
@@ -167,6 +170,15 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
         n = len(train_ex)
         train_ex = pack_examples(train_ex, max_length)
         log(f"gentune: packing: {n} examples into {len(train_ex)} rows of <= {max_length}")
+    cfg, choices = recipe.resolve(
+        cfg,
+        n_params=sum(p.numel() for p in model.parameters()),
+        n_rows=len(train_ex),
+        available_mb=memory.available_memory_mb(),
+        has_references=has_references,
+    )
+    for choice in choices:
+        log(f"gentune: {choice.line()}")
     seed_everything(cfg.seed)  # LoRA init does not depend on what loading consumed
     if cfg.method == "lora":
         model = wrap_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
@@ -175,6 +187,8 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     n_total = sum(p.numel() for p in model.parameters())
     log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")
     return Prepared(
+        cfg,
+        choices,
         model,
         tokenizer,
         template,

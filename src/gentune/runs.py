@@ -121,7 +121,6 @@ def save_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     template.save(out / "template.json")
-    write_json(out / "train_config.json", cfg.run_settings())
     write_json(
         out / "manifest.json",
         {  # last: the run is complete once this exists

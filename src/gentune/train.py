@@ -179,17 +179,18 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     accelerator.wait_for_everyone()
     resume_from = checkpoint.resume_point(cfg, out, log)
     prep = prepare(cfg, log=log)
+    given, cfg = cfg, prep.cfg  # the user's settings; and with the automatic ones decided
     log(f"gentune: precision {precision} ({reason}); master weights and optimizer in fp32")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         # not complete until the end: nothing loads an older model from here meanwhile
         (out / "manifest.json").unlink(missing_ok=True)
-        runs.write_json(out / "train_config.json", cfg.run_settings())  # how to continue it
+        runs.write_json(out / "train_config.json", given.run_settings())  # how to continue it
         if not resume_from and not cfg.val:  # keep the held-out rows to score the run on
             write_records(out / "heldout.jsonl", prep.val_records)
 
     steps_per_epoch = math.ceil(len(prep.train_ex) / cfg.batch_size)
-    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.passes))
     trainable = [p for p in prep.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
@@ -400,6 +401,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
 
     started = time.time()
     s = setup(cfg, log=log)
+    cfg = s.cfg  # with the automatic settings decided
     state, train_ex = s.state, s.prep.train_ex
     run_log = RunLog(s.out, state.history, enabled=s.main, tensorboard=cfg.tensorboard)
     bar = tqdm(
@@ -510,6 +512,10 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
                 "precision": s.precision,
                 "precision_reason": s.precision_reason,
                 "packing": cfg.packing,
+                "choices": [vars(c) for c in prep.choices],
+                "lr": cfg.lr,
+                "epochs": cfg.epochs,
+                "metric": cfg.metric,
                 "micro_batch_tokens": s.micro_tokens,
                 "gradient_checkpointing": (state.layout or {}).get(
                     "gradient_checkpointing", cfg.gradient_checkpointing

@@ -1,0 +1,118 @@
+"""Training defaults from the model and the data: what is chosen, why, and that a user's
+setting is never changed."""
+
+from __future__ import annotations
+
+import json
+
+from gentune import recipe
+from gentune.config import TrainConfig
+
+from .conftest import _data
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"task": "summarization", "data": "d.jsonl", "out": "o"} | kw)
+
+
+def _resolve(cfg, *, n_params=135_000_000, n_rows=90, available_mb=16_000.0, refs=True):
+    return recipe.resolve(
+        cfg, n_params=n_params, n_rows=n_rows, available_mb=available_mb, has_references=refs
+    )
+
+
+def test_small_model_gets_full_fine_tuning_big_or_cramped_gets_lora():
+    cfg, choices = _resolve(_cfg())
+    assert cfg.method == "full" and cfg.lr == recipe.LEARNING_RATE["full"]
+    assert "full fine-tuning fits (2.0 GiB" in choices[0].reason
+    cfg, choices = _resolve(_cfg(), n_params=3_000_000_000)
+    assert cfg.method == "lora" and cfg.lr == recipe.LEARNING_RATE["lora"]
+    assert "above 1B" in choices[0].reason
+    cfg, choices = _resolve(_cfg(), available_mb=3000.0)  # 2 GiB of state > half of 2.9 GiB
+    assert cfg.method == "lora" and "over half the memory available" in choices[0].reason
+
+
+def test_epochs_follow_the_number_of_rows():
+    few, choices = _resolve(_cfg(), n_rows=90)  # 12 steps of 8: 3 passes (40 steps wanted)
+    assert few.epochs == 3.0 and "at least 36 steps (at most 3)" in choices[2].reason
+    some, _ = _resolve(_cfg(), n_rows=200)  # 25 steps: 2 passes
+    assert some.epochs == 2.0
+    many, choices = _resolve(_cfg(), n_rows=450)  # 57 steps: one pass
+    assert many.epochs == 1.0 and "one pass is enough" in choices[2].reason
+
+
+def test_the_task_metric_picks_the_checkpoint_only_when_there_is_a_choice():
+    several, _ = _resolve(_cfg(), n_rows=90)  # 3 epochs: 3 validations
+    assert several.metric == "rougeL" and several.eval_generate == recipe.EVAL_GENERATE
+    assert several.higher_is_better
+    one, choices = _resolve(_cfg(), n_rows=450)  # 1 epoch: 1 validation, nothing to choose
+    assert one.metric == "val_loss" and one.eval_generate == 0
+    assert "a single validation" in choices[-1].reason
+    translation, _ = _resolve(
+        _cfg(task="translation", source_lang="German", target_lang="English"), n_rows=90
+    )
+    assert translation.metric == "bleu"
+    text, choices = _resolve(_cfg(task="text"), n_rows=90, refs=False)
+    assert text.metric == "val_loss" and "no references" in choices[-1].reason
+
+
+def test_settings_the_user_gave_are_kept_and_not_reported_as_choices():
+    given = _cfg(method="lora", lr=3e-4, epochs=2.0, metric="bleu", eval_generate=4)
+    cfg, choices = _resolve(given, n_params=10_000)
+    assert (cfg.method, cfg.lr, cfg.epochs, cfg.metric, cfg.eval_generate) == (
+        "lora",
+        3e-4,
+        2.0,
+        "bleu",
+        4,
+    )
+    assert choices == []
+
+
+def test_a_run_with_defaults_records_its_choices_and_resumes_from_its_own_config(
+    tiny_llama, tmp_path
+):
+    from gentune.checkpoint import latest
+    from gentune.train import train
+
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(_data(tmp_path, 20)),
+        out=str(tmp_path / "run"),
+        model=tiny_llama,
+        batch_size=4,
+        progress=False,
+        tensorboard=False,
+    )
+    lines: list[str] = []
+    run = train(cfg, log=lines.append)
+    stats = json.loads((run / "manifest.json").read_text())["stats"]
+    chosen = {c["setting"]: c["value"] for c in stats["choices"]}
+    # 18 rows = 5 steps of 4: 3 epochs; three validations, so ROUGE-L picks the checkpoint
+    assert chosen == {"method": "full", "lr": 1e-4, "epochs": 3.0, "metric": "rougeL"}
+    assert any(line.startswith("gentune: method full (") for line in lines)
+    assert "rougeL" in stats["best_metric"]
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["method"] == "auto" and saved["epochs"] is None  # as given: re-decided alike
+    assert (run / "model" / "model.safetensors").exists()
+    # the same command with --resume finds the same choices (nothing "changed")
+    again = TrainConfig(**{**saved, "resume": str(latest(run))})
+    train(again, log=lambda *_: None)
+
+
+def test_plan_prints_the_choices(tiny_llama, tmp_path):
+    from gentune.plan import plan
+
+    text = plan(
+        TrainConfig(
+            task="summarization",
+            data=str(_data(tmp_path, 20)),
+            out=str(tmp_path / "run"),
+            model=tiny_llama,
+            batch_size=4,
+        ),
+        measure=False,
+    )
+    assert "chosen: method full (" in text
+    assert "chosen: epochs 3 (" in text and "chosen: metric rougeL (" in text
+    assert "method full" in text.splitlines()[0]
