@@ -30,6 +30,7 @@ def main() -> None:
     from gentune.demo import INSTRUCTION, aclsum_rows
     from gentune.encode import encode_prompt
     from gentune.generate import eos_ids, generate
+    from gentune.metrics import corpus_metric, paired_bootstrap
     from gentune.runs import load_for_inference
     from gentune.tasks import build_template, get_task
 
@@ -75,31 +76,47 @@ def main() -> None:
     t_ours = time.time() - start
 
     del model
-    half = load_for_inference(a.model, precision="bf16")
-    generate(half.model, tok, prompts[:2], decoding, batch_size=2)  # warm-up
-    start = time.time()
-    bf16 = [g.text for g in generate(half.model, tok, prompts, decoding, batch_size=a.batch_size)]
-    t_bf16 = time.time() - start
+    refs = [r["output"] for r in rows]
+    sides = [("gentune generate, fp32", t_ours, ours)]
+    for label, precision, quantize, batch in (
+        ("bf16 weights", "bf16", None, a.batch_size),
+        ("bf16 weights, batch 16", "bf16", None, 16),
+        ("int8 weights (torchao, weight-only)", "fp32", "int8", a.batch_size),
+    ):
+        other = load_for_inference(a.model, precision=precision, quantize=quantize)
+        generate(other.model, tok, prompts[:2], decoding, batch_size=2)  # warm-up
+        start = time.time()
+        texts = [g.text for g in generate(other.model, tok, prompts, decoding, batch_size=batch)]
+        sides.append((label, time.time() - start, texts))
+        del other
 
     same = sum(x == y for x, y in zip(loop, ours, strict=True))
-    agree = sum(x == y for x, y in zip(ours, bf16, strict=True))
     print(
         f"\nmodel={a.model} rows={len(prompts)} greedy max_new_tokens={a.max_new_tokens} "
         f"prompt tokens p50={sorted(map(len, prompts))[len(prompts) // 2]}\n"
     )
-    print("| side | seconds | rows/s | speed-up |")
-    print("|---|---|---|---|")
-    print(f"| one-by-one model.generate | {t_loop:.1f} | {len(prompts) / t_loop:.2f} | 1.00x |")
     print(
-        f"| gentune generate (batch {a.batch_size}, length-sorted, shared prefix) | "
-        f"{t_ours:.1f} | {len(prompts) / t_ours:.2f} | {t_loop / t_ours:.2f}x |"
+        "| side | seconds | rows/s | speed-up | identical to fp32 | ROUGE-L | "
+        "ROUGE-L − fp32 [95% CI] |"
     )
+    print("|---|---|---|---|---|---|---|")
+    base_rouge = corpus_metric("rougeL", ours, refs)
     print(
-        f"| gentune generate, bf16 weights | {t_bf16:.1f} | {len(prompts) / t_bf16:.2f} | "
-        f"{t_loop / t_bf16:.2f}x |"
+        f"| one-by-one model.generate, fp32 | {t_loop:.1f} | {len(prompts) / t_loop:.2f} | "
+        f"1.00x | {same}/{len(prompts)} | {corpus_metric('rougeL', loop, refs):.2f} | |"
     )
-    print(f"\nidentical greedy outputs, fp32 loop vs gentune: {same}/{len(prompts)}")
-    print(f"bf16 weights, greedy outputs identical to fp32: {agree}/{len(prompts)}")
+    for label, seconds, texts in sides:
+        agree = sum(x == y for x, y in zip(ours, texts, strict=True))
+        delta = ""
+        if texts is not ours:
+            boot = paired_bootstrap("rougeL", ours, texts, refs, samples=1000, seed=0)
+            diff = corpus_metric("rougeL", texts, refs) - base_rouge
+            delta = f"{diff:+.2f} [{boot['ci'][0]:+.2f}, {boot['ci'][1]:+.2f}]"
+        print(
+            f"| {label} (batch {a.batch_size if 'batch 16' not in label else 16}) | "
+            f"{seconds:.1f} | {len(prompts) / seconds:.2f} | {t_loop / seconds:.2f}x | "
+            f"{agree}/{len(prompts)} | {corpus_metric('rougeL', texts, refs):.2f} | {delta} |"
+        )
     for x, y in zip(loop, ours, strict=True):
         if x != y:
             print(f"  differs:\n    loop:    {x!r}\n    gentune: {y!r}")

@@ -3,11 +3,12 @@
 written, and nothing loads an interrupted one."""
 
 import pytest
+import torch
 
 from gentune import checkpoint
 from gentune.cli import main
 from gentune.config import TrainConfig
-from gentune.errors import RunError
+from gentune.errors import RunError, UsageError
 from gentune.runs import load_for_inference, run_state
 from gentune.train import train
 
@@ -114,3 +115,38 @@ def test_incomplete_run_and_long_prompts(tiny_llama, lora_run, tmp_path):
         decoding_overrides={"max_new_tokens": 4},
     )
     assert result["meta"]["prompts_shortened"] == 1  # context 256: reported and counted
+
+
+def test_int8_quantization_stores_linear_weights_in_int8_and_still_generates(trained_run):
+    from gentune.config import Decoding
+    from gentune.encode import encode_prompt
+    from gentune.generate import generate
+    from gentune.tasks import prompt_record
+
+    plain = load_for_inference(trained_run)
+    quant = load_for_inference(trained_run, quantize="int8")
+    weight = quant.model.model.layers[0].mlp.up_proj.weight
+    assert type(weight).__name__ != "Parameter" or weight.dtype != torch.float32
+    inner = [t for t in vars(weight).values() if isinstance(t, torch.Tensor)]
+    assert any(t.dtype == torch.int8 for t in inner), type(weight)
+    record = prompt_record(plain.template, PAIRS[0]["input"])
+    ids = encode_prompt(record, plain.template, plain.tokenizer, max_length=200)[0]
+    decoding = Decoding(max_new_tokens=8)
+    a = generate(plain.model, plain.tokenizer, [ids], decoding)[0].text
+    b = generate(quant.model, quant.tokenizer, [ids], decoding)[0].text
+    assert a == PAIRS[0]["output"] and b  # the trained answer, and int8 still answers
+
+
+def test_int8_without_torchao_says_how_to_install_it(trained_run, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_torchao(name, *a, **k):
+        if name.startswith("torchao"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    with pytest.raises(UsageError, match=r"--quantize int8 needs torchao: pip install torchao"):
+        load_for_inference(trained_run, quantize="int8")

@@ -20,11 +20,12 @@ def chat(
     decoding_overrides: dict | None = None,
     system: str | None = None,
     precision: str = "fp32",
+    quantize: str | None = None,
     read=input,
     write=sys.stdout.write,
 ) -> list[dict]:
     """Run the session until /exit or end of input; returns the conversation."""
-    loaded = load_for_inference(spec, precision=precision)
+    loaded = load_for_inference(spec, precision=precision, quantize=quantize)
     template = chat_template_for(loaded.template, loaded.tokenizer)
     decoding = default_decoding(template, **(decoding_overrides or {}))
     room = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)

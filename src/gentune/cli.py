@@ -122,6 +122,14 @@ def _add_precision(p) -> None:
         "with native bf16, but greedy outputs can differ from fp32's: bench/generate_speed.py), "
         "auto (bf16 where the hardware has it)",
     )
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="int8: the linear layers' weights in int8 (torchao weight-only): a quarter of "
+        "fp32's memory; slower than fp32 on a CPU without compiled kernels "
+        "(bench/generate_speed.py)",
+    )
 
 
 def _given(a, cls) -> dict:
@@ -200,7 +208,7 @@ def cmd_generate(a) -> None:
         raise UsageError("--data needs --out DIR for predictions.jsonl")
     if a.out:
         _out_dir(a.out)
-    loaded = load_for_inference(a.model, precision=a.precision)
+    loaded = load_for_inference(a.model, precision=a.precision, quantize=a.quantize)
     template = resolve_template(loaded, a.task, **_template_args(a))
     decoding = default_decoding(template, **_decoding_overrides(a))
     if a.data and a.max_new_tokens is None:
@@ -248,7 +256,13 @@ def cmd_chat(a) -> None:
     """gentune chat."""
     from .chat import chat
 
-    chat(a.model, decoding_overrides=_decoding_overrides(a), system=a.system, precision=a.precision)
+    chat(
+        a.model,
+        decoding_overrides=_decoding_overrides(a),
+        system=a.system,
+        precision=a.precision,
+        quantize=a.quantize,
+    )
 
 
 def cmd_export(a) -> None:
@@ -281,6 +295,7 @@ def cmd_evaluate(a) -> None:
         seed=a.seed or 0,
         decoding_overrides=_decoding_overrides(a),
         precision=a.precision,
+        quantize=a.quantize,
         **_template_args(a),
     )
     if "comparison" in result:
@@ -312,7 +327,12 @@ def cmd_serve(a) -> None:
     given["api_key"] = given.get("api_key") or os.environ.get("GENTUNE_API_KEY") or None
     settings = ServeSettings(**given)
     serve(
-        a.model or DEFAULT_MODEL, host=a.host, port=a.port, settings=settings, precision=a.precision
+        a.model or DEFAULT_MODEL,
+        host=a.host,
+        port=a.port,
+        settings=settings,
+        precision=a.precision,
+        quantize=a.quantize,
     )
 
 

@@ -184,6 +184,7 @@ def evaluate(
     seed: int = 0,
     decoding_overrides: dict | None = None,
     precision: str = "fp32",
+    quantize: str | None = None,
     **template_args,
 ) -> dict:
     """Score a run or model on a labelled file; writes predictions.jsonl and metrics.json.
@@ -192,7 +193,7 @@ def evaluate(
     same prompt; OUT/base/ holds the base's files, OUT/comparison.json the differences with
     bootstrap intervals, and OUT/report.html the report."""
     out = Path(out)
-    loaded = loaded or load_for_inference(spec, precision=precision)
+    loaded = loaded or load_for_inference(spec, precision=precision, quantize=quantize)
     template = resolve_template(loaded, task, **template_args)
     kind = get_task(template.task).kind
     records = read_records(data, kind=kind, fields=fields)
@@ -224,7 +225,7 @@ def evaluate(
     if not compare:
         return result
     del loaded  # free the memory before loading the second model
-    base = load_for_inference(compare, precision=precision)  # as the run: a fair comparison
+    base = load_for_inference(compare, precision=precision, quantize=quantize)  # as the run
     base_template = base.template or template  # a plain base gets the run's own prompt
     base_result, base_rows = _score(
         compare,

@@ -467,6 +467,7 @@ def serve(
     port: int = 8000,
     settings: ServeSettings | None = None,
     precision: str = "fp32",
+    quantize: str | None = None,
 ) -> None:
     """Load the model and serve it until interrupted."""
     import uvicorn
@@ -483,7 +484,7 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
-    loaded = load_for_inference(spec, precision=precision)
+    loaded = load_for_inference(spec, precision=precision, quantize=quantize)
     app = create_app(loaded, settings)
     print(
         f"gentune: serving {app.state.model_name} on http://{host}:{port}/ "
