@@ -145,3 +145,27 @@ def test_a_budget_nothing_fits_stops_with_the_measurements(tiny_llama, tmp_path)
     )
     with pytest.raises(TrainingError, match=r"--memory-budget 0.0: no layout fits.*checkpointing"):
         train(cfg, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("budget", [64.0, 0.01])
+def test_plan_shows_the_probe_and_the_layout_for_a_budget(tiny_llama, tmp_path, budget):
+    from gentune.config import TrainConfig
+    from gentune.plan import plan
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    text = plan(
+        TrainConfig(
+            task="summarization",
+            data=str(data),
+            out=str(tmp_path / "run"),
+            model=tiny_llama,
+            batch_size=4,
+            memory_budget=budget,
+        ),
+        measure=False,
+    )
+    assert "memory probe: micro-batches of <= 2048 tokens:" in text
+    if budget > 1:
+        assert "layout: micro-batches of <= 2048 tokens (fits --memory-budget 64)" in text
+    else:
+        assert "layout: --memory-budget 0.0: no layout fits" in text

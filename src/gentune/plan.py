@@ -13,8 +13,10 @@ import time
 import numpy as np
 import torch
 
+from . import memory
 from .config import TrainConfig
 from .encode import IGNORE, collate_for, encode_dataset, length_grouped_batches
+from .errors import TrainingError
 from .memory import peak_memory_mb
 from .models import resolve_precision
 from .prepare import prepare
@@ -159,4 +161,26 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
             f"{p['peak_memory_mb'] / 1024:.2f} GiB "
             f"({'GPU allocated' if torch.cuda.is_available() else 'process RSS'})"
         )
+    if cfg.memory_budget:
+        precision, _ = resolve_precision(cfg.precision)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokens = cfg.micro_batch_tokens or memory.default_micro_batch_tokens()
+        try:
+            with torch.enable_grad():
+                layout = memory.choose_layout(
+                    prep.model,
+                    prep.train_ex,
+                    cfg,
+                    tokens=tokens or cfg.micro * prep.max_length,
+                    pad_id=tok.pad_token_id,
+                    autocast=lambda: torch.autocast(device, dtype=dtype, enabled=dtype is not None),
+                    pending_mb=memory.optimizer_state_mb(prep.n_trainable),
+                    log=lambda line: lines.append(line.removeprefix("gentune: ")),
+                )
+            lines.append(
+                f"layout: {layout.describe()} (fits --memory-budget {cfg.memory_budget:g})"
+            )
+        except TrainingError as e:
+            lines.append(f"layout: {e}")
     return "\n".join(lines)
