@@ -15,8 +15,9 @@ SmolLM2-135M-Instruct:
   holds 10 % of the rows out for its own validation, as a user's run does).
 
 Each side trains in its own process; "training s" is the wall time from the rows on disk to the
-trained model (tokenizing, model loading and gentune's validation included; Python start-up
-not), "peak RSS" the process's own. Then `gentune evaluate RUN --data SPLIT.jsonl --compare
+fine-tuned model saved on disk (model loading, tokenizing, gentune's validation pass and its
+final resumable checkpoint included; Python start-up and imports not), "peak RSS" the
+process's own. Then `gentune evaluate RUN --data SPLIT.jsonl --compare
 TRL_MODEL` scores both on the `--split` rows (test: rows no default was chosen on) with the
 same prompt, greedy decoding and new-token cap, and gives paired-bootstrap intervals of the
 differences.
@@ -103,9 +104,9 @@ def side_trl(args: list[str]) -> dict:
         model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     trainer.train()
-    seconds = time.perf_counter() - start
     trainer.save_model(a.out)
     tokenizer.save_pretrained(a.out)
+    seconds = time.perf_counter() - start  # rows on disk -> fine-tuned model on disk
     return {
         "seconds": seconds,
         "peak_rss_mib": _peak_rss_mib(),
@@ -143,7 +144,7 @@ def side_gentune(args: list[str]) -> dict:
         "peak_rss_mib": _peak_rss_mib(),
         "steps": len(log),
         "precision": manifest["stats"]["precision"],
-        "method": json.loads((Path(a.out) / "train_config.json").read_text())["method"],
+        "method": manifest["method"],
     }
 
 

@@ -33,26 +33,26 @@ def test_small_model_gets_full_fine_tuning_big_or_cramped_gets_lora():
 
 
 def test_epochs_follow_the_number_of_rows():
-    few, choices = _resolve(_cfg(), n_rows=90)  # 12 steps of 8: 3 passes (40 steps wanted)
-    assert few.epochs == 3.0 and "at least 36 steps (at most 3)" in choices[2].reason
-    some, _ = _resolve(_cfg(), n_rows=200)  # 25 steps: 2 passes
+    few, choices = _resolve(_cfg(), n_rows=20)  # 3 steps of 8: 3 passes (10 steps wanted)
+    assert few.epochs == 3.0 and "at least 9 steps (at most 3)" in choices[2].reason
+    some, _ = _resolve(_cfg(), n_rows=60)  # 8 steps: 2 passes
     assert some.epochs == 2.0
-    many, choices = _resolve(_cfg(), n_rows=450)  # 57 steps: one pass
-    assert many.epochs == 1.0 and "one pass is enough" in choices[2].reason
+    enough, choices = _resolve(_cfg(), n_rows=90)  # 12 steps: one pass
+    assert enough.epochs == 1.0 and "one pass is enough" in choices[2].reason
 
 
 def test_the_task_metric_picks_the_checkpoint_only_when_there_is_a_choice():
-    several, _ = _resolve(_cfg(), n_rows=90)  # 3 epochs: 3 validations
+    several, _ = _resolve(_cfg(), n_rows=20)  # 3 epochs: 3 validations
     assert several.metric == "rougeL" and several.eval_generate == recipe.EVAL_GENERATE
     assert several.higher_is_better
-    one, choices = _resolve(_cfg(), n_rows=450)  # 1 epoch: 1 validation, nothing to choose
+    one, choices = _resolve(_cfg(), n_rows=90)  # 1 epoch: 1 validation, nothing to choose
     assert one.metric == "val_loss" and one.eval_generate == 0
     assert "a single validation" in choices[-1].reason
     translation, _ = _resolve(
-        _cfg(task="translation", source_lang="German", target_lang="English"), n_rows=90
+        _cfg(task="translation", source_lang="German", target_lang="English"), n_rows=20
     )
     assert translation.metric == "bleu"
-    text, choices = _resolve(_cfg(task="text"), n_rows=90, refs=False)
+    text, choices = _resolve(_cfg(task="text"), n_rows=20, refs=False)
     assert text.metric == "val_loss" and "no references" in choices[-1].reason
 
 
@@ -88,8 +88,8 @@ def test_a_run_with_defaults_records_its_choices_and_resumes_from_its_own_config
     run = train(cfg, log=lines.append)
     stats = json.loads((run / "manifest.json").read_text())["stats"]
     chosen = {c["setting"]: c["value"] for c in stats["choices"]}
-    # 18 rows = 5 steps of 4: 3 epochs; three validations, so ROUGE-L picks the checkpoint
-    assert chosen == {"method": "full", "lr": 1e-4, "epochs": 3.0, "metric": "rougeL"}
+    # 18 rows = 5 steps of 4: 2 epochs; two validations, so ROUGE-L picks the checkpoint
+    assert chosen == {"method": "full", "lr": 1e-4, "epochs": 2.0, "metric": "rougeL"}
     assert any(line.startswith("gentune: method full (") for line in lines)
     assert "rougeL" in stats["best_metric"]
     saved = json.loads((run / "train_config.json").read_text())
@@ -114,5 +114,5 @@ def test_plan_prints_the_choices(tiny_llama, tmp_path):
         measure=False,
     )
     assert "chosen: method full (" in text
-    assert "chosen: epochs 3 (" in text and "chosen: metric rougeL (" in text
+    assert "chosen: epochs 2 (" in text and "chosen: metric rougeL (" in text
     assert "method full" in text.splitlines()[0]

@@ -20,7 +20,7 @@ from .tasks import get_task
 FULL_MAX_PARAMETERS = 1_000_000_000
 BYTES_PER_FULL_PARAMETER = 16  # fp32 weight + gradient + two AdamW moments
 LEARNING_RATE = {"full": 1e-4, "lora": 1e-3}
-MIN_STEPS = 40  # fewer optimizer steps than this over the data: more epochs (up to MAX_EPOCHS)
+MIN_STEPS = 10  # fewer optimizer steps than this over the data: more epochs (up to MAX_EPOCHS)
 MAX_EPOCHS = 3
 EVAL_GENERATE = 16  # validation rows generated from when the task metric picks the checkpoint
 
