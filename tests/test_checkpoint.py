@@ -41,6 +41,8 @@ def _args(model, data, out, *extra):
         "train",
         "--task",
         "summarization",
+        "--method",
+        "lora",
         "--data",
         str(data),
         "--model",

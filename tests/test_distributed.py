@@ -28,6 +28,8 @@ def _train(launcher, model, data, out, *extra):
         "train",
         "--task",
         "summarization",
+        "--method",
+        "lora",
         "--data",
         str(data),
         "--model",

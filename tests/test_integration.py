@@ -27,6 +27,7 @@ def lora_run(tmp_path_factory):
         data=str(small),
         out=str(tmp / "run"),
         instruction=INSTRUCTION,
+        method="lora",
         max_steps=12,
         batch_size=4,
         max_length=256,

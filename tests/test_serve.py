@@ -124,13 +124,13 @@ def test_cli_serve_defaults_to_loopback_and_reads_the_key_from_env(monkeypatch, 
     monkeypatch.setattr(
         serve_module,
         "serve",
-        lambda spec, host, port, settings, precision: seen.update(
-            spec=spec, host=host, port=port, settings=settings, precision=precision
+        lambda spec, host, port, settings, precision, quantize: seen.update(
+            spec=spec, host=host, port=port, settings=settings, precision=precision, q=quantize
         ),
     )
     monkeypatch.setenv("GENTUNE_API_KEY", "from-env")
     assert main(["serve", trained_run]) == 0
-    assert seen["precision"] == "fp32"  # the default: bf16 is asked for
+    assert seen["precision"] == "fp32" and seen["q"] is None  # bf16 / int8 are asked for
     assert seen["host"] == "127.0.0.1" and seen["settings"].api_key == "from-env"
     assert main(["serve", trained_run, "--api-key", "flag", "--max-queue", "3"]) == 0
     assert seen["settings"].api_key == "flag" and seen["settings"].max_queue == 3
