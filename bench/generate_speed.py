@@ -1,9 +1,10 @@
 """gentune's evaluation generation against a one-by-one `model.generate` loop, side by side.
 
 Same model, same prompts (the demo's ACLSum validation abstracts with the demo's prompt), greedy,
-same max_new_tokens. Prints the times, the speed-ups, and how many outputs are identical; a
-third side runs gentune with bf16 weights (`--precision bf16`) and counts its greedy agreement
-with the fp32 outputs.
+same max_new_tokens. Sides: the loop (fp32), gentune in fp32, gentune with bf16 weights at batch
+8 and 16, gentune with int8 weights (torchao weight-only, `--quantize int8`). Prints times,
+speed-ups, each side's greedy agreement with gentune's fp32 outputs, and its ROUGE-L against
+the titles with the paired-bootstrap interval of its difference from fp32.
 
     .venv/bin/python bench/generate_speed.py [--model smollm2-135m|RUN] [--rows 48]
                                              [--max-new-tokens 48] [--batch-size 8]
