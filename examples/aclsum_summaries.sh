@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A summarization file "a user brings": 250 ACLSum abstracts -> their expert summaries, trained
 # with gentune's default settings, then base and fine-tuned scored on the held-out rows.
-#   ./dev setup && bash examples/aclsum_summaries.sh [OUT]      (about 20 minutes on 2 CPU cores)
+#   ./dev setup && bash examples/aclsum_summaries.sh [OUT]      (about 7 minutes on 2 CPU cores)
 set -euo pipefail
 OUT=${1:-runs/aclsum-summaries}
 PY=${PY:-.venv/bin/python}
