@@ -82,6 +82,16 @@ def split_by_tokens(rows: list[int], length, cap: int | None, world: int = 1) ->
     return out
 
 
+def probe_start(cfg, examples) -> int:
+    """The token cap a --memory-budget probe starts from: --micro-batch-tokens, the CPU
+    default, or (on a GPU) a whole micro-batch of the longest rows."""
+    return (
+        cfg.micro_batch_tokens
+        or default_micro_batch_tokens()
+        or cfg.micro * max(len(e.input_ids) for e in examples)
+    )
+
+
 @dataclass(frozen=True)
 class Layout:
     """How a step is computed: padded tokens per forward pass, and whether activations are

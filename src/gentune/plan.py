@@ -53,6 +53,14 @@ def _span(ids, trained, tokenizer) -> str:
     return f"{MASK_OPEN}{text}{MASK_CLOSE}" if trained else text
 
 
+def training_autocast(cfg: TrainConfig):
+    """The autocast context training will run its forward passes in (its precision)."""
+    precision, _ = resolve_precision(cfg.precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
+
+
 def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     """Time forward+backward on the longest micro-batch and on typical ones."""
     model = prep.model
@@ -63,13 +71,10 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     longest = max(batches, key=lambda b: max(len(prep.train_ex[i].input_ids) for i in b))
     before = peak_memory_mb()
     timings = []
-    precision, _ = resolve_precision(cfg.precision)  # the precision training will use
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     for b in [longest] + batches[:steps]:
         batch = collate_fn([prep.train_ex[i] for i in b], prep.tokenizer.pad_token_id)
         start = time.time()
-        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+        with training_autocast(cfg):
             nll, n = loss_model(batch)
         (nll / max(n, 1)).backward()
         timings.append((time.time() - start, batch["input_ids"].numel()))
@@ -162,19 +167,15 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
             f"({'GPU allocated' if torch.cuda.is_available() else 'process RSS'})"
         )
     if cfg.memory_budget:
-        precision, _ = resolve_precision(cfg.precision)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        tokens = cfg.micro_batch_tokens or memory.default_micro_batch_tokens()
         try:
             with torch.enable_grad():
                 layout = memory.choose_layout(
                     prep.model,
                     prep.train_ex,
                     cfg,
-                    tokens=tokens or cfg.micro * prep.max_length,
+                    tokens=memory.probe_start(cfg, prep.train_ex),
                     pad_id=tok.pad_token_id,
-                    autocast=lambda: torch.autocast(device, dtype=dtype, enabled=dtype is not None),
+                    autocast=lambda: training_autocast(cfg),
                     pending_mb=memory.optimizer_state_mb(prep.n_trainable),
                     log=lambda line: lines.append(line.removeprefix("gentune: ")),
                 )

@@ -272,7 +272,7 @@ def fit_memory(
             prep.model,
             prep.train_ex,
             cfg,
-            tokens=tokens or cfg.micro * max(len(e.input_ids) for e in prep.train_ex),
+            tokens=memory.probe_start(cfg, prep.train_ex),
             pad_id=prep.tokenizer.pad_token_id,
             autocast=accelerator.autocast,
             pending_mb=pending,
