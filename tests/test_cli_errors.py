@@ -274,6 +274,14 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(monkeypatch, capsys):
     )
 
 
+def _train_one_step(model, data, out) -> dict:
+    """`gentune train` for one step on `data`; the run's manifest."""
+    argv = ["train", "--task", "summarization", "--data", str(data), "--model", model]
+    argv += ["--max-steps", "1", "--out", str(out), "--no-progress", "--eval-generate", "0"]
+    assert main(argv) == 0
+    return json.loads((out / "manifest.json").read_text())
+
+
 def test_compressed_and_utf16_data_train_like_plain(tiny_gpt2, tmp_path):
     """.gz / .bz2 are read transparently, UTF-16 by its byte-order mark: same rows."""
     from gentune.data import read_records
@@ -287,26 +295,7 @@ def test_compressed_and_utf16_data_train_like_plain(tiny_gpt2, tmp_path):
     for name in ("p.jsonl.gz", "p.jsonl.bz2", "p16.jsonl"):
         got = [(r.input, r.output) for r in read_records(tmp_path / name, kind="pairs")]
         assert got == want, name
-    code = main(
-        [
-            "train",
-            "--task",
-            "summarization",
-            "--data",
-            str(tmp_path / "p.jsonl.gz"),
-            "--model",
-            tiny_gpt2,
-            "--max-steps",
-            "1",
-            "--out",
-            str(tmp_path / "r"),
-            "--no-progress",
-            "--eval-generate",
-            "0",
-        ]
-    )
-    assert code == 0
-    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    manifest = _train_one_step(tiny_gpt2, tmp_path / "p.jsonl.gz", tmp_path / "r")
     assert manifest["stats"]["read"][0]["rows"] == len(PAIRS)
 
 
@@ -316,25 +305,6 @@ def test_train_from_a_datasets_directory(tiny_gpt2, tmp_path):
     from datasets import Dataset
 
     Dataset.from_list(PAIRS).save_to_disk(str(tmp_path / "ds"))
-    code = main(
-        [
-            "train",
-            "--task",
-            "summarization",
-            "--data",
-            str(tmp_path / "ds"),
-            "--model",
-            tiny_gpt2,
-            "--max-steps",
-            "1",
-            "--out",
-            str(tmp_path / "r"),
-            "--no-progress",
-            "--eval-generate",
-            "0",
-        ]
-    )
-    assert code == 0
-    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    manifest = _train_one_step(tiny_gpt2, tmp_path / "ds", tmp_path / "r")
     assert manifest["stats"]["read"][0]["rows"] == len(PAIRS)
     assert len(manifest["data"][0]["sha256"]) == 64

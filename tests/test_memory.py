@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 
 import pytest
 import torch
@@ -93,77 +94,58 @@ def test_checkpointing_measurably_lowers_the_probed_peak_and_leaves_no_trace():
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def _budget_cfg(model, tmp_path, rows, budget: float, **kw):
+    """A tiny run's settings with --memory-budget `budget` GiB."""
+    from gentune.config import TrainConfig
+
+    return TrainConfig(
+        task="summarization",
+        data=str(write_jsonl(tmp_path / "d.jsonl", rows)),
+        out=str(tmp_path / "run"),
+        model=model,
+        progress=False,
+        tensorboard=False,
+        eval_generate=0,
+        memory_budget=budget,
+        **kw,
+    )
+
+
 def test_training_with_a_budget_records_the_layout_and_resumes_with_it(tiny_llama, tmp_path):
     import json
 
     from gentune.checkpoint import latest
-    from gentune.config import TrainConfig
     from gentune.train import train
 
-    data = write_jsonl(tmp_path / "d.jsonl", PAIRS * 2)
-    kw = dict(
-        task="summarization",
-        data=str(data),
-        out=str(tmp_path / "run"),
-        model=tiny_llama,
-        max_steps=2,
-        batch_size=4,
-        progress=False,
-        tensorboard=False,
-        eval_generate=0,
-        memory_budget=64.0,  # far above a tiny model: the configured layout fits
-    )
+    # 64 GiB: far above a tiny model, the configured layout fits
+    cfg = _budget_cfg(tiny_llama, tmp_path, PAIRS * 2, 64.0, max_steps=2, batch_size=4)
     lines: list[str] = []
-    train(TrainConfig(**kw), log=lines.append)
+    train(cfg, log=lines.append)
     assert any("memory probe: micro-batches of <= 2048 tokens:" in x for x in lines)
     assert any("2048 tokens (the fastest that fits --memory-budget 64 GiB)" in x for x in lines)
     ckpt = latest(tmp_path / "run")
     state = json.loads((ckpt / "state.json").read_text())
     assert state["layout"] == {"micro_batch_tokens": 2048, "gradient_checkpointing": False}
     lines.clear()
-    train(TrainConfig(**kw | {"max_steps": 3, "resume": "latest"}), log=lines.append)
+    train(replace(cfg, max_steps=3, resume="latest"), log=lines.append)
     assert not any("memory probe" in x for x in lines)  # the run's layout, not a new probe
     assert any("(the run's layout)" in x for x in lines)
 
 
 def test_a_budget_nothing_fits_stops_with_the_measurements(tiny_llama, tmp_path):
-    from gentune.config import TrainConfig
     from gentune.train import train
 
-    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(tmp_path / "run"),
-        model=tiny_llama,
-        max_steps=1,
-        batch_size=2,
-        progress=False,
-        tensorboard=False,
-        eval_generate=0,
-        memory_budget=0.01,  # 10 MiB: less than the interpreter itself
-    )
+    # 0.01 GiB = 10 MiB: less than the interpreter itself
+    cfg = _budget_cfg(tiny_llama, tmp_path, PAIRS, 0.01, max_steps=1, batch_size=2)
     with pytest.raises(TrainingError, match=r"--memory-budget 0.0: no layout fits.*checkpointing"):
         train(cfg, log=lambda *_: None)
 
 
 @pytest.mark.parametrize("budget", [64.0, 0.01])
 def test_plan_shows_the_probe_and_the_layout_for_a_budget(tiny_llama, tmp_path, budget):
-    from gentune.config import TrainConfig
     from gentune.plan import plan
 
-    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
-    text = plan(
-        TrainConfig(
-            task="summarization",
-            data=str(data),
-            out=str(tmp_path / "run"),
-            model=tiny_llama,
-            batch_size=4,
-            memory_budget=budget,
-        ),
-        measure=False,
-    )
+    text = plan(_budget_cfg(tiny_llama, tmp_path, PAIRS, budget, batch_size=4), measure=False)
     assert "memory probe: micro-batches of <= 2048 tokens:" in text
     if budget > 1:
         assert "layout: micro-batches of <= 2048 tokens (fits --memory-budget 64)" in text

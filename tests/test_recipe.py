@@ -69,23 +69,22 @@ def test_settings_the_user_gave_are_kept_and_not_reported_as_choices():
     assert choices == []
 
 
+def _tiny(model, tmp_path, **kw) -> TrainConfig:
+    """Every automatic setting left to decide, on 20 rows (18 after the validation split)."""
+    data = str(_data(tmp_path, 20))
+    return TrainConfig(
+        task="summarization", data=data, out=str(tmp_path / "run"), model=model, batch_size=4, **kw
+    )
+
+
 def test_a_run_with_defaults_records_its_choices_and_resumes_from_its_own_config(
     tiny_llama, tmp_path
 ):
     from gentune.checkpoint import latest
     from gentune.train import train
 
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(_data(tmp_path, 20)),
-        out=str(tmp_path / "run"),
-        model=tiny_llama,
-        batch_size=4,
-        progress=False,
-        tensorboard=False,
-    )
     lines: list[str] = []
-    run = train(cfg, log=lines.append)
+    run = train(_tiny(tiny_llama, tmp_path, progress=False, tensorboard=False), log=lines.append)
     stats = json.loads((run / "manifest.json").read_text())["stats"]
     chosen = {c["setting"]: c["value"] for c in stats["choices"]}
     # 18 rows = 5 steps of 4: 2 epochs; two validations, so ROUGE-L picks the checkpoint
@@ -103,16 +102,7 @@ def test_a_run_with_defaults_records_its_choices_and_resumes_from_its_own_config
 def test_plan_prints_the_choices(tiny_llama, tmp_path):
     from gentune.plan import plan
 
-    text = plan(
-        TrainConfig(
-            task="summarization",
-            data=str(_data(tmp_path, 20)),
-            out=str(tmp_path / "run"),
-            model=tiny_llama,
-            batch_size=4,
-        ),
-        measure=False,
-    )
+    text = plan(_tiny(tiny_llama, tmp_path), measure=False)
     assert "chosen: method full (" in text
     assert "chosen: epochs 2 (" in text and "chosen: metric rougeL (" in text
     assert "method full" in text.splitlines()[0]
