@@ -220,3 +220,27 @@ def test_parquet_and_datasets_directories_read_like_jsonl(tmp_path):
         r"parquet-named.parquet",
     ):
         read_records(tmp_path / "parquet-named.jsonl", kind="pairs")
+
+
+def test_line_separators_inside_json_strings(tmp_path):
+    """json.dumps(ensure_ascii=False) writes U+2028/U+2029 as they are: inside a JSON string they
+    are text, not line ends (reading the whole file with str.splitlines broke such rows)."""
+    import json
+
+    p = tmp_path / "d.jsonl"
+    row = {"input": "a\u2028b", "output": "c\u2029d\x0ce"}
+    p.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (rec,) = read_records(p, kind="pairs")
+    assert (rec.input, rec.output) == (row["input"], row["output"])
+
+
+def test_rows_are_streamed_not_read_whole(tmp_path):
+    """The first record comes before a later malformed row is read."""
+    from gentune.data import iter_records
+
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"input": "a", "output": "b"}\n{"input": \n')
+    rows = iter_records(p, kind="pairs")
+    assert next(rows).input == "a"
+    with pytest.raises(DataError, match=r"d.jsonl:2: malformed JSON"):
+        next(rows)

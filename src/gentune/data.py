@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,37 @@ class ReadReport:
 Kind = Literal["pairs", "chat", "text"]
 
 
+def iter_records(
+    path: str | Path,
+    *,
+    kind: Kind,
+    fields: Fields = Fields(),
+    require_output: bool = True,
+    skip_invalid: bool = False,
+    report: ReadReport | None = None,
+) -> Iterator[Record]:
+    """Validated records of a data file, one at a time: the file is streamed, never held whole
+    in memory. Arguments as for `read_records`; `report` counts the rows as they go."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file (check the path given to --data/--val)")
+    report = report if report is not None else ReadReport(path=str(path))
+    for row_no, row in _rows(path):
+        try:
+            record = _to_record(
+                str(path), row_no, row, kind=kind, fields=fields, require_output=require_output
+            )
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            report.skipped.append(str(e).split(" (use --skip-invalid")[0])
+            continue
+        report.rows += 1
+        yield record
+    if not report.rows:
+        raise DataError(f"{path}: no valid rows ({len(report.skipped)} skipped as invalid)")
+
+
 def read_records(
     path: str | Path,
     *,
@@ -74,34 +106,23 @@ def read_records(
     require_output: False for inputs to generate from (no reference needed).
     skip_invalid: drop bad rows (counted in `report`) instead of raising on the first.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file (check the path given to --data/--val)")
-    rows = _rows(path)
-    report = report if report is not None else ReadReport(path=str(path))
-    records = []
-    for row_no, row in rows:
-        try:
-            records.append(
-                _to_record(
-                    str(path), row_no, row, kind=kind, fields=fields, require_output=require_output
-                )
-            )
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            report.skipped.append(str(e).split(" (use --skip-invalid")[0])
-    report.rows = len(records)
-    if not records:
-        raise DataError(f"{path}: no valid rows ({len(report.skipped)} skipped as invalid)")
-    return records
+    return list(
+        iter_records(
+            path,
+            kind=kind,
+            fields=fields,
+            require_output=require_output,
+            skip_invalid=skip_invalid,
+            report=report,
+        )
+    )
 
 
 FILE_TYPES = ".jsonl, .csv, .tsv, .txt or .parquet (text optionally compressed: .gz, .bz2, .xz)"
 
 
-def _rows(path: Path):
-    """(row number, row) pairs of a data file or a `datasets` directory."""
+def _rows(path: Path) -> Iterator[tuple[int, object]]:
+    """(row number, row) pairs of a data file or a `datasets` directory, streamed."""
     if path.is_dir():
         if (path / "dataset_dict.json").exists():
             splits = sorted(p.name for p in path.iterdir() if (p / "dataset_info.json").exists())
@@ -117,35 +138,35 @@ def _rows(path: Path):
         )
     if path.suffix.lower() == ".parquet":
         return _parquet_rows(path)
-    raw, suffix = _read_bytes(path)
-    text = _decode(path, raw)
-    if not text.strip():
-        raise DataError(f"{path}: the file is empty; it needs at least one row")
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return _jsonl_rows(path, text)
+    stream, suffix = _open(path)
+    if suffix not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".txt", ".text", ".md"):
+        stream.close()
+        raise DataError(f"{path}: unknown file type {suffix!r}; use {FILE_TYPES}")
+    lines = _nonempty(path, _lines(path, stream))
     if suffix in (".csv", ".tsv"):
-        return _csv_rows(path, text, delimiter="," if suffix == ".csv" else "\t")
+        return _csv_rows(path, lines, delimiter="," if suffix == ".csv" else "\t")
     if suffix in (".txt", ".text", ".md"):
-        return _text_rows(text)
-    raise DataError(f"{path}: unknown file type {suffix!r}; use {FILE_TYPES}")
+        return _text_rows(lines)
+    return _jsonl_rows(path, lines)
 
 
-def _parquet_rows(path: Path):
-    """Rows of a Parquet file (numbered from 1), read with pyarrow."""
+def _parquet_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """Rows of a Parquet file (numbered from 1), read with pyarrow a batch at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: cannot read it as Parquet ({e})") from None
-    if table.num_rows == 0:
+    if parquet.metadata.num_rows == 0:
         raise DataError(f"{path}: the file is empty; it needs at least one row")
-    return list(enumerate(table.to_pylist(), start=1))
+    return _numbered(row for batch in parquet.iter_batches(1024) for row in batch.to_pylist())
 
 
-def _dataset_rows(path: Path):
-    """Rows of a directory written by `datasets.Dataset.save_to_disk` (numbered from 1)."""
+def _dataset_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """Rows of a directory written by `datasets.Dataset.save_to_disk` (numbered from 1);
+    datasets memory-maps its Arrow files."""
     from datasets import load_from_disk
 
     try:
@@ -154,7 +175,11 @@ def _dataset_rows(path: Path):
         raise DataError(f"{path}: cannot load it with datasets.load_from_disk ({e})") from None
     if len(data) == 0:
         raise DataError(f"{path}: the dataset is empty; it needs at least one row")
-    return list(enumerate(data, start=1))
+    return _numbered(data)
+
+
+def _numbered(rows) -> Iterator[tuple[int, object]]:
+    yield from enumerate(rows, start=1)
 
 
 COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
@@ -168,37 +193,33 @@ _MAGIC = {
 }
 
 
-def _read_bytes(path: Path) -> tuple[bytes, str]:
-    """The file's bytes, decompressed where its name ends in .gz/.bz2/.xz, and the suffix that
-    says its format (data.jsonl.gz → .jsonl). Other archives are named, never misread."""
+def _open(path: Path) -> tuple[io.BufferedReader, str]:
+    """A binary stream of the file, decompressed where its name ends in .gz/.bz2/.xz, and the
+    suffix that says its format (data.jsonl.gz → .jsonl). Other archives are named, never
+    misread."""
     import importlib
 
+    suffix = path.suffix.lower()
     try:
-        raw = path.read_bytes()
+        if suffix in COMPRESSED:
+            module = importlib.import_module(COMPRESSED[suffix])
+            return io.BufferedReader(module.open(path, "rb")), Path(path.stem).suffix.lower()
+        stream = path.open("rb")
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
-    suffix = path.suffix.lower()
-    if suffix in COMPRESSED:
-        module = importlib.import_module(COMPRESSED[suffix])
-        try:
-            raw = module.decompress(raw)
-        except (OSError, EOFError, ValueError) as e:
-            raise DataError(
-                f"{path}: cannot decompress it as {suffix} ({e}); the file is "
-                "damaged or not really compressed that way"
-            ) from None
-        return raw, Path(path.stem).suffix.lower()
-    kind = next((k for magic, k in _MAGIC.items() if raw.startswith(magic)), None)
+    head = stream.peek(8)[:8]
+    kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        return stream, suffix
+    stream.close()
     if kind == ".parquet":
         raise DataError(f"{path}: the file is Parquet, not text; name it {path.stem}.parquet")
-    if kind:
-        hint = (
-            f"rename it to {path.name}{kind}"
-            if kind in COMPRESSED
-            else "extract it first; gentune reads .gz, .bz2 and .xz directly"
-        )
-        raise DataError(f"{path}: the file is compressed ({kind[1:]}), not plain text; {hint}")
-    return raw, suffix
+    hint = (
+        f"rename it to {path.name}{kind}"
+        if kind in COMPRESSED
+        else "extract it first; gentune reads .gz, .bz2 and .xz directly"
+    )
+    raise DataError(f"{path}: the file is compressed ({kind[1:]}), not plain text; {hint}")
 
 
 _BOMS = (
@@ -209,40 +230,74 @@ _BOMS = (
 )
 
 
-def _decode(path: Path, raw: bytes) -> str:
-    for bom, encoding in _BOMS:  # UTF-16/32, as some editors (and Excel) save text
-        if raw.startswith(bom):
-            try:
-                return raw.decode(encoding)
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path}: starts with a {encoding.upper()} byte-order mark but "
-                    f"byte {e.start} is not {encoding.upper()}; re-save the file as "
-                    "UTF-8"
-                ) from None
+def _lines(path: Path, stream: io.BufferedReader) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line ending) of a UTF-8 stream, decoded line by line so that a
+    byte that is not UTF-8 is named by line and column. UTF-16/32 files (with their byte-order
+    mark, as some editors and Excel save text) are decoded whole."""
+    import lzma
+    import zlib
+
+    with stream:
+        try:
+            head = stream.peek(4)[:4]
+            for bom, encoding in _BOMS:
+                if head.startswith(bom):
+                    yield from enumerate(_decode_whole(path, stream.read(), encoding), start=1)
+                    return
+            for line_no, raw in enumerate(stream, start=1):
+                try:
+                    yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{path}:{line_no}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is "
+                        "not UTF-8; re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+                    ) from None
+        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:
+            raise DataError(
+                f"{path}: cannot decompress it as {path.suffix.lower()} ({e}); the file is "
+                "damaged or not really compressed that way"
+                if path.suffix.lower() in COMPRESSED
+                else f"{path}: cannot read the file ({e})"
+            ) from None
+
+
+def _decode_whole(path: Path, raw: bytes, encoding: str) -> list[str]:
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode(encoding).splitlines(keepends=True)
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
         raise DataError(
-            f"{path}:{line}: byte 0x{raw[e.start]:02x} at column {col} is not UTF-8; "
-            "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+            f"{path}: starts with a {encoding.upper()} byte-order mark but "
+            f"byte {e.start} is not {encoding.upper()}; re-save the file as "
+            "UTF-8"
         ) from None
 
 
-def _jsonl_rows(path: Path, text: str):
-    stripped = text.lstrip()
-    if stripped.startswith("["):  # a JSON array of objects is accepted too
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
-        yield from enumerate(data, start=1)
-        return
-    for line_no, line in enumerate(text.splitlines(), start=1):
+def _nonempty(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    """The lines, and an error naming the file when none has any text."""
+    seen = False
+    for line_no, line in lines:
+        seen = seen or bool(line.strip())
+        yield line_no, line
+    if not seen:
+        raise DataError(f"{path}: the file is empty; it needs at least one row")
+
+
+def _jsonl_rows(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, object]]:
+    first = True
+    for line_no, line in lines:
         if not line.strip():
             continue
+        if first and line.lstrip().startswith("["):  # a JSON array of objects is accepted too
+            text = line + "".join(rest for _, rest in lines)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}:{line_no + e.lineno - 1}: malformed JSON: {e.msg}"
+                ) from None
+            yield from _numbered(data)
+            return
+        first = False
         try:
             yield line_no, json.loads(line)
         except json.JSONDecodeError as e:
@@ -252,8 +307,10 @@ def _jsonl_rows(path: Path, text: str):
             ) from None
 
 
-def _csv_rows(path: Path, text: str, delimiter: str):
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+def _csv_rows(
+    path: Path, lines: Iterator[tuple[int, str]], delimiter: str
+) -> Iterator[tuple[int, object]]:
+    reader = csv.DictReader((line for _, line in lines), delimiter=delimiter)
     if not reader.fieldnames:
         raise DataError(f"{path}:1: no header row; the first row must name the columns")
     for row in reader:
@@ -274,14 +331,14 @@ def _csv_rows(path: Path, text: str, delimiter: str):
         yield reader.line_num, row
 
 
-def _text_rows(text: str):
+def _text_rows(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, object]]:
     para: list[str] = []
     start = 0
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in lines:
         if line.strip():
             if not para:
                 start = line_no
-            para.append(line)
+            para.append(line.rstrip("\r\n"))
         elif para:
             yield start, {"text": "\n".join(para)}
             para = []
@@ -372,23 +429,37 @@ def _messages(where: str, row: dict, name: str, require_output: bool) -> tuple[d
     return tuple(out)
 
 
+def split_indices(
+    n: int, *, val_fraction: float, seed: int, source: str, min_val: int = 1
+) -> tuple[list[int], list[int]]:
+    """(training, validation) row numbers (0-based, each in file order) of a seeded random
+    split of n rows; the validation part gets at least `min_val` rows."""
+    if n < 2:
+        raise DataError(
+            f"{source}: only {n} row; need at least 2 to split off validation rows, or pass "
+            "--val FILE"
+        )
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val = max(min_val, round(n * val_fraction))
+    n_val = min(n_val, n - 1)
+    val = sorted(order[:n_val])
+    taken = set(val)
+    return [i for i in range(n) if i not in taken], val
+
+
 def split_train_val(
     records: list[Record], *, val_fraction: float, seed: int, min_val: int = 1
 ) -> tuple[list[Record], list[Record]]:
-    """Seeded random split; the validation part gets at least `min_val` rows."""
-    if len(records) < 2:
-        raise DataError(
-            f"{records[0].source}: only {len(records)} row; need at least 2 to split off "
-            "validation rows, or pass --val FILE"
-        )
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = max(min_val, round(len(records) * val_fraction))
-    n_val = min(n_val, len(records) - 1)
-    val_idx = set(order[:n_val])
-    train = [r for i, r in enumerate(records) if i not in val_idx]
-    val = [r for i, r in enumerate(records) if i in val_idx]
-    return train, val
+    """Seeded random split of records (`split_indices`)."""
+    train, val = split_indices(
+        len(records),
+        val_fraction=val_fraction,
+        seed=seed,
+        source=records[0].source,
+        min_val=min_val,
+    )
+    return [records[i] for i in train], [records[i] for i in val]
 
 
 def record_key(record: Record) -> tuple:
@@ -408,14 +479,18 @@ def fingerprint(path: str | Path) -> str:
 
     path = Path(path)
     if not path.is_dir():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
-def write_records(path: str | Path, records: list[Record]) -> None:
+def write_records(path: str | Path, records: Iterable[Record]) -> None:
     """Write records as JSONL in gentune's own field names (with their source row)."""
     with Path(path).open("w") as f:
         for r in records:
