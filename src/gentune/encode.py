@@ -11,8 +11,11 @@ The rules (the traps this module exists to avoid):
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import numpy as np
 import torch
 
 from .data import DataError, Record
@@ -31,6 +34,47 @@ class Example:
     @property
     def n_targets(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
+
+
+class Examples(Sequence[Example]):
+    """Encoded examples with their sizes at hand, so that batches are planned without reading
+    the rows: in memory (`ExampleList`), in the memory-mapped data cache
+    (`cache.CachedExamples`), or packed from either (`PackedExamples`)."""
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """Tokens per example."""
+        return np.array([len(e.input_ids) for e in self], dtype=np.int64)
+
+    @cached_property
+    def n_targets(self) -> np.ndarray:
+        """Trained tokens per example."""
+        return np.array([e.n_targets for e in self], dtype=np.int64)
+
+    @cached_property
+    def prompted(self) -> np.ndarray:
+        """Whether each example starts with a context (its first label is masked)."""
+        return np.array([bool(e.labels) and e.labels[0] == IGNORE for e in self], dtype=bool)
+
+    def take(self, indices) -> list[Example]:
+        """The examples at `indices`, in that order."""
+        return [self[int(i)] for i in indices]
+
+
+class ExampleList(Examples):
+    """Examples held in memory."""
+
+    def __init__(self, items=()):
+        self._items = list(items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._items[i]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
 
 
 @dataclass
@@ -209,7 +253,7 @@ def encode_dataset(
     *,
     max_length: int,
     skip_long_targets: bool = False,
-) -> tuple[list[Example], EncodeReport]:
+) -> tuple[ExampleList, EncodeReport]:
     """Encode every record; long targets raise unless skip_long_targets (then counted)."""
     report = EncodeReport()
     examples: list[Example] = []
@@ -227,13 +271,18 @@ def encode_dataset(
             else:
                 problems.append(rec.where)
     if problems:
-        more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DataError(
-            f"{len(problems)} rows have targets that do not fit in --max-length {max_length} "
-            f"with their prompt: {', '.join(problems[:10])}{more}; raise --max-length or pass "
-            "--skip-long-targets to drop them (they are counted and listed)"
-        )
-    return examples, report
+        raise too_long_error(problems, max_length)
+    return ExampleList(examples), report
+
+
+def too_long_error(rows: list[str], max_length: int) -> DataError:
+    """The error for rows whose target does not fit, naming them (the first ten)."""
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+    return DataError(
+        f"{len(rows)} rows have targets that do not fit in --max-length {max_length} "
+        f"with their prompt: {', '.join(rows[:10])}{more}; raise --max-length or pass "
+        "--skip-long-targets to drop them (they are counted and listed)"
+    )
 
 
 def encode_prompt(
@@ -262,7 +311,7 @@ def encode_prompt(
 
 
 def with_length_limit(
-    template: PromptTemplate, max_length: int, examples: list[Example]
+    template: PromptTemplate, max_length: int, examples: Examples
 ) -> PromptTemplate:
     """The template carrying training's lengths, so inference follows them: max_length and the
     median target length shorten inputs by the same rule (`PromptTemplate.prompt_limit`), the
@@ -271,7 +320,7 @@ def with_length_limit(
     import math
     from dataclasses import replace
 
-    targets = sorted(e.n_targets for e in examples if e.labels and e.labels[0] == IGNORE)
+    targets = sorted(examples.n_targets[examples.prompted].tolist())
     return replace(
         template,
         max_length=max_length,
@@ -282,17 +331,19 @@ def with_length_limit(
 
 # ---- batching ------------------------------------------------------------------------------
 def length_grouped_batches(
-    examples: list[Example], batch_size: int, *, seed: int, epoch: int, shuffle: bool = True
+    examples: Examples, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True
 ) -> list[list[int]]:
-    """Indices grouped into batches of similar length (less padding), in a seeded order."""
-    idx = list(range(len(examples)))
+    """Indices grouped into batches of similar length (less padding), in a seeded order; only
+    the lengths are read, the rows when a batch is collated."""
+    lengths = examples.lengths.tolist()
+    idx = list(range(len(lengths)))
     rng = random.Random(seed * 1_000_003 + epoch)
     if shuffle:
         rng.shuffle(idx)
     mega = batch_size * 16  # sort within windows so the order stays random across them
     batches = []
     for i in range(0, len(idx), mega):
-        window = sorted(idx[i : i + mega], key=lambda j: -len(examples[j].input_ids))
+        window = sorted(idx[i : i + mega], key=lambda j: -lengths[j])
         batches += [window[k : k + batch_size] for k in range(0, len(window), batch_size)]
     if shuffle:
         rng.shuffle(batches)
@@ -313,17 +364,19 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def pack_examples(examples: list[Example], max_length: int) -> list[Example]:
-    """Pack examples into rows of at most max_length tokens (first-fit decreasing).
+def pack_examples(examples: Examples, max_length: int) -> PackedExamples:
+    """Pack examples into rows of at most max_length tokens (first-fit decreasing), planned
+    from the lengths; a packed row is built when it is read.
 
     Each example keeps its own positions (restarting at 0) and attends only to itself; the
     first label of every example is masked so no example is predicted from its neighbour.
     """
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    lengths = examples.lengths.tolist()
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     bins: list[list[int]] = []
     room: list[int] = []
     for i in order:
-        n = len(examples[i].input_ids)
+        n = lengths[i]
         for b, free in enumerate(room):
             if n <= free:
                 bins[b].append(i)
@@ -332,23 +385,35 @@ def pack_examples(examples: list[Example], max_length: int) -> list[Example]:
         else:
             bins.append([i])
             room.append(max_length - n)
-    packed = []
-    for members in bins:
+    return PackedExamples(examples, bins)
+
+
+class PackedExamples(Examples):
+    """Rows of several examples each (`pack_examples`), built from their members on access."""
+
+    def __init__(self, examples: Examples, bins: list[list[int]]):
+        self.examples, self.bins = examples, bins
+        lengths, targets = examples.lengths, examples.n_targets - ~examples.prompted
+        self.lengths = np.array([lengths[b].sum() for b in bins], dtype=np.int64)
+        self.n_targets = np.array([targets[b].sum() for b in bins], dtype=np.int64)
+        self.prompted = np.ones(len(bins), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        members = self.examples.take(self.bins[i])
         ids: list[int] = []
         labels: list[int] = []
-        for i in members:
-            ex = examples[i]
+        for ex in members:
             ids += ex.input_ids
             labels += [IGNORE] + ex.labels[1:]  # (the first label is never predicted anyway)
-        packed.append(
-            Example(
-                ids,
-                labels,
-                ",".join(examples[i].where for i in members),
-                tuple(len(examples[i].input_ids) for i in members),
-            )
+        return Example(
+            ids,
+            labels,
+            ",".join(ex.where for ex in members),
+            tuple(len(ex.input_ids) for ex in members),
         )
-    return packed
 
 
 def collate_packed(rows: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -88,7 +88,7 @@ def probe_start(cfg, examples) -> int:
     return (
         cfg.micro_batch_tokens
         or default_micro_batch_tokens()
-        or cfg.micro * max(len(e.input_ids) for e in examples)
+        or cfg.micro * int(examples.lengths.max())
     )
 
 
@@ -202,7 +202,7 @@ def longest_batch(examples, micro: int, tokens: int, *, packing: bool, pad_id: i
     from .encode import collate_for, length_grouped_batches
 
     def length(i: int) -> int:
-        return len(examples[i].input_ids)
+        return int(examples.lengths[i])
 
     pieces = [
         piece
@@ -210,7 +210,7 @@ def longest_batch(examples, micro: int, tokens: int, *, packing: bool, pad_id: i
         for piece in split_by_tokens(rows, length, tokens)
     ]
     rows = max(pieces, key=lambda b: len(b) * max(length(i) for i in b))
-    return collate_for(packing)([examples[i] for i in rows], pad_id)
+    return collate_for(packing)(examples.take(rows), pad_id)
 
 
 def _max_over_processes(value: float) -> float:
@@ -246,7 +246,7 @@ def choose_layout(
         batch = {k: v.to(device) for k, v in batch.items()}
         return _max_over_processes(measure_step(model, batch, autocast))
 
-    longest = max(len(e.input_ids) for e in examples)
+    longest = int(examples.lengths.max())
     layouts = candidate_layouts(tokens, cfg.gradient_checkpointing, longest)
     try:
         layout = fit_layout(measure, layouts, cfg.memory_budget * 1024, pending_mb, log)

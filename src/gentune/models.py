@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import DEFAULT_MODEL
@@ -237,9 +238,9 @@ def corpus_nll(model, examples, pad_id: int, batch_size: int) -> tuple[float, in
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    order = np.argsort(examples.lengths, kind="stable")
     for i in range(0, len(order), batch_size):
-        batch = collate([examples[j] for j in order[i : i + batch_size]], pad_id)
+        batch = collate(examples.take(order[i : i + batch_size]), pad_id)
         nll, n = token_nll(model, {k: v.to(device) for k, v in batch.items()})
         total += float(nll)
         count += n

@@ -15,7 +15,7 @@ import torch
 
 from . import memory
 from .config import TrainConfig
-from .encode import IGNORE, collate_for, encode_dataset, length_grouped_batches
+from .encode import IGNORE, PackedExamples, collate_for, length_grouped_batches
 from .errors import TrainingError
 from .memory import peak_memory_mb
 from .models import resolve_precision
@@ -68,11 +68,12 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     loss_model = TargetLoss(model)
     collate_fn = collate_for(cfg.packing)
     batches = length_grouped_batches(prep.train_ex, cfg.micro, seed=cfg.seed, epoch=0)
-    longest = max(batches, key=lambda b: max(len(prep.train_ex[i].input_ids) for i in b))
+    lengths = prep.train_ex.lengths
+    longest = max(batches, key=lambda b: lengths[b].max())
     before = peak_memory_mb()
     timings = []
     for b in [longest] + batches[:steps]:
-        batch = collate_fn([prep.train_ex[i] for i in b], prep.tokenizer.pad_token_id)
+        batch = collate_fn(prep.train_ex.take(b), prep.tokenizer.pad_token_id)
         start = time.time()
         with training_autocast(cfg):
             nll, n = loss_model(batch)
@@ -81,7 +82,7 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     model.zero_grad(set_to_none=True)
     measured = timings[1:] or timings  # the first call includes warm-up
     per_token = sum(t for t, _ in measured) / sum(n for _, n in measured)
-    padded = sum(len(b) * max(len(prep.train_ex[i].input_ids) for i in b) for b in batches)
+    padded = sum(len(b) * int(lengths[b].max()) for b in batches)
     return {
         "seconds_per_epoch": per_token * padded,
         "peak_memory_mb": peak_memory_mb(),
@@ -98,17 +99,12 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
     prep = prepare(cfg, log=lambda *_: None)
     cfg = prep.cfg  # with the automatic settings decided
     tok = prep.tokenizer
-    examples = prep.train_ex if not cfg.packing else []
-    if cfg.packing:  # show per-example statistics, not per packed row
-        examples, _ = encode_dataset(
-            prep.train_records,
-            prep.template,
-            tok,
-            max_length=prep.max_length,
-            skip_long_targets=cfg.skip_long_targets,
-        )
-    inputs = [sum(1 for lab in e.labels if lab == IGNORE) for e in examples]
-    targets = [e.n_targets for e in examples]
+    # per-example statistics, not per packed row
+    examples = prep.train_ex
+    if isinstance(examples, PackedExamples):
+        examples = examples.examples
+    inputs = (examples.lengths - examples.n_targets).tolist()
+    targets = examples.n_targets.tolist()
     rep = prep.train_report
     lines.append(
         f"task {cfg.task} · model {cfg.model} · method {cfg.method} · template "
@@ -136,7 +132,7 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
             f"  {rep.skipped_too_long} rows skipped, target too long: "
             + ", ".join(rep.too_long[:10])
         )
-    empty = sum(1 for e in examples if e.n_targets <= 1)
+    empty = int((examples.n_targets <= 1).sum())
     lines.append(f"targets with no trainable tokens besides EOS: {empty}")
     if cfg.packing:
         lines.append(f"packing: {len(examples)} examples into {len(prep.train_ex)} rows")

@@ -356,14 +356,15 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
     cfg, state, train_ex, acc = s.cfg, s.state, s.prep.train_ex, s.accelerator
     rank, world = acc.process_index, s.world
     # every process sees the global micro-batches; it trains on its share of the rows
-    n_step = sum(train_ex[i].n_targets for b in group for i in b)
+    n_step = int(sum(train_ex.n_targets[b].sum() for b in group))
     collate_fn = collate_for(cfg.packing)
+    lengths = train_ex.lengths
 
     def length(i: int) -> int:
-        return len(train_ex[i].input_ids)
+        return int(lengths[i])
 
     micro = [
-        collate_fn([train_ex[i] for i in piece[rank::world]], s.prep.tokenizer.pad_token_id)
+        collate_fn(train_ex.take(piece[rank::world]), s.prep.tokenizer.pad_token_id)
         for b in group
         for piece in memory.split_by_tokens(b, length, s.micro_tokens, world)
     ]
@@ -374,7 +375,7 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
             raise
         raise TrainingError(
             f"out of memory at step {state.step + 1} (micro-batch of {cfg.micro} rows, "
-            f"up to {max(len(train_ex[i].input_ids) for b in group for i in b)} tokens)"
+            f"up to {max(length(i) for b in group for i in b)} tokens)"
             "; try a smaller --micro-batch-tokens or --micro-batch-size (accumulation keeps the "
             "batch), --gradient-checkpointing, --method lora, or a lower --max-length"
         ) from None
@@ -437,7 +438,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
             state.step += 1
             state.next_batch += len(group)
             elapsed = time.time() - t0
-            n_tokens = sum(len(train_ex[i].input_ids) for b in group for i in b)
+            n_tokens = int(sum(train_ex.lengths[b].sum() for b in group))
             tokens_done += n_tokens
             targets_done += n_step
             row = {
