@@ -1,27 +1,21 @@
-"""Everything training needs before its first step, also what `gentune plan` shows: the data
-read, split and checked (validation that is training data is warned about), the template, the
-examples encoded, the model loaded and wrapped for LoRA."""
+"""Everything training needs before its first step, also what `gentune plan` shows: the model
+loaded, the template, the data read, checked and encoded once into the data cache (`cache`),
+split (validation that is training data is warned about), the model wrapped for LoRA."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import memory, recipe
+from . import cache, memory, recipe
 from .config import TrainConfig
-from .data import (
-    Fields,
-    ReadReport,
-    fingerprint,
-    read_records,
-    record_key,
-    split_train_val,
-)
-from .encode import EncodeReport, encode_dataset, pack_examples, with_length_limit
+from .data import Fields, ReadReport, Record, split_indices
+from .encode import EncodeReport, Examples, pack_examples, with_length_limit
 from .errors import TrainingError
 from .models import context_length, load_model, wrap_lora
 from .tasks import PromptTemplate, build_template, get_task
@@ -34,36 +28,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg: TrainConfig):
-    """(train records, val records, read reports) with the automatic seeded split."""
-    task = get_task(cfg.task)
+def load_data(cfg: TrainConfig, template: PromptTemplate, tokenizer, max_length: int, *, log):
+    """(training part, validation part, read reports, data fingerprints): the files from the
+    data cache (encoded into it on first use), validation split off --data by a seeded draw
+    unless --val is given."""
     fields = Fields(
         input=cfg.input_field,
         output=cfg.output_field,
         messages=cfg.messages_field,
         text=cfg.text_field,
     )
-    reports = [ReadReport(path=cfg.data)]
-    train = read_records(
-        cfg.data, kind=task.kind, fields=fields, skip_invalid=cfg.skip_invalid, report=reports[0]
-    )
-    if cfg.val:
-        reports.append(ReadReport(path=cfg.val))
-        val = read_records(
-            cfg.val, kind=task.kind, fields=fields, skip_invalid=cfg.skip_invalid, report=reports[1]
+
+    def encoded(path: str) -> cache.Encoded:
+        return cache.encode_file(
+            path,
+            kind=get_task(cfg.task).kind,
+            fields=fields,
+            template=template,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            skip_invalid=cfg.skip_invalid,
+            progress=cfg.progress,
+            log=log,
         )
+
+    def part(enc: cache.Encoded, recs) -> cache.Part:
+        return enc.part(
+            np.asarray(recs, dtype=np.int64),
+            max_length=max_length,
+            skip_long_targets=cfg.skip_long_targets,
+        )
+
+    data = encoded(cfg.data)
+    files = [data]
+    if cfg.val:
+        files.append(encoded(cfg.val))
+        train, val = part(data, range(data.n_records)), part(files[1], range(files[1].n_records))
     else:
-        train, val = split_train_val(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    return train, val, reports
-
-
-def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
-    """sha256 of the training (and validation) file: what resuming compares, not the paths."""
-    return {"data": fingerprint(cfg.data), **({"val": fingerprint(cfg.val)} if cfg.val else {})}
+        train_recs, val_recs = split_indices(
+            data.n_records, val_fraction=cfg.val_fraction, seed=cfg.seed, source=cfg.data
+        )
+        train, val = part(data, train_recs), part(data, val_recs)
+    reports = [ReadReport(path=f.source, rows=f.info["rows"], skipped=f.skipped) for f in files]
+    fingerprints = dict(zip(("data", "val"), (f.sha256 for f in files), strict=False))
+    return train, val, reports, fingerprints
 
 
 def overlap_warnings(
-    cfg: TrainConfig, fingerprints: dict[str, str], train: list, val: list
+    cfg: TrainConfig, fingerprints: dict[str, str], train: cache.Part, val: cache.Part
 ) -> list[str]:
     """Validation that is (partly) the training data makes its scores optimistic: say so,
     with counts."""
@@ -76,13 +88,12 @@ def overlap_warnings(
                 "split some off"
             )
             return out
-    seen = {record_key(r) for r in train}
-    shared = [r.where for r in val if record_key(r) in seen]
-    if shared:
+    shared = np.flatnonzero(np.isin(val.keys, train.keys))
+    if len(shared):
         out.append(
-            f"{len(shared)} of {len(val)} validation rows also occur in the training "
-            f"data (e.g. {', '.join(shared[:3])}): validation scores will be optimistic;"
-            " remove the duplicates"
+            f"{len(shared)} of {len(val.records)} validation rows also occur in the training "
+            f"data (e.g. {', '.join(val.records[int(i)].where for i in shared[:3])}): "
+            "validation scores will be optimistic; remove the duplicates"
         )
     return out
 
@@ -98,10 +109,10 @@ class Prepared:
     template: PromptTemplate
     resolved: str
     max_length: int
-    train_records: list
-    val_records: list
-    train_ex: list
-    val_ex: list
+    train_records: Sequence[Record]  # read from the data cache when asked for
+    val_records: Sequence[Record]
+    train_ex: Examples  # the training rows: cached examples, or packed from them
+    val_ex: Examples
     train_report: EncodeReport
     val_report: EncodeReport
     read_reports: list
@@ -117,19 +128,10 @@ class Prepared:
 
 
 def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
-    """Read and encode the data, load the model, wrap it for LoRA: all before step one."""
+    """Load the model, read and encode the data (through the data cache), wrap the model for
+    LoRA: all before step one."""
     seed_everything(cfg.seed)
     task = get_task(cfg.task)
-    train_records, val_records, read_reports = load_data(cfg)
-    for rep in read_reports:
-        if rep.skipped:
-            log(
-                f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
-                f"{rep.skipped[0]}"
-            )
-    fingerprints = data_fingerprints(cfg)
-    for warning in overlap_warnings(cfg, fingerprints, train_records, val_records):
-        log(f"gentune: warning: {warning}")
     model, tokenizer, resolved = load_model(cfg.model)
     template = build_template(
         task,
@@ -141,25 +143,25 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
         style=cfg.template,
     )
     max_length = min(cfg.max_length, context_length(model))
-    train_ex, train_rep = encode_dataset(
-        train_records,
-        template,
-        tokenizer,
-        max_length=max_length,
-        skip_long_targets=cfg.skip_long_targets,
+    train, val, read_reports, fingerprints = load_data(
+        cfg, template, tokenizer, max_length, log=log
     )
-    val_ex, val_rep = encode_dataset(
-        val_records,
-        template,
-        tokenizer,
-        max_length=max_length,
-        skip_long_targets=cfg.skip_long_targets,
-    )
+    for rep in read_reports:
+        if rep.skipped:
+            log(
+                f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
+                f"{rep.skipped[0]}"
+            )
+    for warning in overlap_warnings(cfg, fingerprints, train, val):
+        log(f"gentune: warning: {warning}")
+    train_records, val_records = train.records, val.records
+    train_ex, val_ex = train.examples, val.examples
+    train_rep, val_rep = train.report, val.report
     log(f"gentune: train: {train_rep.summary()}")
     log(f"gentune: validation: {val_rep.summary()}")
-    if not train_ex:
+    if not len(train_ex):
         raise TrainingError("no training examples left after encoding")
-    has_references = any(template.reference(r) for r in val_records)
+    has_references = any(template.reference(r) for r in val_records)  # (stops at the first)
     if cfg.metric not in ("auto", "val_loss") and not has_references:
         raise TrainingError(
             f"--metric {cfg.metric} compares generations with references, and "
@@ -168,7 +170,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     template = with_length_limit(template, max_length, train_ex)  # the same limit at inference
     if cfg.packing:
         n = len(train_ex)
-        train_ex = pack_examples(train_ex, max_length)
+        train_ex = pack_examples(train_ex, max_length)  # (its `.examples`: the unpacked ones)
         log(f"gentune: packing: {n} examples into {len(train_ex)} rows of <= {max_length}")
     cfg, choices = recipe.resolve(
         cfg,
