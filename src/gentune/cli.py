@@ -489,10 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; returns the exit code: 0 done, 2 a user's mistake (one line naming the
     file, row, field or flag and what to do), 130 interrupted, 1 a bug (with its traceback)."""
+    import logging
     import warnings
 
-    # third-party deprecation noise that users cannot act on
+    # third-party noise that users cannot act on: a deprecation, the GPU kernels torchao
+    # cannot load on a CPU, torch's notes on its own internals
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     parser = build_parser()
     try:
         args, unknown = parser.parse_known_args(argv)
