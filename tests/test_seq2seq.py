@@ -339,3 +339,25 @@ def test_tiny_t5_learns_to_reverse_digits_less_well(tmp_path):
 def test_tiny_bert2bert_warm_start_learns_to_copy(tmp_path):
     model = build_seq2seq(tmp_path / "bert", "bert", size=64, varied=False)
     assert _learned(tmp_path, "bert2bert:" + str(model), epochs=2, reverse=False) >= 0.95
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_save_then_resume_is_exact(models, tmp_path):
+    """As for causal models (tests/test_checkpoint.py): SIGKILL while step 9 is being saved,
+    resume, and every step's loss and the final adapter equal an uninterrupted run's."""
+    import signal
+
+    from gentune import checkpoint
+
+    from .test_checkpoint import _args, _assert_same, _run
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS * 4)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    code, out = _run(_args(models["bart"], data, ref))
+    assert code == 0, out
+    code, out = _run(_args(models["bart"], data, run), {"GENTUNE_FAULT": "kill-in-save:9"})
+    assert code == -signal.SIGKILL, out
+    assert checkpoint.latest(run).name == "step-00000006"
+    code, out = _run(_args(models["bart"], data, run, "--resume"))
+    assert code == 0 and "resumed from" in out, out
+    _assert_same(run, ref)
