@@ -361,3 +361,31 @@ def test_kill_during_checkpoint_save_then_resume_is_exact(models, tmp_path):
     code, out = _run(_args(models["bart"], data, run, "--resume"))
     assert code == 0 and "resumed from" in out, out
     _assert_same(run, ref)
+
+
+def test_multilingual_models_are_refused_until_language_codes_are_set(models, tmp_path):
+    """mBART-50 / M2M100 / NLLB need language codes; without them they would translate into
+    the wrong language without a word: refused, naming what works instead."""
+    import shutil
+
+    from transformers import MBartConfig
+
+    path = tmp_path / "mbart"
+    shutil.copytree(models["bart"], path)
+    (path / "config.json").write_text(json.dumps(MBartConfig(vocab_size=400).to_dict()))
+    with pytest.raises(ModelError, match=r"multilingual mbart model.*opus-mt"):
+        load_model(str(path))
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_stream_gives_the_same_text_as_generate(models, family):
+    """What `gentune chat` and the server's streaming use."""
+    from gentune.config import Decoding
+    from gentune.generate import generate, stream
+    from gentune.runs import load_for_inference
+
+    loaded = load_for_inference(models[family])
+    ids = _prompt_ids(loaded, _template(loaded.model, loaded.tokenizer))
+    d = Decoding(max_new_tokens=10)
+    for p, want in zip(ids[:3], generate(loaded.model, loaded.tokenizer, ids[:3], d), strict=True):
+        assert "".join(stream(loaded.model, loaded.tokenizer, p, d)) == want.text

@@ -38,6 +38,7 @@ class Family:
     fan_in_fan_out: bool = False  # weights stored (in, out): GPT-2's Conv1D layers
     source_prefix: bool = False  # encoder-decoder trained with task prefixes ("summarize: ")
     encoder_only: bool = False  # generates only as an EncoderDecoderModel (bert2bert:)
+    language_codes: bool = False  # multilingual: needs source/target language codes (not yet)
 
 
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -55,9 +56,9 @@ FAMILIES: dict[str, Family] = {
     "t5": _T5,
     "mt5": _T5,
     "bart": Family(_BART_LIKE, False),
-    "mbart": Family(_BART_LIKE, False),
+    "mbart": Family(_BART_LIKE, False, language_codes=True),  # mBART-50 (and mBART-cc25)
     "marian": Family(_BART_LIKE, False),
-    "m2m100": Family(_BART_LIKE, False),  # M2M100 and NLLB
+    "m2m100": Family(_BART_LIKE, False, language_codes=True),  # M2M100 and NLLB
     "encoder-decoder": Family("all-linear", False),  # bert2bert: warm starts
     **{
         name: _ENCODER
@@ -195,6 +196,13 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
                 f"{spec} is an encoder-only model ({config.model_type}): it cannot generate "
                 f"text by itself; give --model {WARM_START}{spec} to add a decoder warm-started "
                 f"from it (or {WARM_START}{spec},DECODER for another decoder)"
+            )
+        if FAMILIES.get(config.model_type, _OTHER).language_codes:
+            raise ModelError(
+                f"{spec} is a multilingual {config.model_type} model: it needs the source and "
+                "target language codes set on its tokenizer and forced at generation, which "
+                "gentune does not do yet (it would translate into the wrong language without a "
+                "word); use a bilingual model (Helsinki-NLP/opus-mt-en-de) or T5 for now"
             )
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         loaded: Any = auto.from_pretrained(where, dtype=dtype, output_loading_info=True)
