@@ -142,7 +142,7 @@ def test_serves_an_exported_directory_with_its_template(trained_run, tmp_path):
 
     from gentune.export import export
 
-    out = export(trained_run, tmp_path / "exported")
+    out, _ = export(trained_run, tmp_path / "exported")
     app = create_app(load_for_inference(str(out)))
     with TestClient(app) as c:
         models = c.get("/v1/models").json()["data"][0]

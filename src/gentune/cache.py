@@ -23,7 +23,6 @@ import numpy as np
 
 from .data import Fields, Kind, ReadReport, Record, fingerprint, iter_records, record_key
 from .encode import (
-    IGNORE,
     EncodeReport,
     Example,
     Examples,
@@ -50,7 +49,9 @@ def features():
             "input_ids": List(Value("int32")),
             "labels": List(Value("int32")),  # IGNORE on context tokens
             "n_targets": Value("int32"),
-            "prompted": Value("bool"),  # the first label is masked: a context comes first
+            "length": Value("int32"),  # tokens the model reads (Example.size)
+            "prompted": Value("bool"),  # a context comes before the target (Example.prompted)
+            "seq2seq": Value("bool"),  # labels are an encoder-decoder's target sequence
             "truncated": Value("int32"),  # input tokens removed to fit (first window only)
             "too_long": Value("bool"),  # the target cannot fit: no tokens, never trained
         }
@@ -226,7 +227,8 @@ def _encode(record: Record, template, tokenizer, max_length: int) -> list[dict]:
     except DataError:
         if record.where not in report.too_long:
             raise
-        marker = {"input_ids": [], "labels": [], "n_targets": 0, "prompted": False}
+        marker = {"input_ids": [], "labels": [], "n_targets": 0, "length": 0}
+        marker |= {"prompted": False, "seq2seq": False}
         marker |= {"truncated": 0, "too_long": True}
         return [{**common, "window": 0, **marker}]
     return [
@@ -236,7 +238,9 @@ def _encode(record: Record, template, tokenizer, max_length: int) -> list[dict]:
             "input_ids": e.input_ids,
             "labels": e.labels,
             "n_targets": e.n_targets,
-            "prompted": bool(e.labels) and e.labels[0] == IGNORE,
+            "length": e.size,
+            "prompted": e.prompted,
+            "seq2seq": e.seq2seq,
             "truncated": report.truncated_tokens if w == 0 else 0,
             "too_long": False,
         }
@@ -320,11 +324,8 @@ class CachedExamples(Examples):
     """Examples read from the memory-mapped table when they are asked for."""
 
     def __init__(self, encoded: Encoded, table_rows: np.ndarray):
-        import pyarrow.compute as pc
-
         self.encoded, self.rows = encoded, table_rows
-        lengths = pc.list_value_length(encoded.table.data.column("input_ids")).to_numpy()
-        self.lengths = lengths[table_rows].astype(np.int64)
+        self.lengths = encoded.column("length")[table_rows].astype(np.int64)
         self.n_targets = encoded.column("n_targets")[table_rows].astype(np.int64)
         self.prompted = encoded.column("prompted")[table_rows]
 
@@ -337,9 +338,9 @@ class CachedExamples(Examples):
     def take(self, indices) -> list[Example]:
         batch = self.encoded.table[[int(self.rows[i]) for i in indices]]
         return [
-            Example(ids, labels, f"{self.encoded.source}:{row}")
-            for ids, labels, row in zip(
-                batch["input_ids"], batch["labels"], batch["row"], strict=True
+            Example(ids, labels, f"{self.encoded.source}:{row}", seq2seq=seq2seq)
+            for ids, labels, row, seq2seq in zip(
+                batch["input_ids"], batch["labels"], batch["row"], batch["seq2seq"], strict=True
             )
         ]
 

@@ -7,7 +7,7 @@ import sys
 from .data import Record
 from .encode import encode_prompt
 from .generate import default_decoding, stream
-from .models import context_length
+from .models import context_length, template_options
 from .runs import load_for_inference
 from .tasks import chat_template_for
 
@@ -26,7 +26,9 @@ def chat(
 ) -> list[dict]:
     """Run the session until /exit or end of input; returns the conversation."""
     loaded = load_for_inference(spec, precision=precision, quantize=quantize)
-    template = chat_template_for(loaded.template, loaded.tokenizer)
+    template = chat_template_for(
+        loaded.template, loaded.tokenizer, **template_options(loaded.model)
+    )
     decoding = default_decoding(template, **(decoding_overrides or {}))
     room = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
     history: list[dict] = [{"role": "system", "content": system}] if system else []

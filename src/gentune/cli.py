@@ -269,10 +269,9 @@ def cmd_export(a) -> None:
     """gentune export."""
     from .export import export
 
-    out = export(a.run, a.out)
+    out, auto_class = export(a.run, a.out)
     print(
-        f"gentune: exported {a.run} to {out} (load it with "
-        f"AutoModelForCausalLM.from_pretrained('{out}'))"
+        f"gentune: exported {a.run} to {out} (load it with {auto_class}.from_pretrained('{out}'))"
     )
 
 
@@ -495,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     # third-party noise that users cannot act on: a deprecation, the GPU kernels torchao
     # cannot load on a CPU, torch's notes on its own internals
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=".*better way to train encoder-decoder models.*")
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     parser = build_parser()

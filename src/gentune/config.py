@@ -73,6 +73,7 @@ class TrainConfig:
     resume: str | None = None  # "latest" or a checkpoint directory to continue from
     overwrite: bool = False  # delete the run already in --out (checkpoints too) and start anew
     packing: bool = False  # pack several examples per row (they cannot attend to each other)
+    group_by_length: bool = True  # batch rows of similar length (less padding); off: random
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     memory_budget: float | None = None  # GiB to peak at: a probe picks micro-batch, checkpointing
     compile: bool = False  # torch.compile the model

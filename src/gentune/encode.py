@@ -26,14 +26,26 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class Example:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE on context tokens
+    input_ids: list[int]  # the whole row; an encoder-decoder's source
+    labels: list[int]  # IGNORE on context tokens; an encoder-decoder's target tokens
     where: str  # "file:row", for messages
     lengths: tuple[int, ...] | None = None  # packed rows: the lengths of the examples in it
+    seq2seq: bool = False  # labels are the decoder's sequence, not aligned with input_ids
 
     @property
     def n_targets(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
+
+    @property
+    def size(self) -> int:
+        """Tokens the model reads: the row, or source and target together."""
+        return len(self.input_ids) + (len(self.labels) if self.seq2seq else 0)
+
+    @property
+    def prompted(self) -> bool:
+        """Whether a context comes before the target (its first label is masked; always for an
+        encoder-decoder, whose context is the source)."""
+        return self.seq2seq or (bool(self.labels) and self.labels[0] == IGNORE)
 
 
 class Examples(Sequence[Example]):
@@ -43,8 +55,8 @@ class Examples(Sequence[Example]):
 
     @cached_property
     def lengths(self) -> np.ndarray:
-        """Tokens per example."""
-        return np.array([len(e.input_ids) for e in self], dtype=np.int64)
+        """Tokens per example (`Example.size`)."""
+        return np.array([e.size for e in self], dtype=np.int64)
 
     @cached_property
     def n_targets(self) -> np.ndarray:
@@ -54,7 +66,7 @@ class Examples(Sequence[Example]):
     @cached_property
     def prompted(self) -> np.ndarray:
         """Whether each example starts with a context (its first label is masked)."""
-        return np.array([bool(e.labels) and e.labels[0] == IGNORE for e in self], dtype=bool)
+        return np.array([e.prompted for e in self], dtype=bool)
 
     def take(self, indices) -> list[Example]:
         """The examples at `indices`, in that order."""
@@ -189,6 +201,8 @@ def encode_example(
     report = report if report is not None else EncodeReport()
     eos_id = tokenizer.convert_tokens_to_ids(template.eos_token)
     report.rows += 1
+    if template.style == "seq2seq":
+        return [_encode_seq2seq(record, template, tokenizer, max_length, eos_id, report)]
     if record.text is not None:  # free text: long texts become consecutive windows
         ids, labels = _tokens(
             tokenizer, _render(template.segments, record, tokenizer), eos_id, template.eos_token
@@ -235,6 +249,42 @@ def encode_example(
     assert example.n_targets > 0, "every example carries at least its EOS as target"
     report.examples += 1
     return [example]
+
+
+def _source_ids(record: Record, template: PromptTemplate, tokenizer, max_length: int):
+    """(an encoder-decoder's source ids, within max_length with the tokenizer's own special
+    tokens kept, and the tokens cut from its end)."""
+    text = _render(template.prompt_segments, record, tokenizer)[0].text
+    full = tokenizer(text)["input_ids"]
+    if len(full) <= max_length:
+        return full, 0
+    ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    return ids, len(full) - len(ids)
+
+
+def _encode_seq2seq(
+    record: Record, template: PromptTemplate, tokenizer, max_length: int, eos_id: int, report
+) -> Example:
+    """Source → encoder (shortened to max_length), target → decoder labels as the tokenizer
+    makes targets (a multilingual one puts the target language's code first), ending with
+    EOS; the decoder's inputs are these shifted by the model's own rule."""
+    ids, cut = _source_ids(record, template, tokenizer, max_length)
+    target = template.reference(record) or ""
+    labels = list(tokenizer(text_target=target)["input_ids"])
+    if not labels or labels[-1] != eos_id:
+        labels.append(eos_id)
+    if len(labels) > max_length:
+        report.too_long.append(record.where)
+        raise DataError(
+            f"{record.where}: the target needs {len(labels)} tokens, more than the decoder's "
+            f"--max-length {max_length}; raise --max-length or pass --skip-long-targets to "
+            "drop such rows (they are counted and listed)"
+        )
+    if cut:
+        report.truncated_rows += 1
+        report.truncated_tokens += cut
+    report.examples += 1
+    return Example(ids, labels, record.where, seq2seq=True)
 
 
 def _count(tokenizer, record: Record) -> int:
@@ -292,6 +342,9 @@ def encode_prompt(
 
     Uses the same segment tokenization as training, so the ids are those trained on.
     """
+    if template.style == "seq2seq":
+        ids, cut = _source_ids(record, template, tokenizer, max_length)
+        return ids, _render(template.prompt_segments, record, tokenizer)[0].text, bool(cut)
     eos_id = tokenizer.convert_tokens_to_ids(template.eos_token)
     current, shortened = record, False
     for _ in range(8):
@@ -331,10 +384,18 @@ def with_length_limit(
 
 # ---- batching ------------------------------------------------------------------------------
 def length_grouped_batches(
-    examples: Examples, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True
+    examples: Examples,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    group: bool = True,
 ) -> list[list[int]]:
     """Indices grouped into batches of similar length (less padding), in a seeded order; only
-    the lengths are read, the rows when a batch is collated."""
+    the lengths are read, the rows when a batch is collated. group=False: random batches (a
+    model trained from scratch can settle on ignoring its input when every batch holds rows of
+    one length: a tiny BART learning to reverse digits does)."""
     lengths = examples.lengths.tolist()
     idx = list(range(len(lengths)))
     rng = random.Random(seed * 1_000_003 + epoch)
@@ -343,7 +404,9 @@ def length_grouped_batches(
     mega = batch_size * 16  # sort within windows so the order stays random across them
     batches = []
     for i in range(0, len(idx), mega):
-        window = sorted(idx[i : i + mega], key=lambda j: -lengths[j])
+        window = idx[i : i + mega]
+        if group:
+            window = sorted(window, key=lambda j: -lengths[j])
         batches += [window[k : k + batch_size] for k in range(0, len(window), batch_size)]
     if shuffle:
         rng.shuffle(batches)
@@ -351,7 +414,15 @@ def length_grouped_batches(
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors: input_ids (B, T), attention_mask (B, T), labels (B, T)."""
+    """Right-padded tensors: input_ids (B, T), attention_mask (B, T), labels (B, T); for an
+    encoder-decoder labels (B, T') padded with IGNORE on their own."""
+    if examples[0].seq2seq:
+        batch = collate([Example(e.input_ids, e.input_ids, e.where) for e in examples], pad_id)
+        width = max(len(e.labels) for e in examples)
+        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        for i, e in enumerate(examples):
+            labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        return {**batch, "labels": labels}
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)

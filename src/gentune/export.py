@@ -2,8 +2,9 @@
 
 A LoRA adapter is merged into the base weights; the directory holds safetensors weights, the
 tokenizer with the chat template used in training, and a generation config whose EOS and pad are
-the ones gentune trained and generated with. `AutoModelForCausalLM.from_pretrained(DIR)` and
-greedy `generate` then give the same text as `gentune generate RUN`.
+the ones gentune trained and generated with. `AutoModelForCausalLM.from_pretrained(DIR)` (an
+encoder-decoder: `AutoModelForSeq2SeqLM`) and greedy `generate` then give the same text as
+`gentune generate RUN`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 
 from .errors import RunError, UsageError
 from .generate import eos_ids
+from .models import is_seq2seq
 from .runs import interrupted, load_for_inference, run_state
 
 
-def export(run: str | Path, out: str | Path) -> Path:
+def export(run: str | Path, out: str | Path) -> tuple[Path, str]:
     """Write RUN as a plain transformers directory at OUT (LoRA merged, the trained template
-    and generation settings); returns OUT."""
+    and generation settings); returns OUT and the transformers auto class that loads it."""
     run, out = Path(run), Path(out)
     state = run_state(run)
     if state == "interrupted":
@@ -81,4 +83,4 @@ def export(run: str | Path, out: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return out, "AutoModelForSeq2SeqLM" if is_seq2seq(model) else "AutoModelForCausalLM"

@@ -13,6 +13,7 @@ from functools import partial
 import torch
 
 from .config import Decoding
+from .models import causal_lm, is_seq2seq
 from .tasks import PromptTemplate, get_task
 
 
@@ -69,7 +70,17 @@ def generation_config(model, tokenizer, decoding: Decoding):
         eos_token_id=stop,
         pad_token_id=_pad(tokenizer, stop),
         bos_token_id=tokenizer.bos_token_id,
+        decoder_start_token_id=_decoder_start(model),
     )
+
+
+def _decoder_start(model) -> int | None:
+    """The token an encoder-decoder's output starts from (None for a decoder-only model)."""
+    if not is_seq2seq(model):
+        return None
+    gen = getattr(model, "generation_config", None)
+    start = getattr(gen, "decoder_start_token_id", None)
+    return start if start is not None else causal_lm(model).config.decoder_start_token_id
 
 
 def _pad(tokenizer, stop: list[int]) -> int:
@@ -157,6 +168,7 @@ def generate(
     config = generation_config(model, tokenizer, decoding)
     stop = eos_ids(model, tokenizer)
     pad = _pad(tokenizer, stop)
+    seq2seq = is_seq2seq(model)
     device = next(model.parameters()).device
     n = decoding.num_return_sequences
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -180,12 +192,16 @@ def generate(
         mask[:, :shared] = 1
         for row, i in enumerate(idx):  # padding goes between the shared prefix and the rest
             own = prompts[i][shared:]
-            ids[row, width - len(own) :] = torch.tensor(own, dtype=torch.long)
-            mask[row, width - len(own) :] = 1
+            # an encoder's positions count from its first token: its padding goes last
+            at = 0 if seq2seq else width - len(own)
+            ids[row, at : at + len(own)] = torch.tensor(own, dtype=torch.long)
+            mask[row, at : at + len(own)] = 1
         extra = {}
         cut: dict[int, int] = {}  # row -> new tokens made when should_stop turned true
+        # where the new tokens start: after the prompt, or (encoder-decoder) the decoder's start
+        start = 1 if seq2seq else width
         if should_stop is not None:
-            extra["stopping_criteria"] = _criteria(partial(_flags, should_stop, idx), cut, width)
+            extra["stopping_criteria"] = _criteria(partial(_flags, should_stop, idx), cut, start)
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(idx))
@@ -200,7 +216,7 @@ def generate(
         for row, i in enumerate(idx):
             results[i] = [
                 _finish(
-                    out[row * n + k, width:].tolist(), tokenizer, stop, decoding, cut=cut.get(row)
+                    out[row * n + k, start:].tolist(), tokenizer, stop, decoding, cut=cut.get(row)
                 )
                 for k in range(n)
             ]
@@ -279,7 +295,8 @@ def stream(
                         lambda: [closed.is_set() or bool(should_stop and should_stop())]
                     ),
                 )
-            done.append(_finish(out[0, len(prompt) :].tolist(), tokenizer, stop, decoding))
+            start = 1 if is_seq2seq(model) else len(prompt)  # (an encoder-decoder's start token)
+            done.append(_finish(out[0, start:].tolist(), tokenizer, stop, decoding))
         except BaseException as e:  # re-raised in the caller's thread
             done.append(e)
             streamer.end()

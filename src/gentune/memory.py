@@ -197,7 +197,9 @@ def measure_step(model, batch: dict, autocast) -> float:
     return peak
 
 
-def longest_batch(examples, micro: int, tokens: int, *, packing: bool, pad_id: int, seed: int):
+def longest_batch(
+    examples, micro: int, tokens: int, *, packing: bool, pad_id: int, seed: int, group: bool = True
+):
     """The forward pass of the first epoch with the most padded tokens: the memory peak."""
     from .encode import collate_for, length_grouped_batches
 
@@ -206,7 +208,7 @@ def longest_batch(examples, micro: int, tokens: int, *, packing: bool, pad_id: i
 
     pieces = [
         piece
-        for rows in length_grouped_batches(examples, micro, seed=seed, epoch=0)
+        for rows in length_grouped_batches(examples, micro, seed=seed, epoch=0, group=group)
         for piece in split_by_tokens(rows, length, tokens)
     ]
     rows = max(pieces, key=lambda b: len(b) * max(length(i) for i in b))
@@ -242,6 +244,7 @@ def choose_layout(
             packing=cfg.packing,
             pad_id=pad_id,
             seed=cfg.seed,
+            group=cfg.group_by_length,
         )
         batch = {k: v.to(device) for k, v in batch.items()}
         return _max_over_processes(measure_step(model, batch, autocast))

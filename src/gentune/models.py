@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,27 +36,66 @@ class Family:
     lora_targets: tuple[str, ...] | str  # peft target_modules
     selective_logits: bool  # lm_head may be applied to target positions only (no softcap etc.)
     fan_in_fan_out: bool = False  # weights stored (in, out): GPT-2's Conv1D layers
+    source_prefix: bool = False  # encoder-decoder trained with task prefixes ("summarize: ")
+    encoder_only: bool = False  # generates only as an EncoderDecoderModel (bert2bert:)
+    language_codes: bool = False  # multilingual: needs source/target language codes (not yet)
 
 
+_LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_BART_LIKE = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+_T5 = Family(("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"), False, source_prefix=True)
+_ENCODER = Family("all-linear", False, encoder_only=True)
+
+# every model family's quirks, by config.model_type; whether a model is an encoder-decoder is
+# read from its config (is_encoder_decoder), not from this table
 FAMILIES: dict[str, Family] = {
-    "llama": Family(
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), True
-    ),
-    "mistral": Family(
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), True
-    ),
-    "qwen2": Family(
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), True
-    ),
+    "llama": Family(_LLAMA_LIKE, True),
+    "mistral": Family(_LLAMA_LIKE, True),
+    "qwen2": Family(_LLAMA_LIKE, True),
     "gpt2": Family(("c_attn", "c_proj", "c_fc"), True, fan_in_fan_out=True),
+    "t5": _T5,
+    "mt5": _T5,
+    "bart": Family(_BART_LIKE, False),
+    "mbart": Family(_BART_LIKE, False, language_codes=True),  # mBART-50 (and mBART-cc25)
+    "marian": Family(_BART_LIKE, False),
+    "m2m100": Family(_BART_LIKE, False, language_codes=True),  # M2M100 and NLLB
+    "encoder-decoder": Family("all-linear", False),  # bert2bert: warm starts
+    **{
+        name: _ENCODER
+        for name in (
+            "bert",
+            "roberta",
+            "xlm-roberta",
+            "distilbert",
+            "electra",
+            "deberta",
+            "deberta-v2",
+            "albert",
+            "camembert",
+            "modernbert",
+        )
+    },
 }
 _OTHER = Family("all-linear", False)
+WARM_START = "bert2bert:"
+UNUSED_WEIGHTS = "pooler."  # a BERT-like encoder's pooler: nothing that generates reads it  # --model bert2bert:ENCODER or bert2bert:ENCODER,DECODER
 
 
 def family(model) -> Family:
     """The quirks entry for a model (peft-wrapped or not)."""
     config = getattr(model, "config", None)
     return FAMILIES.get(getattr(config, "model_type", ""), _OTHER)
+
+
+def template_options(model) -> dict:
+    """What a prompt template needs to know of the model: whether it is an encoder-decoder,
+    and whether its family was trained with task prefixes on the source (T5)."""
+    return {"seq2seq": is_seq2seq(model), "source_prefix": family(causal_lm(model)).source_prefix}
+
+
+def is_seq2seq(model) -> bool:
+    """Whether a model (peft/DDP-wrapped or not) is an encoder-decoder, from its config."""
+    return bool(getattr(causal_lm(model).config, "is_encoder_decoder", False))
 
 
 def gentune_home() -> Path:
@@ -139,34 +179,164 @@ def ensure_embedded(name: str) -> Path:
 
 
 def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer, resolved path or id) for a model name, directory or hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer, resolved path or id) for a model name, directory or hub id: a causal
+    LM, or an encoder-decoder where the config says so; `bert2bert:ENCODER[,DECODER]` warm-starts
+    an encoder-decoder from encoder checkpoints. A load that leaves weights newly initialised
+    stops and names them."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    if spec.startswith(WARM_START):
+        return _warm_start(spec, dtype)
     where = resolve_model(spec)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
-    except Exception as e:  # noqa: BLE001 — whatever a bad directory makes the loaders raise
-        if Path(where).is_dir():
+    with _loading(spec, where):
+        tokenizer = _tokenizer(where)
+        config = AutoConfig.from_pretrained(where)
+        if FAMILIES.get(config.model_type, _OTHER).encoder_only:
             raise ModelError(
-                f"{where}: cannot load the model ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:300] if str(e) else ''}); check that "
-                "it is a complete transformers model directory"
-            ) from None
-        if not isinstance(e, OSError):
-            raise
-        raise ModelError(
-            f"cannot load model {spec!r}: it is not cached here and the Hugging Face Hub could "
-            f"not be reached ({str(e).splitlines()[0][:200]}). Offline options: "
-            f"--model {DEFAULT_MODEL} (the embedded default), a local model directory, or "
-            f"download it once where there is internet (`hf download {spec}`) and "
-            "set HF_HUB_OFFLINE=1"
-        ) from None
+                f"{spec} is an encoder-only model ({config.model_type}): it cannot generate "
+                f"text by itself; give --model {WARM_START}{spec} to add a decoder warm-started "
+                f"from it (or {WARM_START}{spec},DECODER for another decoder)"
+            )
+        if FAMILIES.get(config.model_type, _OTHER).language_codes:
+            raise ModelError(
+                f"{spec} is a multilingual {config.model_type} model: it needs the source and "
+                "target language codes set on its tokenizer and forced at generation, which "
+                "gentune does not do yet (it would translate into the wrong language without a "
+                "word); use a bilingual model (Helsinki-NLP/opus-mt-en-de) or T5 for now"
+            )
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        loaded: Any = auto.from_pretrained(where, dtype=dtype, output_loading_info=True)
+        model, info = loaded
+    _check_loaded(spec, model, info)
+    return model, tokenizer, where
+
+
+def _tokenizer(where: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
+        tokenizer.eos_token = tokenizer.sep_token  # BERT-like: [SEP] ends a sequence
+    if tokenizer.bos_token is None and tokenizer.cls_token is not None:
+        tokenizer.bos_token = tokenizer.cls_token
     if tokenizer.pad_token_id is None:
         # Padding positions are masked by attention_mask and labels are built explicitly,
         # so reusing EOS as pad is safe here (EOS is still trained where it ends a target).
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, where
+    return tokenizer
+
+
+class _loading:
+    """Errors of loading a model, as one line that says what to do."""
+
+    def __init__(self, spec: str, where: str):
+        self.spec, self.where = spec, where
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        # transformers' own report of missing weights: gentune checks them and says what to do
+        self.verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        return self
+
+    def __exit__(self, kind, e, tb):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self.verbosity)
+        if e is None or isinstance(e, ModelError) or not isinstance(e, Exception):
+            return False
+        if Path(self.where).is_dir():
+            raise ModelError(
+                f"{self.where}: cannot load the model ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300] if str(e) else ''}); check that "
+                "it is a complete transformers model directory"
+            ) from None
+        if not isinstance(e, OSError):
+            return False
+        raise ModelError(
+            f"cannot load model {self.spec!r}: it is not cached here and the Hugging Face Hub "
+            f"could not be reached ({str(e).splitlines()[0][:200]}). Offline options: "
+            f"--model {DEFAULT_MODEL} (the embedded default), a local model directory, or "
+            f"download it once where there is internet (`hf download {self.spec}`) and "
+            "set HF_HUB_OFFLINE=1"
+        ) from None
+
+
+def _check_loaded(spec: str, model, info: dict, *, expected: str | None = None) -> None:
+    """Stop when loading left weights newly initialised (random): a checkpoint of another
+    architecture, or a head it does not have. `expected` names the ones that are meant to be
+    new (the cross-attention of a warm start)."""
+    tied: set[str] = set()
+    if getattr(model.config, "tie_word_embeddings", False) or is_seq2seq(model):
+        tied = {
+            name for name in info.get("missing_keys", ()) if "embed" in name or "lm_head" in name
+        }
+        tied = {name for name in tied if _is_tied(model, name)}
+    new = sorted(
+        k
+        for k in info.get("missing_keys", ())
+        if k not in tied and not (expected and expected in k) and UNUSED_WEIGHTS not in k
+    )
+    if new:
+        raise ModelError(
+            f"{spec}: {len(new)} weights are not in the checkpoint and would start random "
+            f"({', '.join(new[:4])}{' ...' if len(new) > 4 else ''}): it is not a "
+            f"{type(model).__name__} checkpoint; give a model of that kind"
+        )
+
+
+def _is_tied(model, name: str) -> bool:
+    """Whether parameter `name` shares its storage with another one (tied embeddings)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = params.get(name)
+    return target is not None and any(p is target for n, p in params.items() if n != name)
+
+
+def _warm_start(spec: str, dtype: torch.dtype):
+    """An EncoderDecoderModel from an encoder checkpoint and a decoder checkpoint (the same
+    one by default), with cross-attention added (new, trained from scratch) and the special
+    tokens set: the decoder starts with CLS/BOS, ends with SEP/EOS, pads with PAD."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, EncoderDecoderModel
+
+    names = [n.strip() for n in spec[len(WARM_START) :].split(",")]
+    if not names[0] or len(names) > 2 or not all(names):
+        raise ModelError(
+            f"--model {spec}: give {WARM_START}ENCODER or {WARM_START}ENCODER,DECODER "
+            f"(e.g. {WARM_START}bert-base-uncased)"
+        )
+    encoder_name, decoder_name = names[0], names[-1]
+    enc_where, dec_where = resolve_model(encoder_name), resolve_model(decoder_name)
+    with _loading(encoder_name, enc_where):
+        tokenizer = _tokenizer(enc_where)
+        encoder, enc_info = AutoModel.from_pretrained(
+            enc_where, dtype=dtype, output_loading_info=True, add_pooling_layer=False
+        )
+    _check_loaded(encoder_name, encoder, enc_info)
+    with _loading(decoder_name, dec_where):
+        if decoder_name != encoder_name:
+            other = _tokenizer(dec_where)
+            if other.get_vocab() != tokenizer.get_vocab():
+                raise ModelError(
+                    f"--model {spec}: the decoder's tokenizer ({decoder_name}) differs from "
+                    f"the encoder's ({encoder_name}); gentune needs one vocabulary for "
+                    "both: pick two checkpoints with the same tokenizer"
+                )
+        config = AutoConfig.from_pretrained(dec_where, is_decoder=True, add_cross_attention=True)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            dec_where, config=config, dtype=dtype, output_loading_info=True
+        )
+        decoder, dec_info = loaded
+    _check_loaded(decoder_name, decoder, dec_info, expected="crossattention")
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.config.decoder_start_token_id = tokenizer.bos_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.vocab_size = decoder.config.vocab_size
+    model.generation_config.decoder_start_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, spec
 
 
 def context_length(model) -> int:
@@ -186,7 +356,7 @@ def wrap_lora(model, *, r: int, alpha: int, dropout: float):
     fam = family(model)
     targets = fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
     config = LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type="SEQ_2_SEQ_LM" if is_seq2seq(model) else "CAUSAL_LM",
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
@@ -204,12 +374,30 @@ def causal_lm(model):
     return inner
 
 
+def _seq2seq_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """token_nll of an encoder-decoder: the source into the encoder, the target's tokens shifted
+    right by the model's own rule (its decoder start token first) into the decoder."""
+    labels = batch["labels"]
+    mask = labels != -100
+    decoder_input_ids = causal_lm(model).prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=decoder_input_ids,
+        use_cache=False,
+    ).logits
+    nll = torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+    return nll, int(mask.sum())
+
+
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(Σ negative log-likelihood over target tokens, number of target tokens) for a batch.
 
     Where the family allows, the vocabulary projection runs only at target positions, so long
     prompts cost no logits: hidden (B, T, H) → selected (N, H) → logits (N, V).
     """
+    if is_seq2seq(model):
+        return _seq2seq_nll(model, batch)
     labels = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at position t-1
     mask = labels != -100
     n = int(mask.sum())

@@ -34,7 +34,11 @@ def percentiles(values: list[int]) -> str:
 
 
 def render_spans(example, tokenizer) -> str:
-    """The example's text with trained spans in ⟦…⟧ (everything else is masked)."""
+    """The example's text with trained spans in ⟦…⟧ (everything else is masked); for an
+    encoder-decoder the source, then the target."""
+    if example.seq2seq:
+        source = tokenizer.decode(example.input_ids, skip_special_tokens=False)
+        return f"{source}\n→ {_span(example.labels, True, tokenizer)}"
     out, run, trained = [], [], None
     for tok, lab in zip(example.input_ids, example.labels, strict=True):
         is_trained = lab != IGNORE
@@ -67,7 +71,9 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     model.train()
     loss_model = TargetLoss(model)
     collate_fn = collate_for(cfg.packing)
-    batches = length_grouped_batches(prep.train_ex, cfg.micro, seed=cfg.seed, epoch=0)
+    batches = length_grouped_batches(
+        prep.train_ex, cfg.micro, seed=cfg.seed, epoch=0, group=cfg.group_by_length
+    )
     lengths = prep.train_ex.lengths
     longest = max(batches, key=lambda b: lengths[b].max())
     before = peak_memory_mb()

@@ -16,8 +16,15 @@ from . import cache, memory, recipe
 from .config import TrainConfig
 from .data import Fields, ReadReport, Record, split_indices
 from .encode import EncodeReport, Examples, pack_examples, with_length_limit
-from .errors import TrainingError
-from .models import context_length, load_model, wrap_lora
+from .errors import ConfigError, TrainingError
+from .models import (
+    WARM_START,
+    context_length,
+    is_seq2seq,
+    load_model,
+    template_options,
+    wrap_lora,
+)
 from .tasks import PromptTemplate, build_template, get_task
 
 
@@ -141,7 +148,14 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
         target_lang=cfg.target_lang,
         system=cfg.system,
         style=cfg.template,
+        **template_options(model),
     )
+    if cfg.packing and is_seq2seq(model):
+        raise ConfigError(
+            f"--packing: {cfg.model} is an encoder-decoder, whose sources and targets go to "
+            "two stacks and cannot be packed into one row; drop --packing (batches are "
+            "length-grouped, so little is padded)"
+        )
     max_length = min(cfg.max_length, context_length(model))
     train, val, read_reports, fingerprints = load_data(
         cfg, template, tokenizer, max_length, log=log
@@ -182,6 +196,11 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     for choice in choices:
         log(f"gentune: {choice.line()}")
     seed_everything(cfg.seed)  # LoRA init does not depend on what loading consumed
+    if cfg.method == "lora" and cfg.model.startswith(WARM_START):
+        raise ConfigError(
+            f"--method lora: the warm start {cfg.model} has new cross-attention layers, which "
+            "LoRA would leave random; train it with --method full"
+        )
     if cfg.method == "lora":
         model = wrap_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
     memory.set_checkpointing(model, cfg.gradient_checkpointing)

@@ -34,7 +34,7 @@ from .encode import encode_prompt
 from .errors import DataError
 from .generate import Generation, default_decoding
 from .guard import Guard, check_port, timed_protocol
-from .models import context_length
+from .models import context_length, template_options
 from .openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -63,7 +63,7 @@ def templates(loaded: Loaded, task: str | None) -> tuple[PromptTemplate, PromptT
     if loaded.template is None and not task:
         task = "dialogue" if getattr(tok, "chat_template", None) else "text"
     completion = resolve_template(loaded, task)
-    return completion, chat_template_for(completion, tok)
+    return completion, chat_template_for(completion, tok, **template_options(loaded.model))
 
 
 class _NotFound(Exception):

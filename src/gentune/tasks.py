@@ -31,6 +31,7 @@ class Task:
     metrics: tuple[str, ...]  # what evaluation reports, headline first (names in METRICS)
     max_new_tokens: int  # decoding default
     do_sample: bool = False  # decoding default (greedy unless the task is free generation)
+    source_prefix: str = ""  # what families trained with prefixes (T5) put before the source
 
     @property
     def validation_metric(self) -> str:
@@ -45,6 +46,7 @@ TASKS: dict[str, Task] = {
         name="summarization",
         kind="pairs",
         instruction="Summarize the following text.",
+        source_prefix="summarize: ",
         metrics=(
             "rougeL",
             "rouge1",
@@ -62,6 +64,7 @@ TASKS: dict[str, Task] = {
         name="translation",
         kind="pairs",
         instruction="Translate the following text from {source_lang} to {target_lang}.",
+        source_prefix="translate {source_lang} to {target_lang}: ",
         metrics=("bleu", "chrf", "ter", "rougeL", "length", "perplexity", "stopped_by_eos"),
         max_new_tokens=256,
     ),
@@ -110,8 +113,9 @@ class PromptTemplate:
     """How records become text. Saved with the run and reloaded byte for byte."""
 
     task: TaskName
-    style: Literal["chat", "plain"]  # the tokenizer's chat template, or a plain text layout
-    instruction: str  # resolved instruction (languages filled in)
+    # the tokenizer's chat template, a plain text layout, or source -> target (encoder-decoder)
+    style: Literal["chat", "plain", "seq2seq"]
+    instruction: str  # resolved instruction (languages filled in); a seq2seq source prefix
     eos_token: str  # the string of the EOS token every target ends with
     chat_template: str | None = None  # the jinja template, copied from the tokenizer
     system: str | None = None  # optional system message for chat style
@@ -139,6 +143,8 @@ class PromptTemplate:
         the median training length, so such a row's prompt is token for token the one trained
         on. Without a training limit (a plain model), or for free text: the context left after
         `max_new_tokens`."""
+        if self.style == "seq2seq":  # the source has the encoder to itself
+            return min(context, self.max_length or context)
         room = context - max_new_tokens
         if self.max_length is None:
             return room
@@ -163,7 +169,14 @@ class PromptTemplate:
 
     # ---- rendering ---------------------------------------------------------------------
     def segments(self, record: Record, tokenizer) -> list[Segment]:
-        """All of a labelled record, as alternating context and target segments."""
+        """All of a labelled record, as alternating context and target segments (for an
+        encoder-decoder: the source, then the target)."""
+        if self.style == "seq2seq":
+            target = self.reference(record)
+            return [
+                Segment(self.source(record), False),
+                Segment((target or "") + self.eos_token, True),
+            ]
         if self.task == "text" or record.text is not None:
             if record.text is not None:
                 return [Segment(record.text, True)]
@@ -178,6 +191,8 @@ class PromptTemplate:
 
     def prompt_segments(self, record: Record, tokenizer) -> list[Segment]:
         """The context a model generates from: everything before the last target."""
+        if self.style == "seq2seq":
+            return [Segment(self.source(record), False)]
         if self.task == "text" or record.text is not None:
             return [Segment(record.input or "" if record.text is None else record.text, False)]
         messages = self.messages(record)
@@ -197,6 +212,22 @@ class PromptTemplate:
             last = record.messages[-1]
             return last["content"] if last["role"] == "assistant" else None
         return record.output
+
+    def source(self, record: Record) -> str:
+        """An encoder-decoder's source text: the prefix and the input; a conversation before its
+        last assistant turn, flattened one "role: content" line per turn."""
+        if record.text is not None:
+            raise DataError(
+                f"{record.where}: a text row has no input to encode; an encoder-decoder "
+                "needs input/output pairs (task text reads them too)"
+            )
+        if record.messages is None:
+            return f"{self.instruction}{record.input}"
+        messages = self.messages(record)
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return self.instruction + "\n".join(lines)
 
     def messages(self, record: Record) -> list[dict]:
         if record.messages is not None:
@@ -230,9 +261,24 @@ def build_template(
     target_lang: str | None = None,
     system: str | None = None,
     style: str = "auto",
+    seq2seq: bool = False,
+    source_prefix: bool = False,
 ) -> PromptTemplate:
-    """The template for a task and tokenizer: the chat template where the tokenizer has one."""
-    text = task.instruction if instruction is None else instruction
+    """The template for a task and tokenizer: the chat template where the tokenizer has one;
+    for an encoder-decoder (`seq2seq`) the source and the target, the task's prefix before the
+    source where the family was trained with prefixes (`source_prefix`: T5), none otherwise
+    (`instruction` replaces either)."""
+    if seq2seq:
+        if style not in ("auto", "seq2seq"):
+            raise ConfigError(
+                f"--template {style} is for decoder-only models; an encoder-decoder reads the "
+                "source and writes the target (leave --template at auto)"
+            )
+        style = "seq2seq"
+        default = task.source_prefix if source_prefix else ""
+        text = default if instruction is None else instruction
+    else:
+        text = task.instruction if instruction is None else instruction
     if task.name == "translation" and "{" in text:
         if not source_lang or not target_lang:
             raise ConfigError(
@@ -244,6 +290,14 @@ def build_template(
         raise ConfigError(
             "the tokenizer has no EOS token; gentune needs one to teach the "
             "model to stop (set tokenizer.eos_token in the model directory)"
+        )
+    if style == "seq2seq":
+        return PromptTemplate(
+            task=task.name,
+            style="seq2seq",
+            instruction=text,
+            eos_token=tokenizer.eos_token,
+            system=system,
         )
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if style == "auto":
@@ -260,12 +314,14 @@ def build_template(
     )
 
 
-def chat_template_for(template: PromptTemplate | None, tokenizer) -> PromptTemplate:
+def chat_template_for(template: PromptTemplate | None, tokenizer, **options) -> PromptTemplate:
     """The template a multi-turn chat uses (`gentune chat`, /v1/chat/completions): a run's own,
-    which has turns unless it is free text, else the dialogue template of the tokenizer."""
+    which has turns unless it is free text, else the dialogue template of the tokenizer
+    (`options`: `models.template_options`; an encoder-decoder reads the conversation
+    flattened into its source)."""
     if template is not None and template.task != "text":
         return template
-    return build_template(get_task("dialogue"), tokenizer)
+    return build_template(get_task("dialogue"), tokenizer, **options)
 
 
 def _lead_space(text: str) -> str:

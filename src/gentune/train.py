@@ -427,7 +427,9 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     tokens_done = sum(r["tokens"] for r in state.history)
     targets_done = sum(r["target_tokens"] for r in state.history)
     while state.step < s.total_steps and not state.stopped_early:
-        batches = length_grouped_batches(train_ex, cfg.micro, seed=cfg.seed, epoch=state.epoch)
+        batches = length_grouped_batches(
+            train_ex, cfg.micro, seed=cfg.seed, epoch=state.epoch, group=cfg.group_by_length
+        )
         while (
             state.next_batch < len(batches)
             and state.step < s.total_steps
