@@ -27,16 +27,27 @@ def tok_tpl(tiny_llama):
     return tok, build_template(get_task("summarization"), tok)
 
 
-def _encode(path, tok_tpl, *, max_length=128, skip_invalid=False, template=None, log=None):
+def _encode(
+    path,
+    tok_tpl,
+    *,
+    max_length=128,
+    skip_invalid=False,
+    template=None,
+    log=None,
+    kind="pairs",
+    progress=False,
+):
     tok, tpl = tok_tpl
     return cache.encode_file(
         path,
-        kind="pairs",
+        kind=kind,
         fields=Fields(),
         template=template or tpl,
         tokenizer=tok,
         max_length=max_length,
         skip_invalid=skip_invalid,
+        progress=progress,
         log=log or (lambda *_: None),
     )
 
@@ -148,16 +159,7 @@ def test_long_texts_become_windows_with_their_report(home, tmp_path, tiny_llama)
     _, tok, _ = load_model(tiny_llama)
     tpl = build_template(get_task("text"), tok)
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": "hello world " * 60}, {"text": "short"}])
-    enc = cache.encode_file(
-        path,
-        kind="text",
-        fields=Fields(),
-        template=tpl,
-        tokenizer=tok,
-        max_length=32,
-        skip_invalid=False,
-        log=lambda *_: None,
-    )
+    enc = _encode(path, (tok, tpl), kind="text", max_length=32)
     part = enc.part(np.arange(2), max_length=32, skip_long_targets=False)
     want, report = encode_dataset(read_records(path, kind="text"), tpl, tok, max_length=32)
     assert list(part.examples) == list(want) and len(want) > 2
@@ -177,17 +179,6 @@ def test_packing_plans_from_lengths_and_builds_the_same_rows(home, tmp_path, tok
 
 def test_progress_bar_while_tokenizing(home, tmp_path, tok_tpl, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", _rows(7))
-    tok, tpl = tok_tpl
-    cache.encode_file(
-        path,
-        kind="pairs",
-        fields=Fields(),
-        template=tpl,
-        tokenizer=tok,
-        max_length=128,
-        skip_invalid=False,
-        progress=True,
-        log=lambda *_: None,
-    )
+    _encode(path, tok_tpl, progress=True)
     err = capsys.readouterr().err
     assert "tokenize d.jsonl" in err and "7/7" in err

@@ -32,6 +32,14 @@ def _template(model, tok, task="summarization", **kw):
     return build_template(get_task(task), tok, **kw, **template_options(model))
 
 
+def _encoded(spec: str, n: int):
+    """(model, tokenizer, records, examples) of the first n PAIRS for a model."""
+    model, tok, _ = load_model(spec)
+    recs = [Record(source="d", row=i, **r) for i, r in enumerate(PAIRS[:n], start=1)]
+    exs, _ = encode_dataset(recs, _template(model, tok), tok, max_length=64)
+    return model, tok, recs, exs
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_loads_as_an_encoder_decoder(models, family):
     model, tok, _ = load_model(models[family])
@@ -72,10 +80,7 @@ def test_a_checkpoint_of_another_architecture_is_never_loaded_with_random_weight
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_source_to_encoder_target_to_labels_with_eos(models, family):
-    model, tok, _ = load_model(models[family])
-    tpl = _template(model, tok)
-    recs = [Record(source="d", row=i, **r) for i, r in enumerate(PAIRS[:3], start=1)]
-    exs, _ = encode_dataset(recs, tpl, tok, max_length=64)
+    model, tok, recs, exs = _encoded(models[family], 3)
     prefix = "summarize: " if family == "t5" else ""
     for rec, ex in zip(recs, exs, strict=True):
         assert ex.seq2seq and IGNORE not in ex.labels
@@ -113,10 +118,7 @@ def test_long_source_is_shortened_never_the_target(models):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_loss_is_the_mean_over_target_tokens(models, family):
     """token_nll equals the model's own seq2seq loss (which averages over labels)."""
-    model, tok, _ = load_model(models[family])
-    tpl = _template(model, tok)
-    recs = [Record(source="d", row=i, **r) for i, r in enumerate(PAIRS[:4], start=1)]
-    exs, _ = encode_dataset(recs, tpl, tok, max_length=64)
+    model, tok, _, exs = _encoded(models[family], 4)
     batch = collate(list(exs), tok.pad_token_id)
     model.eval()
     nll, n = token_nll(model, batch)
@@ -179,30 +181,11 @@ def test_greedy_same_at_batch_1_and_8_and_as_a_plain_generate_loop(models, famil
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gradient_accumulation_equals_one_big_batch(models, family):
-    from gentune.train import TargetLoss, accumulate_gradients
+    from .test_train import assert_accumulation_matches
 
-    model, tok, _ = load_model(models[family])
-    tpl = _template(model, tok)
-    recs = [Record(source="d", row=i, **r) for i, r in enumerate(PAIRS[:8], start=1)]
-    exs, _ = encode_dataset(recs, tpl, tok, max_length=64)
+    model, tok, _, exs = _encoded(models[family], 8)
     assert len({len(e.labels) for e in exs}) > 2
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_model = TargetLoss(model)
-
-    def grads(micro_batches):
-        model.zero_grad()
-        nll, n = accumulate_gradients(loss_model, micro_batches)
-        return nll / n, n, [p.grad.clone() for p in params if p.grad is not None]
-
-    pad = tok.pad_token_id
-    big = grads([collate(list(exs), pad)])
-    small = grads([collate(list(exs[i : i + 2]), pad) for i in range(0, 8, 2)])
-    assert big[1] == small[1]
-    assert big[0] == pytest.approx(small[0], rel=1e-5)
-    scale = max(float(a.abs().max()) for a in big[2])  # (float sums in another order)
-    for a, b in zip(big[2], small[2], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * scale)
+    assert_accumulation_matches(model, list(exs), tok.pad_token_id, atol=None)
 
 
 @pytest.fixture(scope="module")

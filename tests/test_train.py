@@ -31,23 +31,29 @@ def test_gradient_accumulation_equals_one_big_batch(request, fixture, method):
         for n, p in model.named_parameters():  # make B non-zero so A gets gradients too
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.1)
+    assert_accumulation_matches(model, list(exs), tok.pad_token_id)
+
+
+def assert_accumulation_matches(model, exs, pad: int, *, atol: float | None = 1e-6):
+    """The loss and gradients of one batch of 8 rows equal those accumulated over 4
+    micro-batches of 2. atol=None: 1e-6 of the largest gradient (models with large weights)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-
     loss_model = TargetLoss(model)
 
     def grads(micro_batches):
         model.zero_grad()
         nll, n = accumulate_gradients(loss_model, micro_batches)
-        return nll / n, n, [p.grad.clone() for p in params]
+        return nll / n, n, [p.grad.clone() for p in params if p.grad is not None]
 
-    pad = tok.pad_token_id
     big = grads([collate(exs, pad)])
     small = grads([collate(exs[i : i + 2], pad) for i in range(0, 8, 2)])
     assert big[1] == small[1]
     assert big[0] == pytest.approx(small[0], rel=1e-5)
-    for a, b in zip(big[2], small[2]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    if atol is None:  # (float sums in another order)
+        atol = 1e-6 * max(float(a.abs().max()) for a in big[2])
+    for a, b in zip(big[2], small[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol)
 
 
 def _cfg(model, data, out, **kw):
