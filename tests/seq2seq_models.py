@@ -58,10 +58,22 @@ def _tokenizer(family: str):
     )
 
 
+def _mbart50_tokenizer():
+    """A tiny mBART-50 tokenizer (Unigram pieces of the test corpus' words and letters; the
+    fifty language codes are added by the class itself)."""
+    from transformers import MBart50TokenizerFast
+
+    words = sorted({w.lower() for text in [*CORPUS, DIGITS] for w in text.split()})
+    letters = sorted({c for text in CORPUS for c in text.lower() if not c.isspace()})
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + w, -1.0) for w in words] + [(c, -5.0) for c in [*letters, "\u2581"]]
+    return MBart50TokenizerFast(vocab=vocab, src_lang="en_XX", tgt_lang="en_XX")
+
+
 def build_seq2seq(
     path: Path, family: str, *, size: int = 32, layers: int = 2, varied: bool = True
 ) -> Path:
-    """Save a tiny random `family` model (bart, t5, marian, bert) with its tokenizer. `varied`:
+    """Save a tiny random `family` model (bart, t5, marian, mbart50, bert) with its tokenizer. `varied`:
     weights initialised larger than the family's default, so that greedy outputs vary (at the
     default scale a random model's first token is EOS); False for models that learn."""
     import torch
@@ -71,11 +83,12 @@ def build_seq2seq(
         BartConfig,
         BertConfig,
         MarianConfig,
+        MBartConfig,
         T5Config,
     )
 
     torch.manual_seed(0)
-    tok = _tokenizer(family)
+    tok = _mbart50_tokenizer() if family == "mbart50" else _tokenizer(family)
     common = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
     if family == "bert":
         config = BertConfig(
@@ -106,7 +119,7 @@ def build_seq2seq(
                 decoder_start_token_id=tok.pad_token_id,
             )
         else:
-            cls = BartConfig if family == "bart" else MarianConfig
+            cls = {"bart": BartConfig, "marian": MarianConfig, "mbart50": MBartConfig}[family]
             config = cls(
                 **common,
                 d_model=size,
@@ -122,7 +135,7 @@ def build_seq2seq(
                 attention_dropout=0.0,
                 activation_dropout=0.0,
                 eos_token_id=tok.eos_token_id,
-                bos_token_id=tok.bos_token_id if family == "bart" else None,
+                bos_token_id=tok.bos_token_id if family != "marian" else None,
                 forced_eos_token_id=None,
                 decoder_start_token_id=(tok.eos_token_id if family == "bart" else tok.pad_token_id),
             )

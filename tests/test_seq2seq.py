@@ -346,18 +346,72 @@ def test_kill_during_checkpoint_save_then_resume_is_exact(models, tmp_path):
     _assert_same(run, ref)
 
 
-def test_multilingual_models_are_refused_until_language_codes_are_set(models, tmp_path):
-    """mBART-50 / M2M100 / NLLB need language codes; without them they would translate into
-    the wrong language without a word: refused, naming what works instead."""
-    import shutil
+@pytest.fixture(scope="module")
+def mbart50(tmp_path_factory):
+    return str(build_seq2seq(tmp_path_factory.mktemp("mbart50"), "mbart50"))
 
-    from transformers import MBartConfig
 
-    path = tmp_path / "mbart"
-    shutil.copytree(models["bart"], path)
-    (path / "config.json").write_text(json.dumps(MBartConfig(vocab_size=400).to_dict()))
-    with pytest.raises(ModelError, match=r"multilingual mbart model.*opus-mt"):
-        load_model(str(path))
+@pytest.mark.parametrize("source,target", [("German", "English"), ("de_DE", "en_XX")])
+def test_mbart50_language_codes_from_names_or_codes(mbart50, source, target):
+    """The source starts with its language code, the target's labels too; generation forces
+    the target's code first."""
+    from gentune.config import Decoding
+    from gentune.generate import generation_config
+    from gentune.models import set_languages
+
+    model, tok, _ = load_model(mbart50)
+    set_languages(model, tok, source, target)
+    assert (tok.src_lang, tok.tgt_lang) == ("de_DE", "en_XX")
+    tpl = _template(model, tok, "translation", source_lang=source, target_lang=target)
+    rec = Record(source="d", row=1, input="guten morgen", output="good morning")
+    (ex,), _ = encode_dataset([rec], tpl, tok, max_length=32)
+    assert tok.convert_ids_to_tokens(ex.input_ids)[0] == "de_DE"
+    assert tok.convert_ids_to_tokens(ex.labels)[0] == "en_XX" and ex.labels[-1] == tok.eos_token_id
+    config = generation_config(model, tok, Decoding())
+    assert config.forced_bos_token_id == tok.convert_tokens_to_ids("en_XX")
+
+
+def test_mbart50_unknown_language_is_a_named_error(mbart50, capsys, tmp_path):
+    from gentune.cli import main
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    common = ["train", "--task", "translation", "--model", mbart50, "--data", str(data),
+              "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main([*common, "--source-lang", "Klingon", "--target-lang", "English"]) == 2
+    err = capsys.readouterr().err
+    assert "--source-lang Klingon" in err and "Traceback" not in err
+    assert "one of its codes (af_ZA, ar_AR" in err  # (the tokenizer's own codes, named)
+
+
+def test_mbart50_run_keeps_its_languages(mbart50, tmp_path):
+    """Trained with German -> English: the run's tokenizer and its generation keep them."""
+    from gentune.config import Decoding, TrainConfig
+    from gentune.generate import generate, generation_config
+    from gentune.runs import load_for_inference
+    from gentune.train import train
+
+    rows = [{"input": "guten morgen", "output": "good morning"}] * 12
+    cfg = TrainConfig(
+        task="translation",
+        source_lang="German",
+        target_lang="English",
+        data=str(write_jsonl(tmp_path / "d.jsonl", rows)),
+        out=str(tmp_path / "run"),
+        model=mbart50,
+        max_steps=2,
+        progress=False,
+    )
+    run = train(cfg, log=lambda *_: None)
+    loaded = load_for_inference(str(run))
+    assert (loaded.tokenizer.src_lang, loaded.tokenizer.tgt_lang) == ("de_DE", "en_XX")
+    (ids,) = _prompt_ids(loaded, loaded.template)[:1]
+    assert loaded.tokenizer.convert_ids_to_tokens(ids)[0] == "de_DE"
+    config = generation_config(loaded.model, loaded.tokenizer, Decoding(max_new_tokens=3))
+    out = loaded.model.generate(torch.tensor([ids]), generation_config=config)
+    assert loaded.tokenizer.convert_ids_to_tokens(out[0, 1:2].tolist()) == ["en_XX"]  # forced
+    # the code is the decoder's, not the text's
+    (gen,) = generate(loaded.model, loaded.tokenizer, [ids], Decoding(max_new_tokens=3))
+    assert "en_XX" not in gen.text
 
 
 @pytest.mark.parametrize("family", ["bart", "t5"])

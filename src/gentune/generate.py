@@ -13,7 +13,7 @@ from functools import partial
 import torch
 
 from .config import Decoding
-from .models import causal_lm, is_seq2seq
+from .models import causal_lm, forced_bos, is_seq2seq
 from .tasks import PromptTemplate, get_task
 
 
@@ -71,6 +71,7 @@ def generation_config(model, tokenizer, decoding: Decoding):
         pad_token_id=_pad(tokenizer, stop),
         bos_token_id=tokenizer.bos_token_id,
         decoder_start_token_id=_decoder_start(model),
+        forced_bos_token_id=forced_bos(tokenizer) if is_seq2seq(model) else None,
     )
 
 

@@ -19,7 +19,7 @@ import torch
 
 from . import DEFAULT_MODEL
 from .encode import collate
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 EMBEDDED = {
     # name: (pip package, file inside it, how to install it)
@@ -38,7 +38,7 @@ class Family:
     fan_in_fan_out: bool = False  # weights stored (in, out): GPT-2's Conv1D layers
     source_prefix: bool = False  # encoder-decoder trained with task prefixes ("summarize: ")
     encoder_only: bool = False  # generates only as an EncoderDecoderModel (bert2bert:)
-    language_codes: bool = False  # multilingual: needs source/target language codes (not yet)
+    language_codes: bool = False  # multilingual: source/target language codes (LANGUAGES)
 
 
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -85,6 +85,87 @@ def family(model) -> Family:
     """The quirks entry for a model (peft-wrapped or not)."""
     config = getattr(model, "config", None)
     return FAMILIES.get(getattr(config, "model_type", ""), _OTHER)
+
+
+# language name: (ISO 639-1 as M2M100 writes it, mBART-50's code, NLLB-200's code)
+LANGUAGES: dict[str, tuple[str, str, str]] = {
+    "English": ("en", "en_XX", "eng_Latn"),
+    "German": ("de", "de_DE", "deu_Latn"),
+    "French": ("fr", "fr_XX", "fra_Latn"),
+    "Spanish": ("es", "es_XX", "spa_Latn"),
+    "Italian": ("it", "it_IT", "ita_Latn"),
+    "Portuguese": ("pt", "pt_XX", "por_Latn"),
+    "Dutch": ("nl", "nl_XX", "nld_Latn"),
+    "Russian": ("ru", "ru_RU", "rus_Cyrl"),
+    "Ukrainian": ("uk", "uk_UA", "ukr_Cyrl"),
+    "Polish": ("pl", "pl_PL", "pol_Latn"),
+    "Czech": ("cs", "cs_CZ", "ces_Latn"),
+    "Romanian": ("ro", "ro_RO", "ron_Latn"),
+    "Swedish": ("sv", "sv_SE", "swe_Latn"),
+    "Finnish": ("fi", "fi_FI", "fin_Latn"),
+    "Turkish": ("tr", "tr_TR", "tur_Latn"),
+    "Arabic": ("ar", "ar_AR", "arb_Arab"),
+    "Hindi": ("hi", "hi_IN", "hin_Deva"),
+    "Chinese": ("zh", "zh_CN", "zho_Hans"),
+    "Japanese": ("ja", "ja_XX", "jpn_Jpan"),
+    "Korean": ("ko", "ko_KR", "kor_Hang"),
+    "Vietnamese": ("vi", "vi_VN", "vie_Latn"),
+    "Indonesian": ("id", "id_ID", "ind_Latn"),
+}
+
+
+def language_code(tokenizer, given: str, flag: str) -> str:
+    """The value a multilingual tokenizer takes as src_lang/tgt_lang for a language given as a
+    name ("German") or a code ("de_DE", "deu_Latn", "de"): mBART-50 and NLLB name their code
+    tokens, M2M100 the ISO code of its "__de__" tokens."""
+    vocab = tokenizer.get_vocab()
+    row = next(
+        (
+            codes
+            for name, codes in LANGUAGES.items()
+            if given.lower() == name.lower() or given in codes
+        ),
+        (),
+    )
+    for code in (given, *row):
+        if code in vocab:
+            return code
+        if f"__{code}__" in vocab:
+            return code
+    import re
+
+    codes = re.compile(r"[a-z]{2,3}_[A-Za-z]{2,4}|__[a-z]{2,3}__")  # de_DE, deu_Latn, __de__
+    known = sorted(t for t in vocab if codes.fullmatch(t))[:4]
+    raise ConfigError(
+        f"{flag} {given}: the model's tokenizer has no language code for it; give a language "
+        f"name gentune knows ({', '.join(list(LANGUAGES)[:4])}, ...) or one of its codes "
+        f"({', '.join(known) or 'see its tokenizer_config.json'})"
+    )
+
+
+def set_languages(model, tokenizer, source_lang: str | None, target_lang: str | None) -> None:
+    """Set a multilingual encoder-decoder's source and target languages on its tokenizer: the
+    source gets its language code, the target too, and generation forces the target's first
+    (`generate.generation_config`). Nothing for other models."""
+    if not family(causal_lm(model)).language_codes:
+        return
+    if not source_lang or not target_lang:
+        raise ConfigError(
+            "a multilingual model (mBART-50, M2M100, NLLB) needs --source-lang and "
+            "--target-lang (names such as German, or its codes such as de_DE)"
+        )
+    tokenizer.src_lang = language_code(tokenizer, source_lang, "--source-lang")
+    tokenizer.tgt_lang = language_code(tokenizer, target_lang, "--target-lang")
+
+
+def forced_bos(tokenizer) -> int | None:
+    """The target language's code token id, which a multilingual model's output starts with
+    (None where the tokenizer has no target language)."""
+    code = getattr(tokenizer, "tgt_lang", None)
+    if not code:
+        return None
+    vocab = tokenizer.get_vocab()
+    return vocab.get(code, vocab.get(f"__{code}__"))
 
 
 def template_options(model) -> dict:
@@ -196,13 +277,6 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
                 f"{spec} is an encoder-only model ({config.model_type}): it cannot generate "
                 f"text by itself; give --model {WARM_START}{spec} to add a decoder warm-started "
                 f"from it (or {WARM_START}{spec},DECODER for another decoder)"
-            )
-        if FAMILIES.get(config.model_type, _OTHER).language_codes:
-            raise ModelError(
-                f"{spec} is a multilingual {config.model_type} model: it needs the source and "
-                "target language codes set on its tokenizer and forced at generation, which "
-                "gentune does not do yet (it would translate into the wrong language without a "
-                "word); use a bilingual model (Helsinki-NLP/opus-mt-en-de) or T5 for now"
             )
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         loaded: Any = auto.from_pretrained(where, dtype=dtype, output_loading_info=True)

@@ -22,6 +22,7 @@ from .models import (
     context_length,
     is_seq2seq,
     load_model,
+    set_languages,
     template_options,
     wrap_lora,
 )
@@ -140,6 +141,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     seed_everything(cfg.seed)
     task = get_task(cfg.task)
     model, tokenizer, resolved = load_model(cfg.model)
+    set_languages(model, tokenizer, cfg.source_lang, cfg.target_lang)  # (multilingual only)
     template = build_template(
         task,
         tokenizer,

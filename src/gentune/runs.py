@@ -30,7 +30,7 @@ import torch
 
 from .checkpoint import latest
 from .errors import GentuneError, RunError, UsageError, check_keys, read_json_object
-from .models import load_model, resolve_precision, template_options
+from .models import load_model, resolve_precision, set_languages, template_options
 from .tasks import PromptTemplate, build_template, get_task
 
 # what a manifest holds; a run whose manifest lacks these (or has others) is not loaded
@@ -325,6 +325,12 @@ def resolve_template(loaded: Loaded, task: str | None, **template_args) -> Promp
             f"{loaded.name} is a plain model: name the task with --task "
             "(summarization, translation, dialogue, text)"
         )
+    set_languages(
+        loaded.model,
+        loaded.tokenizer,
+        template_args.get("source_lang"),
+        template_args.get("target_lang"),
+    )
     return build_template(
         get_task(task), loaded.tokenizer, **template_args, **template_options(loaded.model)
     )
