@@ -426,3 +426,18 @@ def test_stream_gives_the_same_text_as_generate(models, family):
     d = Decoding(max_new_tokens=10)
     for p, want in zip(ids[:3], generate(loaded.model, loaded.tokenizer, ids[:3], d), strict=True):
         assert "".join(stream(loaded.model, loaded.tokenizer, p, d)) == want.text
+
+
+def test_plan_shows_source_and_target(models, tmp_path):
+    from gentune.config import TrainConfig
+    from gentune.plan import plan
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS * 2)
+    cfg = TrainConfig(
+        task="summarization", data=str(data), out=str(tmp_path / "run"), model=models["t5"]
+    )
+    text = plan(cfg, measure=False)
+    assert "template seq2seq" in text
+    assert "tokens per example, source (encoder): p50" in text
+    assert "target (decoder, EOS included)" in text
+    assert "summarize: " in text and "→ ⟦" in text  # the first example: source, then target

@@ -125,8 +125,13 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
             lines.append(
                 f"  skipped {len(r.skipped)} invalid rows in {r.path}, e.g. {r.skipped[0]}"
             )
-    lines.append(f"tokens per example, context (masked): {percentiles(inputs)}")
-    lines.append(f"tokens per example, target (trained, EOS included): {percentiles(targets)}")
+    context, target = (
+        ("source (encoder)", "target (decoder, EOS included)")
+        if examples[0].seq2seq
+        else ("context (masked)", "target (trained, EOS included)")
+    )
+    lines.append(f"tokens per example, {context}: {percentiles(inputs)}")
+    lines.append(f"tokens per example, {target}: {percentiles(targets)}")
     lines.append(
         f"max length {prep.max_length}: {rep.truncated_rows} rows get their input "
         f"shortened ({rep.truncated_tokens} tokens removed), targets are never cut"
