@@ -21,13 +21,12 @@ Training: target tokens (title + EOS) per second of the loop; generation: rows p
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sides import report, run_sides
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -117,7 +116,6 @@ def run_gentune(a) -> dict:
         "last_loss": float(log[-1]["loss"]),
         "gen_seconds": gen_s,
         "gen_rows": len(out),
-        "gen_tokens": sum(g.new_tokens for g in out),
     }
 
 
@@ -177,7 +175,6 @@ def run_trainer(a) -> dict:
     start = time.time()
     pred = trainer.predict(test_set, max_new_tokens=a.new_tokens, num_beams=1, do_sample=False)
     gen_s = time.time() - start
-    made = int((pred.predictions != tok.pad_token_id).sum())
     return {
         "seconds": seconds,
         "target_tokens": targets,
@@ -185,7 +182,6 @@ def run_trainer(a) -> dict:
         "last_loss": losses[-1],
         "gen_seconds": gen_s,
         "gen_rows": len(pred.predictions),
-        "gen_tokens": made,
     }
 
 
@@ -202,9 +198,7 @@ def main() -> None:
     p.add_argument("--worker", choices=["gentune", "trainer"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        result = run_gentune(a) if a.worker == "gentune" else run_trainer(a)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(result))
+        report(run_gentune(a) if a.worker == "gentune" else run_trainer(a))
         return
     model = build_model(Path(tempfile.mkdtemp()) / "t5-small-random")
     sides = {
@@ -212,15 +206,7 @@ def main() -> None:
         "gentune fp32": ["--worker", "gentune", "--precision", "fp32"],
         "gentune (default)": ["--worker", "gentune", "--precision", "auto"],
     }
-    results = {}
-    for side, extra in sides.items():
-        argv = [sys.executable, __file__, *extra, "--model", str(model), *sys.argv[1:]]
-        print(f"running {side} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"{side} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results[side] = json.loads(lines[-1][7:])
+    results = run_sides(__file__, sides, ["--model", str(model), *sys.argv[1:]])
     base = results["Seq2SeqTrainer"]
     print(
         f"\nt5-small architecture (random weights), {a.steps} steps of {a.batch_size} rows, "

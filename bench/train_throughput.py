@@ -17,13 +17,12 @@ to the longest row of a random batch and projects every position onto the vocabu
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sides import report, run_sides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,24 +161,14 @@ def main() -> None:
     p.add_argument("--worker", choices=["gentune", "trainer"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        result = run_gentune(a) if a.worker == "gentune" else run_trainer(a)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(result))
+        report(run_gentune(a) if a.worker == "gentune" else run_trainer(a))
         return
-    results = {}
     sides = {
         "trainer": ["--worker", "trainer"],
         "gentune fp32": ["--worker", "gentune", "--precision", "fp32"],
         "gentune (default)": ["--worker", "gentune", "--precision", "auto"],
     }
-    for side, extra in sides.items():
-        argv = [sys.executable, __file__, *extra] + sys.argv[1:]
-        print(f"running {side} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"{side} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results[side] = json.loads(lines[-1][7:])
+    results = run_sides(__file__, sides, sys.argv[1:])
     print(
         f"\nLoRA={a.method == 'lora'} steps={a.steps} batch={a.batch_size} "
         f"max_length={a.max_length} model=smollm2-135m data=ACLSum abstract->title "

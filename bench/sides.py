@@ -1,0 +1,31 @@
+"""Running a bench's sides each in its own process (so that peak memory is its own): the worker
+prints its result as one `RESULT {json}` line, the parent collects them."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+
+def report(result: dict) -> None:
+    """In a worker: add the process's peak RSS and print the result line."""
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def run_sides(script: str, sides: dict[str, list[str]], args: list[str]) -> dict[str, dict]:
+    """{side: result} of `python SCRIPT EXTRA... ARGS...` for each side's extra arguments, one
+    after another; a side that fails ends the bench with its output."""
+    results = {}
+    for side, extra in sides.items():
+        print(f"running {side} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(
+            [sys.executable, script, *extra, *args], capture_output=True, text=True
+        )
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.exit(f"{side} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        results[side] = json.loads(lines[-1][len("RESULT ") :])
+    return results
