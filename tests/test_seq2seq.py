@@ -11,20 +11,31 @@ from gentune.encode import IGNORE, collate, encode_dataset
 from gentune.errors import ModelError
 from gentune.models import is_seq2seq, load_model, template_options, token_nll
 from gentune.tasks import build_template, get_task
+from gentune.tokenizer import PairTokenizer, source_pad_id, source_tokenizer
 
-from .conftest import PAIRS, write_jsonl
+from .conftest import PAIRS, build_tiny, write_jsonl
 from .seq2seq_models import build_seq2seq
 
-FAMILIES = ["bart", "t5", "marian", "bert2bert"]
+FAMILIES = ["bart", "t5", "marian", "bert2bert", "bert2gpt2"]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """{family: model spec} of tiny random models saved once."""
+    """{family: model spec} of tiny random models saved once. bert2gpt2: a BERT encoder
+    (WordPiece) with a GPT-2 decoder (byte-level BPE), two vocabularies; the decoder pads
+    with an id the encoder's vocabulary does not have, so mixing the two up fails."""
+    from transformers import AutoTokenizer
+
     out = {}
     for family in ("bart", "t5", "marian", "bert"):
         out[family] = str(build_seq2seq(tmp_path_factory.mktemp(family), family))
     out["bert2bert"] = "bert2bert:" + out["bert"]
+    gpt2 = build_tiny(tmp_path_factory.mktemp("gpt2"), "gpt2")
+    dec = AutoTokenizer.from_pretrained(gpt2)
+    dec.pad_token = dec.convert_ids_to_tokens(len(dec) - 1)
+    dec.save_pretrained(gpt2)
+    assert dec.pad_token_id >= len(AutoTokenizer.from_pretrained(out["bert"]))
+    out["bert2gpt2"] = f"bert2bert:{out['bert']},{gpt2}"
     return out
 
 
@@ -51,6 +62,7 @@ def test_loads_as_an_encoder_decoder(models, family):
             "t5": "T5ForConditionalGeneration",
             "marian": "MarianMTModel",
             "bert2bert": "EncoderDecoderModel",
+            "bert2gpt2": "EncoderDecoderModel",
         }[family]
     )
 
@@ -84,10 +96,11 @@ def test_source_to_encoder_target_to_labels_with_eos(models, family):
     prefix = "summarize: " if family == "t5" else ""
     for rec, ex in zip(recs, exs, strict=True):
         assert ex.seq2seq and IGNORE not in ex.labels
-        assert tok.decode(ex.input_ids, skip_special_tokens=True) == prefix + rec.input
+        source = source_tokenizer(tok).decode(ex.input_ids, skip_special_tokens=True)
+        assert source == prefix + rec.input
         assert ex.labels[-1] == tok.eos_token_id
         assert tok.decode(ex.labels, skip_special_tokens=True) == rec.output
-    batch = collate(list(exs), tok.pad_token_id)
+    batch = collate(list(exs), source_pad_id(tok))
     assert batch["labels"].shape[1] == max(len(e.labels) for e in exs)
     assert (batch["labels"][batch["labels"] != IGNORE] != tok.pad_token_id).all()
     # the decoder reads the labels shifted right by the model's rule: its start token first
@@ -119,7 +132,7 @@ def test_long_source_is_shortened_never_the_target(models):
 def test_loss_is_the_mean_over_target_tokens(models, family):
     """token_nll equals the model's own seq2seq loss (which averages over labels)."""
     model, tok, _, exs = _encoded(models[family], 4)
-    batch = collate(list(exs), tok.pad_token_id)
+    batch = collate(list(exs), source_pad_id(tok))
     model.eval()
     nll, n = token_nll(model, batch)
     assert n == sum(len(e.labels) for e in exs)
@@ -185,7 +198,7 @@ def test_gradient_accumulation_equals_one_big_batch(models, family):
 
     model, tok, _, exs = _encoded(models[family], 8)
     assert len({len(e.labels) for e in exs}) > 2
-    assert_accumulation_matches(model, list(exs), tok.pad_token_id, atol=None)
+    assert_accumulation_matches(model, list(exs), source_pad_id(tok), atol=None)
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +263,102 @@ def test_served_answers_equal_the_cli(bart_run, capsys):
             json={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 5},
         )
         assert r.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def pair_lora_run(models, tmp_path_factory):
+    """A LoRA run of the BERT-encoder + GPT-2-decoder warm start (two tokenizers)."""
+    from gentune.config import TrainConfig
+    from gentune.train import train
+
+    tmp = tmp_path_factory.mktemp("pair-run")
+    data = write_jsonl(tmp / "d.jsonl", PAIRS * 3)
+    cfg = TrainConfig(
+        task="summarization",
+        data=str(data),
+        out=str(tmp / "run"),
+        model=models["bert2gpt2"],
+        method="lora",
+        lr=1e-2,
+        batch_size=4,
+        max_steps=6,
+        progress=False,
+        val_fraction=0.2,
+    )
+    return str(train(cfg, log=lambda *_: None))
+
+
+def test_lora_on_a_warm_start_trains_its_new_cross_attention_in_full(pair_lora_run):
+    """Adapters on the pre-trained layers; the cross-attention, which starts random, trained
+    in full (an adapter on it would leave it random) and restored with the run."""
+    from gentune.config import Decoding
+    from gentune.generate import generate
+    from gentune.runs import load_for_inference
+
+    loaded = load_for_inference(pair_lora_run, merge=False)
+    params = dict(loaded.model.named_parameters())
+    assert any("encoder" in n and "query.lora_A" in n for n in params)
+    assert any("decoder" in n and "c_attn.lora_A" in n for n in params)
+    assert not any("crossattention" in n and "lora_" in n for n in params)
+    trained = [n for n in params if "crossattention" in n and "modules_to_save" in n]
+    assert trained
+    changed = [
+        n
+        for n in trained
+        if not torch.equal(
+            params[n], params[n.replace("modules_to_save.default", "original_module")]
+        )
+    ]
+    assert len(changed) > len(trained) // 2  # trained, not the random start
+    ids = _prompt_ids(loaded, loaded.template)
+    texts = []
+    for seed in (1, 2):  # the base's random cross-attention differs per load; the run's does not
+        torch.manual_seed(seed)
+        again = load_for_inference(pair_lora_run)
+        texts.append(
+            [
+                g.text
+                for g in generate(again.model, again.tokenizer, ids, Decoding(max_new_tokens=8))
+            ]
+        )
+    assert texts[0] == texts[1]
+
+
+def test_a_pair_of_tokenizers_keys_the_data_cache_by_both(models):
+    from gentune.cache import tokenizer_fingerprint
+
+    _, pair, _ = load_model(models["bert2gpt2"])
+    _, bert, _ = load_model(models["bert2bert"])
+    swapped = PairTokenizer(pair.target_tokenizer, pair.target_tokenizer)
+    keys = {tokenizer_fingerprint(t) for t in (pair, swapped, pair.target_tokenizer, bert)}
+    assert len(keys) == 4
+
+
+def test_two_tokenizers_are_saved_and_exported_side_by_side(pair_lora_run, tmp_path):
+    """The export: the encoder's tokenizer at the top (what encodes a prompt), the decoder's in
+    decoder_tokenizer/ (what decodes the output); the same text as gentune's."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from gentune.config import Decoding
+    from gentune.export import export
+    from gentune.generate import generate
+    from gentune.runs import load_for_inference
+
+    ours = load_for_inference(pair_lora_run)
+    assert isinstance(ours.tokenizer, PairTokenizer)
+    out, auto_class = export(pair_lora_run, tmp_path / "exported")
+    assert auto_class == "AutoModelForSeq2SeqLM"
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    enc = AutoTokenizer.from_pretrained(out)
+    dec = AutoTokenizer.from_pretrained(out / "decoder_tokenizer")
+    assert enc.get_vocab() != dec.get_vocab()
+    ids = _prompt_ids(ours, ours.template)
+    want = generate(ours.model, ours.tokenizer, ids, Decoding(max_new_tokens=10))
+    assert any(g.text for g in want)
+    for text, g in zip(PROMPTS, want, strict=True):
+        x = enc(ours.template.instruction + text, return_tensors="pt")["input_ids"]
+        got = model.generate(x, max_new_tokens=10)
+        assert dec.decode(got[0], skip_special_tokens=True).strip() == g.text
 
 
 def test_packing_is_refused_naming_the_flag(models, tmp_path, capsys):
@@ -414,7 +523,7 @@ def test_mbart50_run_keeps_its_languages(mbart50, tmp_path):
     assert "en_XX" not in gen.text
 
 
-@pytest.mark.parametrize("family", ["bart", "t5"])
+@pytest.mark.parametrize("family", ["bart", "t5", "bert2gpt2"])
 def test_stream_gives_the_same_text_as_generate(models, family):
     """What `gentune chat` and the server's streaming use."""
     from gentune.config import Decoding

@@ -31,6 +31,7 @@ from .encode import (
 )
 from .errors import DataError
 from .tasks import PromptTemplate
+from .tokenizer import PairTokenizer
 
 FORMAT = 1  # the table's layout; with the code's own hash in the key, old entries are not read
 
@@ -67,7 +68,14 @@ def cache_dir() -> Path:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of what decides a tokenizer's ids: its class, vocabulary and rules (the fast
-    tokenizer's JSON), special tokens and chat template."""
+    tokenizer's JSON), special tokens and chat template; both sides' for a `PairTokenizer`."""
+    if isinstance(tokenizer, PairTokenizer):
+        return _sha256(
+            [
+                tokenizer_fingerprint(t)
+                for t in (tokenizer.source_tokenizer, tokenizer.target_tokenizer)
+            ]
+        )
     backend = getattr(tokenizer, "backend_tokenizer", None)
     rules = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
     return _sha256(

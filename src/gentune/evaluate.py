@@ -28,6 +28,7 @@ from .models import context_length, corpus_nll
 from .report import write_report
 from .runs import Loaded, is_run, load_for_inference, resolve_template, write_json
 from .tasks import PromptTemplate, get_task
+from .tokenizer import source_pad_id
 
 
 def predict(
@@ -105,7 +106,7 @@ def corpus_perplexity(
     examples, report = encode_dataset(
         records, template, loaded.tokenizer, max_length=max_length, skip_long_targets=True
     )
-    total, count = corpus_nll(loaded.model, examples, loaded.tokenizer.pad_token_id, batch_size)
+    total, count = corpus_nll(loaded.model, examples, source_pad_id(loaded.tokenizer), batch_size)
     return perplexity(total, count), count, report.too_long
 
 

@@ -15,6 +15,7 @@ import torch
 from .config import Decoding
 from .models import causal_lm, forced_bos, is_seq2seq
 from .tasks import PromptTemplate, get_task
+from .tokenizer import source_pad_id
 
 
 def default_decoding(template: PromptTemplate, **overrides) -> Decoding:
@@ -168,8 +169,8 @@ def generate(
 
     config = generation_config(model, tokenizer, decoding)
     stop = eos_ids(model, tokenizer)
-    pad = _pad(tokenizer, stop)
     seq2seq = is_seq2seq(model)
+    pad = source_pad_id(tokenizer) if seq2seq else _pad(tokenizer, stop)  # pads the inputs
     device = next(model.parameters()).device
     n = decoding.num_return_sequences
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -20,6 +20,7 @@ import torch
 from . import DEFAULT_MODEL
 from .encode import collate
 from .errors import ConfigError, ModelError
+from .tokenizer import PairTokenizer, load_tokenizer
 
 EMBEDDED = {
     # name: (pip package, file inside it, how to install it)
@@ -77,8 +78,11 @@ FAMILIES: dict[str, Family] = {
     },
 }
 _OTHER = Family("all-linear", False)
-WARM_START = "bert2bert:"
-UNUSED_WEIGHTS = "pooler."  # a BERT-like encoder's pooler: nothing that generates reads it  # --model bert2bert:ENCODER or bert2bert:ENCODER,DECODER
+WARM_START = "bert2bert:"  # --model bert2bert:ENCODER or bert2bert:ENCODER,DECODER
+UNUSED_WEIGHTS = "pooler."  # a BERT-like encoder's pooler: nothing that generates reads it
+# what a warm start adds, new: a decoder's cross-attention (BERT/RoBERTa: crossattention;
+# GPT-2: crossattention and ln_cross_attn) and the projection between the two hidden sizes
+CROSS_ATTENTION = ("crossattention", "ln_cross_attn", "enc_to_dec_proj")
 
 
 def family(model) -> Family:
@@ -270,7 +274,7 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
         return _warm_start(spec, dtype)
     where = resolve_model(spec)
     with _loading(spec, where):
-        tokenizer = _tokenizer(where)
+        tokenizer = load_tokenizer(where)
         config = AutoConfig.from_pretrained(where)
         if FAMILIES.get(config.model_type, _OTHER).encoder_only:
             raise ModelError(
@@ -283,21 +287,6 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
         model, info = loaded
     _check_loaded(spec, model, info)
     return model, tokenizer, where
-
-
-def _tokenizer(where: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(where)
-    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
-        tokenizer.eos_token = tokenizer.sep_token  # BERT-like: [SEP] ends a sequence
-    if tokenizer.bos_token is None and tokenizer.cls_token is not None:
-        tokenizer.bos_token = tokenizer.cls_token
-    if tokenizer.pad_token_id is None:
-        # Padding positions are masked by attention_mask and labels are built explicitly,
-        # so reusing EOS as pad is safe here (EOS is still trained where it ends a target).
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 class _loading:
@@ -337,7 +326,7 @@ class _loading:
         ) from None
 
 
-def _check_loaded(spec: str, model, info: dict, *, expected: str | None = None) -> None:
+def _check_loaded(spec: str, model, info: dict, *, expected: tuple[str, ...] = ()) -> None:
     """Stop when loading left weights newly initialised (random): a checkpoint of another
     architecture, or a head it does not have. `expected` names the ones that are meant to be
     new (the cross-attention of a warm start)."""
@@ -350,7 +339,7 @@ def _check_loaded(spec: str, model, info: dict, *, expected: str | None = None) 
     new = sorted(
         k
         for k in info.get("missing_keys", ())
-        if k not in tied and not (expected and expected in k) and UNUSED_WEIGHTS not in k
+        if k not in tied and not any(e in k for e in expected) and UNUSED_WEIGHTS not in k
     )
     if new:
         raise ModelError(
@@ -369,8 +358,10 @@ def _is_tied(model, name: str) -> bool:
 
 def _warm_start(spec: str, dtype: torch.dtype):
     """An EncoderDecoderModel from an encoder checkpoint and a decoder checkpoint (the same
-    one by default), with cross-attention added (new, trained from scratch) and the special
-    tokens set: the decoder starts with CLS/BOS, ends with SEP/EOS, pads with PAD."""
+    one by default), with cross-attention added (new, trained from scratch) and the decoder's
+    special tokens set: it starts with CLS/BOS (else EOS), ends with SEP/EOS, pads with PAD. Where the
+    two tokenizers differ, sources go through the encoder's and targets through the
+    decoder's (a `PairTokenizer`)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, EncoderDecoderModel
 
     names = [n.strip() for n in spec[len(WARM_START) :].split(",")]
@@ -382,32 +373,30 @@ def _warm_start(spec: str, dtype: torch.dtype):
     encoder_name, decoder_name = names[0], names[-1]
     enc_where, dec_where = resolve_model(encoder_name), resolve_model(decoder_name)
     with _loading(encoder_name, enc_where):
-        tokenizer = _tokenizer(enc_where)
+        tokenizer = load_tokenizer(enc_where)
         encoder, enc_info = AutoModel.from_pretrained(
             enc_where, dtype=dtype, output_loading_info=True, add_pooling_layer=False
         )
     _check_loaded(encoder_name, encoder, enc_info)
     with _loading(decoder_name, dec_where):
         if decoder_name != encoder_name:
-            other = _tokenizer(dec_where)
-            if other.get_vocab() != tokenizer.get_vocab():
-                raise ModelError(
-                    f"--model {spec}: the decoder's tokenizer ({decoder_name}) differs from "
-                    f"the encoder's ({encoder_name}); gentune needs one vocabulary for "
-                    "both: pick two checkpoints with the same tokenizer"
-                )
+            other = load_tokenizer(dec_where)
+            if other.get_vocab() != tokenizer.get_vocab():  # e.g. RoBERTa → GPT-2
+                tokenizer = PairTokenizer(tokenizer, other)
         config = AutoConfig.from_pretrained(dec_where, is_decoder=True, add_cross_attention=True)
         loaded: Any = AutoModelForCausalLM.from_pretrained(
             dec_where, config=config, dtype=dtype, output_loading_info=True
         )
         decoder, dec_info = loaded
-    _check_loaded(decoder_name, decoder, dec_info, expected="crossattention")
+    _check_loaded(decoder_name, decoder, dec_info, expected=CROSS_ATTENTION)
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
-    model.config.decoder_start_token_id = tokenizer.bos_token_id
+    # a decoder without BOS (GPT-2-like) starts from EOS, as BART's does
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    model.config.decoder_start_token_id = start
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.vocab_size = decoder.config.vocab_size
-    model.generation_config.decoder_start_token_id = tokenizer.bos_token_id
+    model.generation_config.decoder_start_token_id = start
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, spec
@@ -423,12 +412,26 @@ def context_length(model) -> int:
     return 2048
 
 
-def wrap_lora(model, *, r: int, alpha: int, dropout: float):
-    """The model with LoRA adapters on its family's target modules (peft)."""
+def wrap_lora(model, *, r: int, alpha: int, dropout: float, new: tuple[str, ...] = ()):
+    """The model with LoRA adapters on its family's target modules (peft). Modules named by
+    `new` (a warm start's cross-attention, which starts random) are trained in full instead
+    (peft's modules_to_save): adapters on random weights would leave them random."""
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
     fam = family(model)
-    targets = fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
+    targets: str | list[str] = (
+        fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
+    )
+    if new:  # every linear layer but the new ones and the output head, by full name
+        head = model.get_output_embeddings()
+        targets = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear | Conv1D)
+            and module is not head
+            and not any(part in new for part in name.split("."))
+        ]
     config = LoraConfig(
         task_type="SEQ_2_SEQ_LM" if is_seq2seq(model) else "CAUSAL_LM",
         r=r,
@@ -436,8 +439,13 @@ def wrap_lora(model, *, r: int, alpha: int, dropout: float):
         lora_dropout=dropout,
         target_modules=targets,
         fan_in_fan_out=fam.fan_in_fan_out,
+        modules_to_save=list(new) or None,
     )
-    return get_peft_model(model, config)
+    import warnings
+
+    with warnings.catch_warnings():  # peft sets fan_in_fan_out per layer (GPT-2's Conv1D)
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set")
+        return get_peft_model(model, config)
 
 
 def causal_lm(model):

@@ -20,6 +20,7 @@ from .errors import TrainingError
 from .memory import peak_memory_mb
 from .models import resolve_precision
 from .prepare import prepare
+from .tokenizer import source_pad_id, source_tokenizer
 from .train import TargetLoss
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered example
@@ -37,7 +38,7 @@ def render_spans(example, tokenizer) -> str:
     """The example's text with trained spans in ⟦…⟧ (everything else is masked); for an
     encoder-decoder the source, then the target."""
     if example.seq2seq:
-        source = tokenizer.decode(example.input_ids, skip_special_tokens=False)
+        source = source_tokenizer(tokenizer).decode(example.input_ids, skip_special_tokens=False)
         return f"{source}\n→ {_span(example.labels, True, tokenizer)}"
     out, run, trained = [], [], None
     for tok, lab in zip(example.input_ids, example.labels, strict=True):
@@ -79,7 +80,7 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     before = peak_memory_mb()
     timings = []
     for b in [longest] + batches[:steps]:
-        batch = collate_fn(prep.train_ex.take(b), prep.tokenizer.pad_token_id)
+        batch = collate_fn(prep.train_ex.take(b), source_pad_id(prep.tokenizer))
         start = time.time()
         with training_autocast(cfg):
             nll, n = loss_model(batch)
@@ -181,7 +182,7 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
                     prep.train_ex,
                     cfg,
                     tokens=memory.probe_start(cfg, prep.train_ex),
-                    pad_id=tok.pad_token_id,
+                    pad_id=source_pad_id(tok),
                     autocast=lambda: training_autocast(cfg),
                     pending_mb=memory.optimizer_state_mb(prep.n_trainable),
                     log=lambda line: lines.append(line.removeprefix("gentune: ")),

@@ -18,6 +18,7 @@ from .data import Fields, ReadReport, Record, split_indices
 from .encode import EncodeReport, Examples, pack_examples, with_length_limit
 from .errors import ConfigError, TrainingError
 from .models import (
+    CROSS_ATTENTION,
     WARM_START,
     context_length,
     is_seq2seq,
@@ -198,13 +199,12 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     for choice in choices:
         log(f"gentune: {choice.line()}")
     seed_everything(cfg.seed)  # LoRA init does not depend on what loading consumed
-    if cfg.method == "lora" and cfg.model.startswith(WARM_START):
-        raise ConfigError(
-            f"--method lora: the warm start {cfg.model} has new cross-attention layers, which "
-            "LoRA would leave random; train it with --method full"
-        )
     if cfg.method == "lora":
-        model = wrap_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        # a warm start's cross-attention is new: trained in full, adapters on the rest
+        new = CROSS_ATTENTION if cfg.model.startswith(WARM_START) else ()
+        model = wrap_lora(
+            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, new=new
+        )
     memory.set_checkpointing(model, cfg.gradient_checkpointing)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())

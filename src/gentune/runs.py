@@ -32,6 +32,7 @@ from .checkpoint import latest
 from .errors import GentuneError, RunError, UsageError, check_keys, read_json_object
 from .models import load_model, resolve_precision, set_languages, template_options
 from .tasks import PromptTemplate, build_template, get_task
+from .tokenizer import load_tokenizer
 
 # what a manifest holds; a run whose manifest lacks these (or has others) is not loaded
 MANIFEST_REQUIRED = ("gentune_run", "method", "task", "base_model")
@@ -290,10 +291,9 @@ def _load(spec: str, *, merge: bool) -> Loaded:
 def _load_run_model(path: Path, manifest: dict, *, merge: bool):
     if manifest["method"] == "lora":
         from peft import PeftModel
-        from transformers import AutoTokenizer
 
         base, _, _ = load_model(manifest["base_model"])
-        tokenizer = AutoTokenizer.from_pretrained(path / "model")
+        tokenizer = load_tokenizer(path / "model")
         model = PeftModel.from_pretrained(base, path / "model")
         if merge:  # faster generation; identical outputs up to float rounding
             model = model.merge_and_unload()

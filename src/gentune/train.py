@@ -34,6 +34,7 @@ from .errors import TrainingError
 from .models import resolve_precision, token_nll
 from .prepare import Prepared, prepare
 from .report import loss_curve_png
+from .tokenizer import source_pad_id
 from .validation import validate
 
 LOG_FIELDS = [
@@ -273,7 +274,7 @@ def fit_memory(
             prep.train_ex,
             cfg,
             tokens=memory.probe_start(cfg, prep.train_ex),
-            pad_id=prep.tokenizer.pad_token_id,
+            pad_id=source_pad_id(prep.tokenizer),
             autocast=accelerator.autocast,
             pending_mb=pending,
             log=log,
@@ -364,7 +365,7 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
         return int(lengths[i])
 
     micro = [
-        collate_fn(train_ex.take(piece[rank::world]), s.prep.tokenizer.pad_token_id)
+        collate_fn(train_ex.take(piece[rank::world]), source_pad_id(s.prep.tokenizer))
         for b in group
         for piece in memory.split_by_tokens(b, length, s.micro_tokens, world)
     ]

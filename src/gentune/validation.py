@@ -16,6 +16,7 @@ from .metrics import corpus_metric
 from .models import context_length, corpus_nll
 from .prepare import Prepared
 from .tasks import get_task
+from .tokenizer import source_pad_id
 
 
 def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, float]:
@@ -69,7 +70,7 @@ def validate(
     if not prep.val_ex:
         return
     row["val_loss"], row["val_perplexity"] = evaluate_loss(
-        prep.model, prep.val_ex, prep.tokenizer.pad_token_id, cfg.micro
+        prep.model, prep.val_ex, source_pad_id(prep.tokenizer), cfg.micro
     )
     value = row["val_loss"]
     metric = cfg.metric if cfg.metric != "val_loss" else get_task(cfg.task).validation_metric
