@@ -13,7 +13,9 @@ Sides, each in its own process (peak RSS is its own):
   same batch, learning rate, schedule and steps; then `trainer.predict(...,
   predict_with_generate=True)` on the generation rows (greedy, the same new-token cap).
 - **gentune fp32** and **gentune (default precision)**: `gentune train` (the library call)
-  with the same settings; then gentune's batched `generate` on the same rows in fp32.
+  with the same settings; then gentune's batched `generate` on the same rows in fp32, and again
+  with bf16 weights (what `--precision bf16` gives generation; the random model's outputs say
+  nothing of agreement: bench/generate_speed.py measures it on real models).
 
 Training: target tokens (title + EOS) per second of the loop; generation: rows per second.
 """
@@ -109,6 +111,16 @@ def run_gentune(a) -> dict:
         batch_size=a.batch_size,
     )
     gen_s = time.time() - start
+    loaded.model.to(torch.bfloat16)  # what --precision bf16 does to generation's weights
+    start = time.time()
+    generate(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        Decoding(max_new_tokens=a.new_tokens),
+        batch_size=a.batch_size,
+    )
+    bf16_s = time.time() - start
     return {
         "seconds": seconds,
         "target_tokens": sum(int(r["target_tokens"]) for r in log),
@@ -116,6 +128,7 @@ def run_gentune(a) -> dict:
         "last_loss": float(log[-1]["loss"]),
         "gen_seconds": gen_s,
         "gen_rows": len(out),
+        "bf16_seconds": bf16_s,
     }
 
 
@@ -218,6 +231,7 @@ def main() -> None:
         "generation s | rows/s | vs predict_with_generate | peak RSS MiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    gen_rows = []
     for side, r in results.items():
         tps = r["target_tokens"] / r["seconds"]
         rows = r["gen_rows"] / r["gen_seconds"]
@@ -228,6 +242,16 @@ def main() -> None:
             f"{r['first_loss']:.3f}→{r['last_loss']:.3f} | {r['gen_seconds']:.1f} | "
             f"{rows:.2f} | {rows / base_rows:.2f}× | {r['peak_rss_mb']:.0f} |"
         )
+        if "bf16_seconds" in r:
+            half = r["gen_rows"] / r["bf16_seconds"]
+            gen_rows.append(
+                f"| {side}, bf16 weights | {r['bf16_seconds']:.1f} | {half:.2f} | "
+                f"{half / base_rows:.2f}× |"
+            )
+    print("\nThe same generation with bf16 weights (`--precision bf16`), after the fp32 one:\n")
+    print("| side | generation s | rows/s | vs predict_with_generate |")
+    print("|---|---|---|---|")
+    print("\n".join(gen_rows))
 
 
 if __name__ == "__main__":

@@ -70,10 +70,22 @@ def _mbart50_tokenizer():
     return MBart50TokenizerFast(vocab=vocab, src_lang="en_XX", tgt_lang="en_XX")
 
 
+def _nllb_tokenizer():
+    """A tiny NLLB tokenizer (BPE without merges: letters, digits and punctuation of the test
+    corpus; the two hundred language codes are added by the class itself)."""
+    from transformers import NllbTokenizer
+
+    chars = sorted({c for text in [*CORPUS, DIGITS] for c in text.lower() if not c.isspace()})
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "\u2581": 4}
+    vocab.update({c: i for i, c in enumerate(chars, start=5)})
+    return NllbTokenizer(vocab=vocab, merges=[], src_lang="eng_Latn", tgt_lang="eng_Latn")
+
+
 def build_seq2seq(
     path: Path, family: str, *, size: int = 32, layers: int = 2, varied: bool = True
 ) -> Path:
-    """Save a tiny random `family` model (bart, t5, marian, mbart50, bert) with its tokenizer. `varied`:
+    """Save a tiny random `family` model (bart, t5, marian, mbart50, nllb, bert) with its
+    tokenizer. `varied`:
     weights initialised larger than the family's default, so that greedy outputs vary (at the
     default scale a random model's first token is EOS); False for models that learn."""
     import torch
@@ -82,13 +94,15 @@ def build_seq2seq(
         AutoModelForSeq2SeqLM,
         BartConfig,
         BertConfig,
+        M2M100Config,
         MarianConfig,
         MBartConfig,
         T5Config,
     )
 
     torch.manual_seed(0)
-    tok = _mbart50_tokenizer() if family == "mbart50" else _tokenizer(family)
+    special = {"mbart50": _mbart50_tokenizer, "nllb": _nllb_tokenizer}
+    tok = special[family]() if family in special else _tokenizer(family)
     common = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
     if family == "bert":
         config = BertConfig(
@@ -119,7 +133,12 @@ def build_seq2seq(
                 decoder_start_token_id=tok.pad_token_id,
             )
         else:
-            cls = {"bart": BartConfig, "marian": MarianConfig, "mbart50": MBartConfig}[family]
+            cls = {
+                "bart": BartConfig,
+                "marian": MarianConfig,
+                "mbart50": MBartConfig,
+                "nllb": M2M100Config,
+            }[family]
             config = cls(
                 **common,
                 d_model=size,
@@ -137,7 +156,9 @@ def build_seq2seq(
                 eos_token_id=tok.eos_token_id,
                 bos_token_id=tok.bos_token_id if family != "marian" else None,
                 forced_eos_token_id=None,
-                decoder_start_token_id=(tok.eos_token_id if family == "bart" else tok.pad_token_id),
+                decoder_start_token_id=(
+                    tok.eos_token_id if family in ("bart", "nllb") else tok.pad_token_id
+                ),
             )
         model = AutoModelForSeq2SeqLM.from_config(config)
     model.save_pretrained(path)

@@ -104,9 +104,9 @@ def test_source_to_encoder_target_to_labels_with_eos(models, family):
     assert batch["labels"].shape[1] == max(len(e.labels) for e in exs)
     assert (batch["labels"][batch["labels"] != IGNORE] != tok.pad_token_id).all()
     # the decoder reads the labels shifted right by the model's rule: its start token first
-    from gentune.models import causal_lm
+    from gentune.models import causal_lm, decoder_inputs
 
-    dec = causal_lm(model).prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+    dec = decoder_inputs(causal_lm(model), batch["labels"])
     start = model.config.decoder_start_token_id
     assert (dec[:, 0] == start).all()
     first = exs[0].labels
@@ -455,50 +455,79 @@ def test_kill_during_checkpoint_save_then_resume_is_exact(models, tmp_path):
     _assert_same(run, ref)
 
 
+# multilingual models: the tokenizer's code for German and English in each
+CODES = {"mbart50": ("de_DE", "en_XX"), "nllb": ("deu_Latn", "eng_Latn")}
+
+
 @pytest.fixture(scope="module")
-def mbart50(tmp_path_factory):
-    return str(build_seq2seq(tmp_path_factory.mktemp("mbart50"), "mbart50"))
+def multilingual(tmp_path_factory):
+    return {f: str(build_seq2seq(tmp_path_factory.mktemp(f), f)) for f in CODES}
 
 
-@pytest.mark.parametrize("source,target", [("German", "English"), ("de_DE", "en_XX")])
-def test_mbart50_language_codes_from_names_or_codes(mbart50, source, target):
+@pytest.mark.parametrize("family", list(CODES))
+@pytest.mark.parametrize("by", ["name", "code"])
+def test_language_codes_from_names_or_codes(multilingual, family, by):
     """The source starts with its language code, the target's labels too; generation forces
     the target's code first."""
     from gentune.config import Decoding
     from gentune.generate import generation_config
     from gentune.models import set_languages
 
-    model, tok, _ = load_model(mbart50)
+    de, en = CODES[family]
+    source, target = ("German", "English") if by == "name" else (de, en)
+    model, tok, _ = load_model(multilingual[family])
     set_languages(model, tok, source, target)
-    assert (tok.src_lang, tok.tgt_lang) == ("de_DE", "en_XX")
+    assert (tok.src_lang, tok.tgt_lang) == (de, en)
     tpl = _template(model, tok, "translation", source_lang=source, target_lang=target)
     rec = Record(source="d", row=1, input="guten morgen", output="good morning")
-    (ex,), _ = encode_dataset([rec], tpl, tok, max_length=32)
-    assert tok.convert_ids_to_tokens(ex.input_ids)[0] == "de_DE"
-    assert tok.convert_ids_to_tokens(ex.labels)[0] == "en_XX" and ex.labels[-1] == tok.eos_token_id
+    (ex,), _ = encode_dataset([rec], tpl, tok, max_length=64)
+    assert tok.convert_ids_to_tokens(ex.input_ids)[0] == de
+    assert tok.convert_ids_to_tokens(ex.labels)[0] == en and ex.labels[-1] == tok.eos_token_id
+    assert tok.decode(ex.labels, skip_special_tokens=True) == "good morning"
     config = generation_config(model, tok, Decoding())
-    assert config.forced_bos_token_id == tok.convert_tokens_to_ids("en_XX")
+    assert config.forced_bos_token_id == tok.convert_tokens_to_ids(en)
 
 
-def test_mbart50_unknown_language_is_a_named_error(mbart50, capsys, tmp_path):
+@pytest.mark.parametrize("family", list(CODES))
+def test_loss_is_the_models_own(multilingual, family):
+    """token_nll (its decoder inputs built by gentune where the model has no method for it,
+    M2M100/NLLB) equals the loss the model computes from the labels itself."""
+    from gentune.models import set_languages
+
+    model, tok, _ = load_model(multilingual[family])
+    set_languages(model, tok, "German", "English")
+    tpl = _template(model, tok, "translation", source_lang="German", target_lang="English")
+    recs = [Record(source="d", row=i, **r) for i, r in enumerate(PAIRS[:4], start=1)]
+    exs, _ = encode_dataset(recs, tpl, tok, max_length=256)
+    batch = collate(list(exs), source_pad_id(tok))
+    model.eval()
+    nll, n = token_nll(model, batch)
+    assert torch.allclose(nll / n, model(**batch).loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(CODES))
+def test_unknown_language_is_a_named_error(multilingual, family, capsys, tmp_path):
     from gentune.cli import main
 
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
-    common = ["train", "--task", "translation", "--model", mbart50, "--data", str(data),
-              "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    common = ["train", "--task", "translation", "--model", multilingual[family], "--data",
+              str(data), "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
     assert main([*common, "--source-lang", "Klingon", "--target-lang", "English"]) == 2
     err = capsys.readouterr().err
     assert "--source-lang Klingon" in err and "Traceback" not in err
-    assert "one of its codes (af_ZA, ar_AR" in err  # (the tokenizer's own codes, named)
+    first = {"mbart50": "af_ZA, ar_AR", "nllb": "ace_Arab, ace_Latn"}[family]
+    assert f"one of its codes ({first}" in err  # (the tokenizer's own codes, named)
 
 
-def test_mbart50_run_keeps_its_languages(mbart50, tmp_path):
+@pytest.mark.parametrize("family", list(CODES))
+def test_a_run_keeps_its_languages(multilingual, family, tmp_path):
     """Trained with German -> English: the run's tokenizer and its generation keep them."""
     from gentune.config import Decoding, TrainConfig
     from gentune.generate import generate, generation_config
     from gentune.runs import load_for_inference
     from gentune.train import train
 
+    de, en = CODES[family]
     rows = [{"input": "guten morgen", "output": "good morning"}] * 12
     cfg = TrainConfig(
         task="translation",
@@ -506,21 +535,21 @@ def test_mbart50_run_keeps_its_languages(mbart50, tmp_path):
         target_lang="English",
         data=str(write_jsonl(tmp_path / "d.jsonl", rows)),
         out=str(tmp_path / "run"),
-        model=mbart50,
+        model=multilingual[family],
         max_steps=2,
         progress=False,
     )
     run = train(cfg, log=lambda *_: None)
     loaded = load_for_inference(str(run))
-    assert (loaded.tokenizer.src_lang, loaded.tokenizer.tgt_lang) == ("de_DE", "en_XX")
+    assert (loaded.tokenizer.src_lang, loaded.tokenizer.tgt_lang) == (de, en)
     (ids,) = _prompt_ids(loaded, loaded.template)[:1]
-    assert loaded.tokenizer.convert_ids_to_tokens(ids)[0] == "de_DE"
+    assert loaded.tokenizer.convert_ids_to_tokens(ids)[0] == de
     config = generation_config(loaded.model, loaded.tokenizer, Decoding(max_new_tokens=3))
     out = loaded.model.generate(torch.tensor([ids]), generation_config=config)
-    assert loaded.tokenizer.convert_ids_to_tokens(out[0, 1:2].tolist()) == ["en_XX"]  # forced
+    assert loaded.tokenizer.convert_ids_to_tokens(out[0, 1:2].tolist()) == [en]  # forced
     # the code is the decoder's, not the text's
     (gen,) = generate(loaded.model, loaded.tokenizer, [ids], Decoding(max_new_tokens=3))
-    assert "en_XX" not in gen.text
+    assert en not in gen.text
 
 
 @pytest.mark.parametrize("family", ["bart", "t5", "bert2gpt2"])

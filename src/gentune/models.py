@@ -59,7 +59,7 @@ FAMILIES: dict[str, Family] = {
     "bart": Family(_BART_LIKE, False),
     "mbart": Family(_BART_LIKE, False, language_codes=True),  # mBART-50 (and mBART-cc25)
     "marian": Family(_BART_LIKE, False),
-    "m2m100": Family(_BART_LIKE, False, language_codes=True),  # M2M100 and NLLB
+    "m2m_100": Family(_BART_LIKE, False, language_codes=True),  # M2M100 and NLLB
     "encoder-decoder": Family("all-linear", False),  # bert2bert: warm starts
     **{
         name: _ENCODER
@@ -456,12 +456,24 @@ def causal_lm(model):
     return inner
 
 
+def decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
+    """The decoder's inputs for labels by the model's own rule: its method where it has one
+    (T5, BART, EncoderDecoderModel); else, as M2M100/NLLB's forward does with labels, the
+    labels shifted right behind the decoder start token, IGNORE read as padding."""
+    if hasattr(model, "prepare_decoder_input_ids_from_labels"):
+        return model.prepare_decoder_input_ids_from_labels(labels=labels)
+    shifted = labels.new_empty(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = model.config.decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, model.config.pad_token_id)
+
+
 def _seq2seq_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """token_nll of an encoder-decoder: the source into the encoder, the target's tokens shifted
     right by the model's own rule (its decoder start token first) into the decoder."""
     labels = batch["labels"]
     mask = labels != -100
-    decoder_input_ids = causal_lm(model).prepare_decoder_input_ids_from_labels(labels=labels)
+    decoder_input_ids = decoder_inputs(causal_lm(model), labels)
     logits = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
