@@ -32,3 +32,13 @@ def test_selective_logits_equal_full_logits(request, fixture):
     )
     assert n == int((batch["labels"][:, 1:] != -100).sum())
     torch.testing.assert_close(nll, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_every_family_is_named_by_a_transformers_model_type():
+    """The table is keyed by config.model_type: a misspelt key (it was "m2m100" for
+    "m2m_100") silently gives that family no quirks at all."""
+    from transformers import CONFIG_MAPPING
+
+    from gentune.models import FAMILIES
+
+    assert [k for k in FAMILIES if k not in CONFIG_MAPPING] == []
