@@ -1,5 +1,7 @@
-"""Data parallel on CPU: 2 processes (gloo) with the same global batch as 1 process follow the
-same loss curve."""
+"""Several processes on CPU (gloo): data parallel and FSDP2 with the same global batch as 1
+process follow the same loss curve; checkpoints resume on another number of processes after a
+SIGKILL mid-training or mid-save; two single-process "nodes" joined by c10d rendezvous; a
+process that dies or hangs ends the run with one line; DeepSpeed and FSDP1 are refused."""
 
 import json
 import os
@@ -11,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gentune import checkpoint
 from gentune.runs import read_log
 
 from .conftest import _data
@@ -20,16 +23,15 @@ pytestmark = pytest.mark.slow  # subprocesses / a browser
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _train(launcher, model, data, out, *extra):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    args = [
+def _args(model, data, out, *extra, method="lora"):
+    return [
         "-m",
         "gentune",
         "train",
         "--task",
         "summarization",
         "--method",
-        "lora",
+        method,
         "--data",
         str(data),
         "--model",
@@ -60,18 +62,50 @@ def _train(launcher, model, data, out, *extra):
         "fp32",
         *extra,
     ]
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+TWO = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _train(launcher, model, data, out, *extra, method="lora", env=None, code=0):
     proc = subprocess.run(
-        [sys.executable, *launcher, *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, *launcher, *_args(model, data, out, *extra, method=method)],
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
+
+
+def _same_curve(a, b, rel=1e-4, steps=None):
+    la, lb = read_log(a), read_log(b)
+    assert len(la) == len(lb) == 8
+    for x, y in list(zip(la, lb))[-(steps or 8) :]:
+        assert x["target_tokens"] == y["target_tokens"]
+        assert float(x["loss"]) == pytest.approx(float(y["loss"]), rel=rel)
+        assert float(x["grad_norm"]) == pytest.approx(float(y["grad_norm"]), rel=rel)
+
+
+def _weights(run):
+    name = "adapter_model" if (run / "model" / "adapter_config.json").exists() else "model"
+    return load_file(run / "model" / f"{name}.safetensors")
+
+
+def _same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-5)
 
 
 def test_two_processes_follow_the_one_process_loss_curve(tiny_llama, tmp_path):
     data = _data(tmp_path, n=48)
     _train([], tiny_llama, data, tmp_path / "one")
     out = _train(
-        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        TWO,
         tiny_llama,
         data,
         tmp_path / "two",
@@ -94,3 +128,177 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_llama, tmp_path):
         "step-00000004",
         "step-00000008",
     ]
+
+
+@pytest.fixture(scope="module")
+def single(tiny_llama, tmp_path_factory):
+    """{method: an uninterrupted 1-process run}, and the data."""
+    tmp = tmp_path_factory.mktemp("single")
+    data = _data(tmp, n=48)
+    runs = {}
+    for method in ("full", "lora"):
+        _train([], tiny_llama, data, tmp / method, method=method)
+        runs[method] = tmp / method
+    return data, runs
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_two_processes_equal_one(tiny_llama, single, tmp_path, method):
+    """FSDP2 over 2 processes, same global batch (two micro-batches a step, so gradient sync
+    is off for the first): the 1-process losses, gradient norms and final weights."""
+    data, one = single
+    out = _train(TWO, tiny_llama, data, tmp_path / "fsdp", "--fsdp", method=method)
+    assert "FSDP2 over 2 processes: 2 layers sharded" in out
+    _same_curve(one[method], tmp_path / "fsdp")
+    _same_weights(one[method], tmp_path / "fsdp")
+    # each process wrote its own shards of every checkpoint
+    shards = sorted(
+        p.name for p in (tmp_path / "fsdp" / "checkpoints" / "step-00000008" / "shards").iterdir()
+    )
+    assert len(shards) == 2 and all(n.endswith(".safetensors") for n in shards)
+
+
+@pytest.mark.parametrize(
+    "kind,fault", [("fsdp", "kill-after:5"), ("fsdp", "kill-in-save:8"), ("ddp", "kill-after:5")]
+)
+def test_sigkill_then_resume_on_two_and_on_one_process(tiny_llama, single, tmp_path, kind, fault):
+    """A 2-process run killed mid-training or mid-save resumes from its last complete
+    checkpoint (step 4) with 2 processes and with 1: every step after it is the uninterrupted
+    run's."""
+    import shutil
+
+    data, one = single
+    extra = ["--fsdp"] if kind == "fsdp" else []
+    run = tmp_path / "run"
+    _train(TWO, tiny_llama, data, run, *extra, method="full", env={"GENTUNE_FAULT": fault},
+           code=1)  # fmt: skip
+    assert checkpoint.latest(run).name == "step-00000004"
+    shutil.copytree(run, tmp_path / "again")
+    for launcher, where in ((TWO, run), ([], tmp_path / "again")):
+        out = _train(launcher, tiny_llama, data, where, *extra, "--resume", method="full")
+        assert "resumed from" in out and "(step 4)" in out
+        _same_curve(one["full"], where, rel=1e-5)
+        _same_weights(one["full"], where)
+
+
+def test_resume_from_one_process_on_two_fsdp(tiny_llama, single, tmp_path):
+    data, one = single
+    run = tmp_path / "run"
+    _train([], tiny_llama, data, run, method="full", env={"GENTUNE_FAULT": "kill-after:5"},
+           code=-9)  # fmt: skip
+    out = _train(TWO, tiny_llama, data, run, "--fsdp", "--resume", method="full")
+    assert "FSDP2 over 2 processes" in out and "(step 4)" in out
+    _same_curve(one["full"], run, rel=1e-5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _nodes(model, data, out, *extra, faults=("", ""), grace=None):
+    """Two 'nodes' of one process each, joined by c10d rendezvous on 127.0.0.1: [(exit code,
+    output)]. With `grace`, once one node has ended the other gets that many seconds before it
+    is killed (a process that hangs by itself is not the launcher's to end)."""
+    import time
+
+    port = _free_port()
+    procs = []
+    for node in range(2):
+        launcher = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                    "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                    "--rdzv-id", "gentune-test", "--max-restarts", "0"]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *launcher, *_args(model, data, out, *extra, method="full")],
+                env={**ENV, **({"GENTUNE_FAULT": faults[node]} if faults[node] else {})},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,  # its launcher and worker are killed together
+            )
+        )
+    if grace is not None:
+        deadline = time.time() + 600
+        while all(p.poll() is None for p in procs) and time.time() < deadline:
+            time.sleep(0.5)
+        deadline = time.time() + grace
+        while any(p.poll() is None for p in procs) and time.time() < deadline:
+            time.sleep(0.5)
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+    return [(p.wait(timeout=600), p.stdout.read()) for p in procs]
+
+
+def test_two_nodes_by_c10d_rendezvous_equal_two_workers_of_one(tiny_llama, single, tmp_path):
+    data, _ = single
+    _train(TWO, tiny_llama, data, tmp_path / "workers", method="full")
+    done = _nodes(tiny_llama, data, tmp_path / "nodes")
+    assert [code for code, _ in done] == [0, 0], done[0][1][-2000:] + done[1][1][-2000:]
+    # one process (rank 0) wrote the logs and the run directory
+    assert sum(out.count("saved run to") for _, out in done) == 1
+    _same_curve(tmp_path / "workers", tmp_path / "nodes", rel=1e-6)
+    _same_weights(tmp_path / "workers", tmp_path / "nodes")
+
+
+@pytest.mark.parametrize("fault", ["kill-after:3@1", "hang-after:3@1"])
+def test_a_process_that_dies_or_hangs_ends_the_run_with_one_line(
+    tiny_llama, single, tmp_path, fault
+):
+    """Rank 1 is SIGKILLed (or stops answering) after step 3: rank 0 stops with a line naming
+    what happened (after --dist-timeout when nothing closes the connection) instead of waiting
+    for ever, and its launcher ends."""
+    import time
+
+    data, _ = single
+    start = time.time()
+    done = _nodes(tiny_llama, data, tmp_path / "run", "--dist-timeout", "20",
+                  faults=(fault, fault), grace=30)  # fmt: skip
+    assert time.time() - start < 300
+    said = [out for _, out in done if "another process of this run stopped" in out]
+    assert len(said) == 1, "".join(out[-2000:] for _, out in done)
+    assert "process 0: another process of this run stopped or did not answer within " \
+           "--dist-timeout 20 s" in said[0]  # fmt: skip
+    assert "Traceback" not in said[0].split("another process of this run")[0].splitlines()[-1]
+    assert all(code != 0 for code, _ in done)
+    if fault.startswith("hang"):  # nothing closed the connection: the timeout ended it
+        assert time.time() - start > 20
+
+
+@pytest.mark.parametrize(
+    "env,says",
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed, which gentune does not support"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "set fsdp_version: 2"),
+    ],
+)
+def test_deepspeed_and_fsdp1_are_refused_naming_fsdp2(
+    tiny_llama, tmp_path, monkeypatch, capsys, env, says
+):
+    from gentune.cli import main
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code = main(_args(tiny_llama, _data(tmp_path), tmp_path / "run")[2:])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "FSDP2" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_fsdp_validation_generates_and_keeps_the_best_checkpoint(tiny_llama, single, tmp_path):
+    """Generation with a sharded model needs every process in each forward pass: all of them
+    generate the same rows (and stop at the same batch); the best checkpoint is loaded back
+    from its shards and gathered into the run's model."""
+    data, _ = single
+    out = _train(TWO, tiny_llama, data, tmp_path / "run", "--fsdp", "--eval-generate", "4",
+                 "--metric", "rougeL")  # fmt: skip
+    assert out.count("rougeL") >= 2 and "saved run to" in out
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    best = manifest["stats"]["best_checkpoint"]
+    saved = checkpoint.saved_weights(tmp_path / "run" / best)
+    final = _weights(tmp_path / "run")
+    assert saved and all(torch.equal(final[k.replace(".default", "")], v) for k, v in saved.items())

@@ -268,7 +268,7 @@ def test_early_stopping_stops_at_the_expected_step(tiny_llama, tmp_path, monkeyp
     assert stats["best_checkpoint"] == "checkpoints/step-00000004"
     assert stats["model_step"] == 4  # the run's model is the best checkpoint
     assert (run / "checkpoints" / "step-00000004").exists()
-    best = load_file(run / "checkpoints" / "step-00000004" / "trainable.safetensors")
+    best = checkpoint.saved_weights(run / "checkpoints" / "step-00000004")
     final = load_file(run / "model" / "adapter_model.safetensors")
     for k, v in best.items():
         short = k.replace("base_model.model.", "").replace(".default", "")

@@ -1,17 +1,24 @@
-"""Checkpoints that survive kills, and exact resume.
+"""Checkpoints that survive kills, resume exactly, and load on any number of processes.
 
     RUN/checkpoints/step-00000012/
-      trainable.safetensors   the trainable parameters (LoRA adapter or all weights)
-      optimizer.json + .safetensors   AdamW state (structure as JSON, tensors as safetensors)
+      shards/                 the trainable parameters (LoRA adapter or all weights) and the
+                              AdamW state, by parameter name, as safetensors written by
+                              torch.distributed.checkpoint: each process its own shards (one
+                              file per process; under FSDP each holds its slices)
+      optimizer.json          AdamW's settings per parameter group
       scheduler.json          learning-rate schedule state
       rng.json + .safetensors python, numpy and torch RNG states
       state.json              step, position in the data order, log rows, early-stopping state
 
-Nothing is unpickled: loading a checkpoint never runs code from its files.
+Loading reads the slices each process needs now, whatever the number of processes and the
+sharding that wrote them (2 FSDP processes → 1, 1 → 2, DDP → FSDP). Nothing is unpickled:
+loading a checkpoint never runs code from its files (the shards' layout is JSON in their
+safetensors headers).
 
-A checkpoint is written into a temporary directory and renamed into place; `state.json` is
-written last, so a directory named step-N always holds a complete checkpoint and a kill in the
-middle of a save leaves only a `.tmp-*` directory, which is never picked and is cleaned up.
+A checkpoint is written into a temporary directory and renamed into place by the main process
+once every process has written its shards; `state.json` is written last, so a directory named
+step-N always holds a complete checkpoint and a kill in the middle of a save leaves only a
+`.tmp-*` directory, which is never picked and is cleaned up.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ import json
 import os
 import random
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,31 +102,89 @@ def save(
     keep_last: int,
     keep: tuple[int | None, ...] = (),
     crash_hook=None,
+    main: bool = True,
 ) -> Path:
-    """Write checkpoint `step` atomically, then prune to the last `keep_last` plus `keep`."""
+    """Write checkpoint `step` atomically, then prune to the last `keep_last` plus `keep`.
+    Under several processes every one calls it (each writes its shards); `main` writes the
+    rest and renames the directory into place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
     ckpts = root(run_dir)
-    ckpts.mkdir(parents=True, exist_ok=True)
     final = ckpts / f"{PREFIX}{step:08d}"
-    tmp = ckpts / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    save_tree(optimizer.state_dict(), tmp, "optimizer")
+    tmp = ckpts / f".tmp-{PREFIX}{step:08d}"  # one name for every process
+    if main:
+        ckpts.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # an earlier attempt's
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    _barrier()
+    tensors, groups = _tensors(model, optimizer)
+    dcp.save(
+        tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDS), save_distributed=True)
+    )
     if crash_hook:
         crash_hook("save")  # tests kill the process here, mid-save
-    save_tree(scheduler.state_dict(), tmp, "scheduler")
-    save_tree(rng_state(), tmp, "rng")
-    with (tmp / "state.json").open("w") as f:
-        json.dump({**state, "step": step}, f, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    if final.exists():  # a checkpoint of the same step from an earlier attempt
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(ckpts)
-    prune(run_dir, keep_last=keep_last, keep=keep)
+    if main:
+        save_tree(groups, tmp, "optimizer")
+        save_tree(scheduler.state_dict(), tmp, "scheduler")
+        save_tree(rng_state(), tmp, "rng")
+        with (tmp / "state.json").open("w") as f:
+            json.dump({**state, "step": step}, f, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # a checkpoint of the same step from an earlier attempt
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(ckpts)
+        prune(run_dir, keep_last=keep_last, keep=keep)
+    _barrier()
     return final
+
+
+SHARDS = "shards"
+
+
+@contextmanager
+def _one_process_is_fine():
+    """torch.distributed.checkpoint warns each time it runs without a process group (one
+    process), which is a normal way to train here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _tensors(model, optimizer) -> tuple[dict[str, Any], list]:
+    """What a checkpoint holds, as one flat dict of (possibly sharded) tensors by name —
+    "model.NAME" for the trainable parameters, "optim.NAME.KEY" for their AdamW state — and
+    the optimizer's parameter groups (plain values). The tensors are the live ones, so loading
+    into them restores the model and the optimizer in place."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(ignore_frozen_params=True)
+    # each trainable parameter once (tied embeddings are one parameter with two names)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    weights = get_model_state_dict(model, options=options)
+    tensors: dict[str, Any] = {f"model.{k}": v for k, v in weights.items() if k in names}
+    groups: list = []
+    if optimizer is not None:
+        osd: Any = get_optimizer_state_dict(model, optimizer, options=options)
+        for name, values in osd["state"].items():
+            for key, value in values.items():
+                tensors[f"optim.{name}.{key}"] = value
+        groups = osd["param_groups"]
+    return tensors, groups
 
 
 def complete(run_dir: str | Path) -> list[Path]:
@@ -149,7 +217,8 @@ def prune(run_dir: str | Path, *, keep_last: int, keep: tuple[int | None, ...] =
 
 
 def load(path: Path, *, model, optimizer=None, scheduler=None) -> dict:
-    """Restore weights (and optimizer, scheduler, RNG when given); returns state.json."""
+    """Restore weights (and optimizer, scheduler, RNG when given); returns state.json. Under
+    several processes every one calls it and reads the slices it holds."""
     if (path / "optimizer.pt").exists():
         raise TrainingError(
             f"{path}: a checkpoint in the old pickle format, which gentune no "
@@ -157,29 +226,104 @@ def load(path: Path, *, model, optimizer=None, scheduler=None) -> dict:
             "--overwrite"
         )
     try:
-        weights = load_file(path / "trainable.safetensors")
-        params = dict(model.named_parameters())
-        missing = [n for n in weights if n not in params]
-        if missing:
-            raise TrainingError(
-                f"{path}: checkpoint does not match the model ({missing[:3]}); "
-                "resume with the same --model and --method"
-            )
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                params[name].copy_(tensor)
-        if optimizer is not None:
-            optimizer.load_state_dict(load_tree(path, "optimizer"))
+        if (path / "trainable.safetensors").exists():
+            _load_unsharded(path, model, optimizer)
+        else:
+            _load_shards(path, model, optimizer)
         if scheduler is not None:
             scheduler.load_state_dict(load_tree(path, "scheduler"))
             set_rng_state(load_tree(path, "rng"))
         return json.loads((path / "state.json").read_text())
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise TrainingError(
-            f"{path}: damaged checkpoint ({type(e).__name__}: {e}); resume from "
+            f"{path}: damaged checkpoint ({type(e).__name__}: {str(e)[:300]}); resume from "
             "an earlier one with --resume CHECKPOINT, or start again with "
             "--overwrite"
         ) from None
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint's state.json (step, data position, layout…), before anything is loaded."""
+    try:
+        return json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(
+            f"{path}: damaged checkpoint ({type(e).__name__}: {e}); resume from an earlier one "
+            "with --resume CHECKPOINT, or start again with --overwrite"
+        ) from None
+
+
+def _load_shards(path: Path, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    tensors, groups = _tensors(model, optimizer)
+    reader = HuggingFaceStorageReader(str(path / SHARDS))
+    saved = set(reader.read_metadata().state_dict_metadata)
+    wanted = {k for k in tensors if k.startswith("model.")}
+    if wanted - saved or {k for k in saved if k.startswith("model.")} - wanted:
+        raise TrainingError(
+            f"{path}: checkpoint does not match the model "
+            f"({sorted(wanted ^ {k for k in saved if k.startswith('model.')})[:3]}); resume "
+            "with the same --model and --method"
+        )
+    with _one_process_is_fine():
+        dcp.load(tensors, storage_reader=reader)
+    # the trainable weights only (the names were checked above): the frozen ones stay
+    options = StateDictOptions(ignore_frozen_params=True, strict=False)
+    weights: Any = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    set_model_state_dict(model, weights, options=options)
+    if optimizer is not None:
+        state: dict[str, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                name, _, field_ = key[len("optim.") :].rpartition(".")
+                state.setdefault(name, {})[field_] = value
+        saved_groups = load_tree(path, "optimizer")
+        for group, mine in zip(saved_groups, groups, strict=True):
+            group["params"] = mine["params"]  # names as this model calls them
+        full: Any = {"state": state, "param_groups": saved_groups}
+        set_optimizer_state_dict(model, optimizer, full, options=options)
+
+
+def saved_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's trainable weights by name, whole whatever sharding wrote them (in one
+    process: for tools and tests)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    reader = HuggingFaceStorageReader(str(path / SHARDS))
+    meta = reader.read_metadata().state_dict_metadata
+    whole: dict[str, Any] = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)  # type: ignore[union-attr]
+        for k, m in meta.items()
+        if k.startswith("model.")
+    }
+    dcp.load(whole, storage_reader=reader, no_dist=True)
+    return {k[len("model.") :]: v for k, v in whole.items()}
+
+
+def _load_unsharded(path: Path, model, optimizer) -> None:
+    """A checkpoint of the earlier layout (trainable.safetensors + optimizer tree), one
+    process."""
+    weights = load_file(path / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise TrainingError(
+            f"{path}: checkpoint does not match the model ({missing[:3]}); "
+            "resume with the same --model and --method"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    if optimizer is not None:
+        optimizer.load_state_dict(load_tree(path, "optimizer"))
 
 
 # ---- state dicts as JSON + safetensors (no pickle) -----------------------------------------
@@ -269,6 +413,8 @@ RESUMABLE = {
     "tensorboard",
     "patience",
     "eval_budget_s",
+    "fsdp",  # sharded or not, the checkpoint loads on any number of processes
+    "dist_timeout",
 }
 
 

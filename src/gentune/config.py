@@ -77,6 +77,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     memory_budget: float | None = None  # GiB to peak at: a probe picks micro-batch, checkpointing
     compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (FSDP2)
+    dist_timeout: float = 600.0  # seconds a process waits for the others before the run stops
     precision: Literal["auto", "fp32", "bf16", "fp16"] = (
         "auto"  # autocast; auto = bf16 where the GPU or CPU has it
     )
@@ -101,6 +103,11 @@ class TrainConfig:
             "epochs",
             lambda: self.epochs is None or self.epochs > 0,
             f"epochs={self.epochs}: must be > 0",
+        )
+        check(
+            "dist_timeout",
+            lambda: self.dist_timeout > 0,
+            f"dist_timeout={self.dist_timeout}: must be > 0 (seconds)",
         )
         check(
             "batch_size",

@@ -468,6 +468,13 @@ def decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
     return shifted.masked_fill(shifted == -100, model.config.pad_token_id)
 
 
+def is_sharded(model) -> bool:
+    """Whether the model (under any wrapper) was sharded with FSDP2 (`distributed.shard`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(causal_lm(model), FSDPModule)
+
+
 def _seq2seq_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """token_nll of an encoder-decoder: the source into the encoder, the target's tokens shifted
     right by the model's own rule (its decoder start token first) into the decoder."""
@@ -502,7 +509,7 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
         "position_ids": batch.get("position_ids"),  # packed rows: positions, no mask
         "use_cache": False,
     }  # (a cache would also switch off packed-sequence masking)
-    if family(lm).selective_logits:
+    if family(lm).selective_logits and not is_sharded(model):  # (FSDP gathers at the root)
         hidden = lm.base_model(**inputs).last_hidden_state  # (B, T, H)
         logits = lm.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
     else:

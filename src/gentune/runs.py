@@ -108,12 +108,14 @@ def save_run(
     base_model: str,
     data_files: dict[str, str],
     stats: dict,
+    weights: dict | None = None,
 ) -> None:
-    """Write the run directory; `data_files` maps each data file to its sha256."""
+    """Write the run directory; `data_files` maps each data file to its sha256; `weights`,
+    where given, are the model's full weights (gathered from a sharded model)."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         if (out / "model").exists():
             shutil.rmtree(out / "model")

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, memory, runs
+from . import checkpoint, distributed, memory, runs
 from .config import TrainConfig
 from .data import (
     write_records,
@@ -84,11 +84,14 @@ def accumulate_gradients(
     if n_step is None:
         n_step = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro_batches)
     device = next(loss_model.parameters()).device
+    inner = getattr(getattr(loss_model, "_orig_mod", loss_model), "model", None)  # (compiled)
     nll_sum = 0.0
     for i, m in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        # gradients are all-reduced once per step, on the last micro-batch
+        # gradients are all-reduced (DDP) or reduce-scattered (FSDP) once per step, on the last
+        # micro-batch
         sync = accelerator.no_sync(loss_model) if accelerator and not last else nullcontext()
+        distributed.gradient_sync(inner, last)
         with sync:
             with accelerator.autocast() if accelerator else nullcontext():
                 nll, _ = loss_model({k: v.to(device) for k, v in m.items()})
@@ -102,10 +105,15 @@ def accumulate_gradients(
 
 
 def _fault(point: str, step: int) -> None:
-    """Fault injection for the kill tests: GENTUNE_FAULT=kill-in-save:STEP or kill-after:STEP."""
-    spec = os.environ.get("GENTUNE_FAULT", "")
+    """Fault injection for the kill tests: GENTUNE_FAULT=kill-in-save:STEP, kill-after:STEP or
+    hang-after:STEP (a process that stops answering), optionally @RANK for one process."""
+    spec, _, rank = os.environ.get("GENTUNE_FAULT", "").partition("@")
+    if rank and rank != os.environ.get("RANK", "0"):
+        return
     if spec == f"kill-{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if spec == f"hang-{point}:{step}":
+        time.sleep(3600)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -166,6 +174,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     from transformers import get_scheduler
 
     out = Path(cfg.out)
+    cfg = distributed.launcher_settings(cfg)
     precision, reason = resolve_precision(cfg.precision)
     mixed = "no" if precision == "fp32" else precision
     shared = AcceleratorState._shared_state  # accelerate keeps one per process
@@ -176,6 +185,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed,
+        kwargs_handlers=[distributed.process_group_kwargs(cfg)],
     )
     main, world = accelerator.is_main_process, accelerator.num_processes
     if not main:
@@ -201,21 +211,9 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
 
     steps_per_epoch = math.ceil(len(prep.train_ex) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.passes))
-    trainable = [p for p in prep.model.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
     state = checkpoint.State(data_sha256=prep.fingerprints, precision=precision)
     if resume_from:
-        state = checkpoint.State(
-            **checkpoint.load(
-                resume_from, model=prep.model, optimizer=optimizer, scheduler=scheduler
-            )
-        )
+        state = checkpoint.State(**checkpoint.read_state(resume_from))
         changed = sorted(
             k for k, sha in prep.fingerprints.items() if state.data_sha256.get(k, sha) != sha
         )
@@ -232,12 +230,32 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
                 f"--precision {state.precision} to keep it)"
             )
             state.precision = precision
-        log(f"gentune: resumed from {resume_from} (step {state.step})")
     micro_tokens = fit_memory(cfg, prep, state, accelerator, log)
+    if cfg.fsdp:
+        if world == 1:
+            log("gentune: --fsdp with one process: nothing to shard, training as usual")
+        else:
+            n = distributed.shard(prep.model, precision)
+            log(f"gentune: FSDP2 over {world} processes: {n} layers sharded one by one")
+    # the optimizer after sharding: FSDP replaces the parameters by their shards
+    trainable = [p for p in prep.model.parameters() if p.requires_grad]
+    optimizer = adamw(trainable, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    if resume_from:
+        checkpoint.load(resume_from, model=prep.model, optimizer=optimizer, scheduler=scheduler)
+        log(f"gentune: resumed from {resume_from} (step {state.step})")
     loss_model: Any = TargetLoss(prep.model)
     if cfg.compile:
         loss_model = torch.compile(loss_model)
-    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
+    if distributed.sharded(prep.model):  # (DDP would wrap it again)
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
     prep.model.train()
     return Session(
         cfg,
@@ -333,21 +351,21 @@ class RunLog:
 
 
 def save_checkpoint(s: Session) -> None:
-    """Checkpoint the current step (main process), keeping the last K and the best."""
-    if s.main:
-        state = s.state
-        checkpoint.save(
-            s.out,
-            state.step,
-            model=s.model,
-            optimizer=s.optimizer,
-            scheduler=s.scheduler,
-            state=vars(state),
-            keep_last=s.cfg.keep_last,
-            keep=(state.best_step,),
-            crash_hook=lambda point: _fault("in-" + point, state.step),
-        )
-    s.accelerator.wait_for_everyone()
+    """Checkpoint the current step (every process writes its shards), keeping the last K and
+    the best."""
+    state = s.state
+    checkpoint.save(
+        s.out,
+        state.step,
+        model=s.model,
+        optimizer=s.optimizer,
+        scheduler=s.scheduler,
+        state=vars(state),
+        keep_last=s.cfg.keep_last,
+        keep=(state.best_step,),
+        crash_hook=lambda point: _fault("in-" + point, state.step),
+        main=s.main,
+    )
 
 
 def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, int]:
@@ -384,7 +402,7 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
         nll_sum = float(acc.reduce(torch.tensor(nll_sum, device=acc.device), reduction="sum"))
     loss = nll_sum / n_step
     grad_norm = (
-        float(acc.clip_grad_norm_(s.loss_model.parameters(), cfg.max_grad_norm))
+        float(distributed.local(acc.clip_grad_norm_(s.loss_model.parameters(), cfg.max_grad_norm)))
         if cfg.max_grad_norm > 0
         else float("nan")
     )
@@ -407,11 +425,23 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
 
 def train(cfg: TrainConfig, *, log=print) -> Path:
     """Fine-tune per `cfg`; returns the run directory. The loop: batch → forward → loss →
-    backward → clip → step → schedule → log → validate → checkpoint."""
-    from tqdm.auto import tqdm
-
+    backward → clip → step → schedule → log → validate → checkpoint. Under several processes,
+    another one's failure ends this one with a line that says so (not a hang)."""
     started = time.time()
     s = setup(cfg, log=log)
+    try:
+        return loop(s, started)
+    except Exception as e:
+        failure = distributed.collective_failure(e, s.cfg, s.accelerator.process_index)
+        if s.world > 1 and failure is not None:
+            raise failure from None
+        raise
+
+
+def loop(s: Session, started: float) -> Path:
+    """The training loop over a set-up session, then the run directory written."""
+    from tqdm.auto import tqdm
+
     cfg = s.cfg  # with the automatic settings decided
     state, train_ex = s.state, s.prep.train_ex
     run_log = RunLog(s.out, state.history, enabled=s.main, tensorboard=cfg.tensorboard)
@@ -501,12 +531,15 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
         )
         final_step = state.best_step
         s.log(f"gentune: the run's model is the best checkpoint (step {state.best_step})")
+    # a sharded model's full weights, gathered from every process
+    weights = distributed.full_weights(model, trainable_only=cfg.method == "lora")
     if s.main:
         loss_curve_png(state.history, s.out / "loss.png")
         val_rows = [r for r in state.history if "val_loss" in r]
         runs.save_run(
             s.out,
             model=model,
+            weights=weights,
             tokenizer=prep.tokenizer,
             template=prep.template,
             cfg=cfg,

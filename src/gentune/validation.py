@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -37,9 +38,12 @@ def generation_metric(
     rows: int | None,
     budget_s: float,
     batch_size: int,
+    agree: Callable[[bool], bool] | None = None,
 ) -> tuple[float, int]:
     """The task metric on the first `rows` validation records (greedy). With rows=None the
-    subset is sized by the time budget: batches are generated until it is spent."""
+    subset is sized by the time budget: batches are generated until it is spent; `agree`
+    makes every process take the main one's decision (a sharded model generates only with
+    all of them)."""
 
     was_training = model.training
     model.eval()
@@ -54,7 +58,8 @@ def generation_metric(
             g.text for g in generate(model, tokenizer, prompts, decoding, batch_size=batch_size)
         ]
         refs += [template.reference(r) for r in chunk]
-        if rows is None and time.time() - start > budget_s:
+        spent = rows is None and time.time() - start > budget_s
+        if agree(spent) if agree is not None else spent:
             break
     model.train(was_training)
     return corpus_metric(metric, outputs, refs), len(outputs)
@@ -85,6 +90,7 @@ def validate(
             rows=state.gen_rows,
             budget_s=cfg.eval_budget_s,
             batch_size=cfg.micro,
+            agree=(lambda flag: bool(broadcast_object_list([flag])[0])) if world > 1 else None,
         )
         if state.gen_rows is None:  # all processes use the main process's subset size
             state.gen_rows = broadcast_object_list([n])[0] if world > 1 else n
