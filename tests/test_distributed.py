@@ -302,3 +302,50 @@ def test_fsdp_validation_generates_and_keeps_the_best_checkpoint(tiny_llama, sin
     saved = checkpoint.saved_weights(tmp_path / "run" / best)
     final = _weights(tmp_path / "run")
     assert saved and all(torch.equal(final[k.replace(".default", "")], v) for k, v in saved.items())
+
+
+def _accelerate_config(example: str, path: Path, **changes) -> Path:
+    """One of examples/accelerate/*.yaml, for this machine: CPUs, 2 processes, 127.0.0.1."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "examples" / "accelerate" / example).read_text())
+    config.update(use_cpu=True, num_processes=2, **changes)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_accelerate_fsdp2_configs_on_one_machine_and_on_two_nodes(tiny_llama, single, tmp_path):
+    """The shipped accelerate configs, run as CPU processes: FSDP2 on one machine, and over two
+    single-process 'nodes' (machine_rank 0 and 1 on 127.0.0.1): the 1-process loss curve."""
+    data, one = single
+    config = _accelerate_config("fsdp2.yaml", tmp_path / "one-machine.yaml")
+    launch = ["-m", "accelerate.commands.launch", "--config_file", str(config)]
+    out = _train(launch, tiny_llama, data, tmp_path / "one-machine", method="full")
+    assert "FSDP2 over 2 processes" in out
+    _same_curve(one["full"], tmp_path / "one-machine")
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        config = _accelerate_config(
+            "fsdp2-nodes.yaml",
+            tmp_path / f"node{rank}.yaml",
+            machine_rank=rank,
+            main_process_ip="127.0.0.1",
+            main_process_port=port,
+        )
+        launch = ["-m", "accelerate.commands.launch", "--config_file", str(config)]
+        args = _args(tiny_llama, data, tmp_path / "nodes", method="full")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *launch, *args],
+                env=ENV,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        )
+    done = [(p.wait(timeout=600), p.stdout.read()) for p in procs]
+    assert [code for code, _ in done] == [0, 0], done[0][1][-2000:] + done[1][1][-2000:]
+    text = "".join(out for _, out in done)
+    assert text.count("saved run to") == 1 and "FSDP2 over 2 processes" in text
+    _same_curve(one["full"], tmp_path / "nodes")

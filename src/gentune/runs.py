@@ -237,6 +237,8 @@ def load_for_inference(
     resolved, _ = resolve_precision(precision)
     if resolved != "fp32":
         loaded.model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[resolved])
+    if torch.cuda.is_available():  # generation follows its inputs to the model's device
+        loaded.model.to("cuda")
     if quantize:
         quantize_weights(loaded.model, quantize)
     return loaded

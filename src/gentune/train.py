@@ -94,7 +94,7 @@ def accumulate_gradients(
         distributed.gradient_sync(inner, last)
         with sync:
             with accelerator.autocast() if accelerator else nullcontext():
-                nll, _ = loss_model({k: v.to(device) for k, v in m.items()})
+                nll, _ = loss_model(_to(m, device))
             scaled = nll * (scale / n_step)
             if accelerator is not None:
                 accelerator.backward(scaled)
@@ -102,6 +102,13 @@ def accumulate_gradients(
                 scaled.backward()
         nll_sum += float(nll.detach())
     return nll_sum, n_step
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on the model's device: through pinned memory, without waiting, to a GPU."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _fault(point: str, step: int) -> None:
@@ -235,6 +242,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
         if world == 1:
             log("gentune: --fsdp with one process: nothing to shard, training as usual")
         else:
+            prep.model.to(accelerator.device)
             n = distributed.shard(prep.model, precision)
             log(f"gentune: FSDP2 over {world} processes: {n} layers sharded one by one")
     # the optimizer after sharding: FSDP replaces the parameters by their shards
