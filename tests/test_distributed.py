@@ -349,3 +349,16 @@ def test_accelerate_fsdp2_configs_on_one_machine_and_on_two_nodes(tiny_llama, si
     text = "".join(out for _, out in done)
     assert text.count("saved run to") == 1 and "FSDP2 over 2 processes" in text
     _same_curve(one["full"], tmp_path / "nodes")
+
+
+def test_fsdp_shards_an_encoder_decoder_too(single, tmp_path):
+    """A tiny T5 (encoder and decoder blocks sharded one by one): 2 FSDP processes give the
+    1-process loss curve."""
+    from .seq2seq_models import build_seq2seq
+
+    data, _ = single
+    t5 = str(build_seq2seq(tmp_path / "t5", "t5", varied=False))
+    _train([], t5, data, tmp_path / "one", method="full")
+    out = _train(TWO, t5, data, tmp_path / "two", "--fsdp", method="full")
+    assert "FSDP2 over 2 processes: 4 layers sharded" in out
+    _same_curve(tmp_path / "one", tmp_path / "two")
