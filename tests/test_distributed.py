@@ -89,6 +89,9 @@ def _same_curve(a, b, rel=1e-4, steps=None):
         assert float(x["grad_norm"]) == pytest.approx(float(y["grad_norm"]), rel=rel)
 
 
+TIMING = ("elapsed_s", "tokens_per_s", "target_tokens_per_s", "peak_memory_mb")
+
+
 def _weights(run):
     name = "adapter_model" if (run / "model" / "adapter_config.json").exists() else "model"
     return load_file(run / "model" / f"{name}.safetensors")
@@ -158,16 +161,29 @@ def test_fsdp_two_processes_equal_one(tiny_llama, single, tmp_path, method):
     assert len(shards) == 2 and all(n.endswith(".safetensors") for n in shards)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_llama, single, tmp_path_factory):
+    """{kind: an uninterrupted 2-process run} (full fine-tuning), DDP and FSDP."""
+    data, _ = single
+    tmp = tmp_path_factory.mktemp("two")
+    for kind, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        _train(TWO, tiny_llama, data, tmp / kind, *extra, method="full")
+    return {kind: tmp / kind for kind in ("ddp", "fsdp")}
+
+
 @pytest.mark.parametrize(
     "kind,fault", [("fsdp", "kill-after:5"), ("fsdp", "kill-in-save:8"), ("ddp", "kill-after:5")]
 )
-def test_sigkill_then_resume_on_two_and_on_one_process(tiny_llama, single, tmp_path, kind, fault):
+def test_sigkill_then_resume_on_two_and_on_one_process(
+    tiny_llama, single, uninterrupted, tmp_path, kind, fault
+):
     """A 2-process run killed mid-training or mid-save resumes from its last complete
-    checkpoint (step 4) with 2 processes and with 1: every step after it is the uninterrupted
-    run's."""
+    checkpoint (step 4) with 2 processes — bit for bit the uninterrupted 2-process run — and
+    with 1: every step after it is the uninterrupted run's (to float rounding)."""
     import shutil
 
     data, one = single
+    ref = uninterrupted[kind]
     extra = ["--fsdp"] if kind == "fsdp" else []
     run = tmp_path / "run"
     _train(TWO, tiny_llama, data, run, *extra, method="full", env={"GENTUNE_FAULT": fault},
@@ -179,6 +195,14 @@ def test_sigkill_then_resume_on_two_and_on_one_process(tiny_llama, single, tmp_p
         assert "resumed from" in out and "(step 4)" in out
         _same_curve(one["full"], where, rel=1e-5)
         _same_weights(one["full"], where)
+
+    # on the same number of processes: exactly the uninterrupted run
+    def untimed(r):
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in read_log(r)]
+
+    assert untimed(run) == untimed(ref)
+    a, b = _weights(run), _weights(ref)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_from_one_process_on_two_fsdp(tiny_llama, single, tmp_path):
