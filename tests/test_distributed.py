@@ -205,14 +205,20 @@ def test_sigkill_then_resume_on_two_and_on_one_process(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_from_one_process_on_two_fsdp(tiny_llama, single, tmp_path):
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_resume_from_one_process_on_two(tiny_llama, single, tmp_path, kind):
+    """A 1-process run killed after step 5 continues on 2 processes (DDP, or FSDP2 reading its
+    unsharded checkpoint in slices): the 1-process run's steps."""
     data, one = single
     run = tmp_path / "run"
     _train([], tiny_llama, data, run, method="full", env={"GENTUNE_FAULT": "kill-after:5"},
            code=-9)  # fmt: skip
-    out = _train(TWO, tiny_llama, data, run, "--fsdp", "--resume", method="full")
-    assert "FSDP2 over 2 processes" in out and "(step 4)" in out
+    extra = ["--fsdp"] if kind == "fsdp" else []
+    out = _train(TWO, tiny_llama, data, run, *extra, "--resume", method="full")
+    assert "(step 4)" in out and ("FSDP2 over 2 processes" in out) == (kind == "fsdp")
     _same_curve(one["full"], run, rel=1e-5)
+    _same_weights(one["full"], run)
+    assert json.loads((run / "manifest.json").read_text())["stats"]["processes"] == 2
 
 
 def _free_port() -> int:
