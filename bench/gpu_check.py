@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from sides import report, run_sides
+from sides import report, run_sides, train_on_titles
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -77,33 +76,16 @@ def _peak_memory_mb() -> float | None:
 
 
 def run_train(a) -> dict:
-    from gentune.config import TrainConfig
-    from gentune.demo import INSTRUCTION, aclsum_rows, write_jsonl
-    from gentune.runs import read_log, read_manifest
-    from gentune.train import train
+    from gentune.runs import read_manifest
 
-    tmp = Path(tempfile.mkdtemp())
-    data = write_jsonl(tmp / "train.jsonl", aclsum_rows("train"))
-    val = write_jsonl(tmp / "val.jsonl", aclsum_rows("val")[:2])
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        val=str(val),
-        out=str(tmp / "run"),
-        instruction=INSTRUCTION,
+    log, run = train_on_titles(
         method=a.method,
         precision=a.precision,
         max_steps=a.steps,
         batch_size=a.batch_size,
         max_length=a.max_length,
-        eval_generate=0,
-        eval_every=10**6,
-        progress=False,
-        tensorboard=False,
     )
-    train(cfg, log=lambda *_: None)
-    log = read_log(tmp / "run")
-    stats = read_manifest(tmp / "run")["stats"]
+    stats = read_manifest(run)["stats"]
     params = int(stats["total_parameters"])
     tokens = sum(int(r["tokens"]) for r in log)
     seconds = float(log[-1]["elapsed_s"])  # the loop's own time (validation excluded)

@@ -101,33 +101,29 @@ def run_gentune(a) -> dict:
         )[0]
         for i, r in enumerate(_rows(a.generate))
     ]
-    torch.manual_seed(0)
-    start = time.time()
-    out = generate(
-        loaded.model,
-        loaded.tokenizer,
-        prompts,
-        Decoding(max_new_tokens=a.new_tokens),
-        batch_size=a.batch_size,
-    )
-    gen_s = time.time() - start
+
+    def timed() -> tuple[float, int]:
+        torch.manual_seed(0)
+        start = time.time()
+        out = generate(
+            loaded.model,
+            loaded.tokenizer,
+            prompts,
+            Decoding(max_new_tokens=a.new_tokens),
+            batch_size=a.batch_size,
+        )
+        return time.time() - start, len(out)
+
+    gen_s, n_rows = timed()
     loaded.model.to(torch.bfloat16)  # what --precision bf16 does to generation's weights
-    start = time.time()
-    generate(
-        loaded.model,
-        loaded.tokenizer,
-        prompts,
-        Decoding(max_new_tokens=a.new_tokens),
-        batch_size=a.batch_size,
-    )
-    bf16_s = time.time() - start
+    bf16_s, _ = timed()
     return {
         "seconds": seconds,
         "target_tokens": sum(int(r["target_tokens"]) for r in log),
         "first_loss": float(log[0]["loss"]),
         "last_loss": float(log[-1]["loss"]),
         "gen_seconds": gen_s,
-        "gen_rows": len(out),
+        "gen_rows": n_rows,
         "bf16_seconds": bf16_s,
     }
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sides import report, run_sides
+from sides import report, run_sides, train_on_titles
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,36 +38,18 @@ def _records(n: int):
 
 
 def run_gentune(a) -> dict:
-    from gentune.config import TrainConfig
-    from gentune.demo import INSTRUCTION, aclsum_rows, write_jsonl
     from gentune.models import resolve_precision
-    from gentune.runs import read_log
-    from gentune.train import train
 
-    tmp = Path(tempfile.mkdtemp())
-    data = write_jsonl(tmp / "train.jsonl", aclsum_rows("train"))
-    val = write_jsonl(tmp / "val.jsonl", aclsum_rows("val")[:2])
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        val=str(val),
-        out=str(tmp / "run"),
-        instruction=INSTRUCTION,
+    log, _ = train_on_titles(
         method=a.method,
         max_steps=a.steps,
         batch_size=a.batch_size,
         lr=a.lr,
         max_length=a.max_length,
         packing=a.packing,
-        eval_generate=0,
-        eval_every=10**6,
-        progress=False,
-        tensorboard=False,
         seed=a.seed,
         precision=a.precision,
     )
-    train(cfg, log=lambda *_: None)
-    log = read_log(tmp / "run")
     # the loop's own time; the validation at the last step is excluded
     seconds = float(log[-1]["elapsed_s"])
     return {

@@ -201,26 +201,31 @@ def test_gradient_accumulation_equals_one_big_batch(models, family):
     assert_accumulation_matches(model, list(exs), source_pad_id(tok), atol=None)
 
 
-@pytest.fixture(scope="module")
-def bart_run(models, tmp_path_factory):
+def _lora_run(tmp_path_factory, model: str, steps: int) -> str:
+    """A short LoRA run of `model` on the test pairs."""
     from gentune.config import TrainConfig
     from gentune.train import train
 
-    tmp = tmp_path_factory.mktemp("bart-run")
+    tmp = tmp_path_factory.mktemp("run")
     data = write_jsonl(tmp / "d.jsonl", PAIRS * 3)
     cfg = TrainConfig(
         task="summarization",
         data=str(data),
         out=str(tmp / "run"),
-        model=models["bart"],
+        model=model,
         method="lora",
         lr=1e-2,
         batch_size=4,
-        max_steps=12,
+        max_steps=steps,
         progress=False,
         val_fraction=0.2,
     )
     return str(train(cfg, log=lambda *_: None))
+
+
+@pytest.fixture(scope="module")
+def bart_run(models, tmp_path_factory):
+    return _lora_run(tmp_path_factory, models["bart"], 12)
 
 
 def test_export_loads_with_auto_seq2seq_and_gives_the_same_text(bart_run, tmp_path):
@@ -268,24 +273,7 @@ def test_served_answers_equal_the_cli(bart_run, capsys):
 @pytest.fixture(scope="module")
 def pair_lora_run(models, tmp_path_factory):
     """A LoRA run of the BERT-encoder + GPT-2-decoder warm start (two tokenizers)."""
-    from gentune.config import TrainConfig
-    from gentune.train import train
-
-    tmp = tmp_path_factory.mktemp("pair-run")
-    data = write_jsonl(tmp / "d.jsonl", PAIRS * 3)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(tmp / "run"),
-        model=models["bert2gpt2"],
-        method="lora",
-        lr=1e-2,
-        batch_size=4,
-        max_steps=6,
-        progress=False,
-        val_fraction=0.2,
-    )
-    return str(train(cfg, log=lambda *_: None))
+    return _lora_run(tmp_path_factory, models["bert2gpt2"], 6)
 
 
 def test_lora_on_a_warm_start_trains_its_new_cross_attention_in_full(pair_lora_run):
