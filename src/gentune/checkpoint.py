@@ -42,6 +42,7 @@ from .config import TrainConfig
 from .errors import TrainingError, read_json_object
 
 PREFIX = "step-"
+SHARDS = "shards"  # the checkpoint's folder of tensors, one file per process
 
 
 def root(run_dir: str | Path) -> Path:
@@ -120,9 +121,9 @@ def save(
         tmp.mkdir()
     _barrier()
     tensors, groups = _tensors(model, optimizer)
-    dcp.save(
-        tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDS), save_distributed=True)
-    )
+    with _one_process_is_fine():
+        writer = HuggingFaceStorageWriter(str(tmp / SHARDS), save_distributed=True)
+        dcp.save(tensors, storage_writer=writer)
     if crash_hook:
         crash_hook("save")  # tests kill the process here, mid-save
     if main:
@@ -140,9 +141,6 @@ def save(
         prune(run_dir, keep_last=keep_last, keep=keep)
     _barrier()
     return final
-
-
-SHARDS = "shards"
 
 
 @contextmanager
