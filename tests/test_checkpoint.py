@@ -258,3 +258,23 @@ def test_state_tree_round_trip_is_exact(tmp_path):
     (tmp_path / "optimizer.pt").write_bytes(b"old")
     with pytest.raises(TrainingError, match="old pickle format"):
         checkpoint.load(tmp_path, model=torch.nn.Linear(1, 1))
+
+
+def test_saving_and_loading_in_one_process_warn_of_nothing(tiny_llama, tmp_path):
+    """torch.distributed.checkpoint warns when there is no process group; one process is a
+    normal way to train, so a user sees no such warning at every checkpoint."""
+    import warnings
+
+    from transformers import get_scheduler
+
+    from gentune.models import load_model
+
+    model, _, _ = load_model(tiny_llama)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = get_scheduler("constant", opt)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        path = checkpoint.save(tmp_path, 1, model=model, optimizer=opt, scheduler=sched,
+                               state={}, keep_last=1)  # fmt: skip
+        checkpoint.load(path, model=model, optimizer=opt, scheduler=sched)
+    assert not [w for w in seen if "torch.distributed" in str(w.message)]
