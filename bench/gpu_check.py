@@ -76,16 +76,13 @@ def _peak_memory_mb() -> float | None:
 
 
 def run_train(a) -> dict:
-    from gentune.runs import read_manifest
-
-    log, run = train_on_titles(
+    log, stats = train_on_titles(
         method=a.method,
         precision=a.precision,
         max_steps=a.steps,
         batch_size=a.batch_size,
         max_length=a.max_length,
     )
-    stats = read_manifest(run)["stats"]
     params = int(stats["total_parameters"])
     tokens = sum(int(r["tokens"]) for r in log)
     seconds = float(log[-1]["elapsed_s"])  # the loop's own time (validation excluded)

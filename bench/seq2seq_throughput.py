@@ -23,6 +23,7 @@ Training: target tokens (title + EOS) per second of the loop; generation: rows p
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -117,6 +118,7 @@ def run_gentune(a) -> dict:
     gen_s, n_rows = timed()
     loaded.model.to(torch.bfloat16)  # what --precision bf16 does to generation's weights
     bf16_s, _ = timed()
+    shutil.rmtree(tmp, ignore_errors=True)  # (the run's checkpoints: a gigabyte)
     return {
         "seconds": seconds,
         "target_tokens": sum(int(r["target_tokens"]) for r in log),
@@ -216,6 +218,7 @@ def main() -> None:
         "gentune (default)": ["--worker", "gentune", "--precision", "auto"],
     }
     results = run_sides(__file__, sides, ["--model", str(model), *sys.argv[1:]])
+    shutil.rmtree(model.parent, ignore_errors=True)
     base = results["Seq2SeqTrainer"]
     print(
         f"\nt5-small architecture (random weights), {a.steps} steps of {a.batch_size} rows, "

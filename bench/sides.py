@@ -31,32 +31,34 @@ def run_sides(script: str, sides: dict[str, list[str]], args: list[str]) -> dict
     return results
 
 
-def train_on_titles(**settings):
+def train_on_titles(**settings) -> tuple[list[dict], dict]:
     """`gentune train` (the library call) on ACLSum abstract -> title, the demo's rows and
     instruction, with no validation before the end; `settings` are TrainConfig's (method,
-    max_steps, precision, ...). Returns the run's log rows (metrics.csv) and its directory."""
+    max_steps, precision, ...). Returns the run's log rows (metrics.csv) and its manifest's
+    stats; the run directory (gigabytes of checkpoints for a full fine-tune) is deleted."""
     import tempfile
     from pathlib import Path
 
     from gentune.config import TrainConfig
     from gentune.demo import INSTRUCTION, aclsum_rows, write_jsonl
-    from gentune.runs import read_log
+    from gentune.runs import read_log, read_manifest
     from gentune.train import train
 
-    tmp = Path(tempfile.mkdtemp())
-    data = write_jsonl(tmp / "train.jsonl", aclsum_rows("train"))
-    val = write_jsonl(tmp / "val.jsonl", aclsum_rows("val")[:2])
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        val=str(val),
-        out=str(tmp / "run"),
-        instruction=INSTRUCTION,
-        eval_generate=0,
-        eval_every=10**6,
-        progress=False,
-        tensorboard=False,
-        **settings,
-    )
-    train(cfg, log=lambda *_: None)
-    return read_log(tmp / "run"), tmp / "run"
+    with tempfile.TemporaryDirectory(prefix="gentune-bench-") as where:
+        tmp = Path(where)
+        data = write_jsonl(tmp / "train.jsonl", aclsum_rows("train"))
+        val = write_jsonl(tmp / "val.jsonl", aclsum_rows("val")[:2])
+        cfg = TrainConfig(
+            task="summarization",
+            data=str(data),
+            val=str(val),
+            out=str(tmp / "run"),
+            instruction=INSTRUCTION,
+            eval_generate=0,
+            eval_every=10**6,
+            progress=False,
+            tensorboard=False,
+            **settings,
+        )
+        train(cfg, log=lambda *_: None)
+        return read_log(tmp / "run"), read_manifest(tmp / "run")["stats"]

@@ -231,37 +231,58 @@ def _free_port() -> int:
 
 def _nodes(model, data, out, *extra, faults=("", ""), grace=None):
     """Two 'nodes' of one process each, joined by c10d rendezvous on 127.0.0.1: [(exit code,
-    output)]. With `grace`, once one node has ended the other gets that many seconds before it
-    is killed (a process that hangs by itself is not the launcher's to end)."""
+    output)]. With `grace`, once one node has ended the other gets that many seconds, then
+    every process of both (launchers and their workers, which torchrun starts in sessions of
+    their own) is killed: a process that hangs by itself is not its launcher's to end."""
+    import tempfile
     import time
 
+    import psutil
+
     port = _free_port()
-    procs = []
+    procs, logs = [], []
     for node in range(2):
         launcher = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                     "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                     "--rdzv-id", "gentune-test", "--max-restarts", "0"]  # fmt: skip
+        log = tempfile.TemporaryFile("w+")  # a file, not a pipe: no read waits for a worker
+        logs.append(log)
         procs.append(
             subprocess.Popen(
                 [sys.executable, *launcher, *_args(model, data, out, *extra, method="full")],
                 env={**ENV, **({"GENTUNE_FAULT": faults[node]} if faults[node] else {})},
-                stdout=subprocess.PIPE,
+                stdout=log,
                 stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,  # its launcher and worker are killed together
             )
         )
-    if grace is not None:
-        deadline = time.time() + 600
-        while all(p.poll() is None for p in procs) and time.time() < deadline:
-            time.sleep(0.5)
-        deadline = time.time() + grace
-        while any(p.poll() is None for p in procs) and time.time() < deadline:
-            time.sleep(0.5)
+    deadline = time.time() + 600
+    family: dict[int, psutil.Process] = {}  # every launcher's descendant seen, by pid
+    ended = False
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
         for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, 9)
-    return [(p.wait(timeout=600), p.stdout.read()) for p in procs]
+            try:
+                family.update({c.pid: c for c in psutil.Process(p.pid).children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+        if grace is not None and not ended and any(p.poll() is not None for p in procs):
+            ended = True  # one node is done: the other gets `grace` seconds from now
+            deadline = min(deadline, time.time() + grace)
+        time.sleep(0.5)
+    for child in family.values():  # what is left: a hung worker, its launcher
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    done = []
+    for p, log in zip(procs, logs, strict=True):
+        code = p.wait(timeout=60)
+        log.seek(0)
+        done.append((code, log.read()))
+        log.close()
+    return done
 
 
 def test_two_nodes_by_c10d_rendezvous_equal_two_workers_of_one(tiny_llama, single, tmp_path):
