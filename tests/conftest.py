@@ -27,12 +27,11 @@ CORPUS = [
 ]
 
 
-def _tokenizer(eos: str, chat: bool, pad_is_eos: bool):
+def byte_level_bpe(texts: list[str], specials: list[str], unk: str | None = None):
+    """A byte-level BPE tokenizer (GPT-2's kind) of 400 pieces trained on `texts`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -40,7 +39,14 @@ def _tokenizer(eos: str, chat: bool, pad_is_eos: bool):
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(CORPUS * 5, trainer)
+    tok.train_from_iterator(texts * 5, trainer)
+    return tok
+
+
+def _tokenizer(eos: str, chat: bool, pad_is_eos: bool):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = byte_level_bpe(CORPUS, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=eos, pad_token=eos if pad_is_eos else None
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import CORPUS
+from .conftest import CORPUS, byte_level_bpe
 
 DIGITS = " ".join(str(i) for i in range(100))
 
@@ -34,16 +34,7 @@ def _tokenizer(family: str):
             mask_token="[MASK]",
         )
     # T5 and Marian: <pad> first (the decoder starts with it), "$A </s>"; BART: "<s> $A </s>"
-    specials = ["<pad>", "</s>", "<unk>", "<s>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([*CORPUS, DIGITS] * 5, trainer)
+    tok = byte_level_bpe([*CORPUS, DIGITS], ["<pad>", "</s>", "<unk>", "<s>"], unk="<unk>")
     eos, bos = tok.token_to_id("</s>"), tok.token_to_id("<s>")
     single = "<s> $A </s>" if family == "bart" else "$A </s>"
     tok.post_processor = processors.TemplateProcessing(
