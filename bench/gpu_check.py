@@ -82,6 +82,7 @@ def run_train(a) -> dict:
         max_steps=a.steps,
         batch_size=a.batch_size,
         max_length=a.max_length,
+        model=a.model,
     )
     params = int(stats["total_parameters"])
     tokens = sum(int(r["tokens"]) for r in log)
@@ -110,7 +111,7 @@ def run_generate(a) -> dict:
     from gentune.runs import load_for_inference
     from gentune.tasks import build_template, get_task
 
-    loaded = load_for_inference("smollm2-135m", precision=a.precision)
+    loaded = load_for_inference(a.model, precision=a.precision)
     template = build_template(get_task("summarization"), loaded.tokenizer, instruction=INSTRUCTION)
     prompts = [
         encode_prompt(Record(source="g", row=i, **r), template, loaded.tokenizer, max_length=512)[0]
@@ -144,6 +145,7 @@ def _mem(r: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="a few steps and rows (CI, on a CPU)")
+    p.add_argument("--model", default="smollm2-135m", help="model id or directory")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
@@ -173,7 +175,7 @@ def main() -> None:
     }
     results = run_sides(__file__, {**train_sides, **gen_sides}, passed)
     print(
-        f"\nSmolLM2-135M (embedded) on {_device().type}: {_device_name()}; training "
+        f"\n{a.model} on {_device().type}: {_device_name()}; training "
         f"{a.steps} steps of {a.batch_size} rows (ACLSum abstract -> title, <= {a.max_length} "
         f"tokens); generation {a.prompts} rows, {a.new_tokens} new tokens each, batch "
         f"{a.batch_size}\n"

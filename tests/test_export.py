@@ -38,7 +38,7 @@ def test_export_round_trip_gives_identical_greedy_text(lora_run, tmp_path):
             msgs, add_generation_prompt=True, tokenize=True, return_dict=False
         )
         assert list(plain_ids) == ids
-        gen = model.generate(torch.tensor([plain_ids]), max_new_tokens=10)
+        gen = model.generate(torch.tensor([plain_ids], device=model.device), max_new_tokens=10)
         got = tok.decode(gen[0, len(plain_ids) :], skip_special_tokens=True).strip()
         assert got == want
     # gentune itself serves the exported directory with the same template

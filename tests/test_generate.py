@@ -56,7 +56,7 @@ def test_shared_prefix_cache_gives_the_same_greedy_text_as_plain_generate(reques
     stop = eos_ids(model, tok)
     plain = []
     for p in ids:
-        x = torch.tensor([p])
+        x = torch.tensor([p], device=model.device)
         out = model.generate(
             x,
             attention_mask=torch.ones_like(x),

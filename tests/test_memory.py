@@ -14,8 +14,11 @@ from tests.conftest import PAIRS, write_jsonl
 
 
 def test_peak_resets_so_a_later_peak_is_measured_alone():
-    block = bytearray(400 * 2**20)  # touched: 400 MiB resident
-    block[::4096] = b"x" * len(block[::4096])
+    if torch.cuda.is_available():  # the peak read is the GPU's
+        block = torch.ones(100 * 2**20, device="cuda")  # 400 MiB
+    else:
+        block = bytearray(400 * 2**20)  # touched: 400 MiB resident
+        block[::4096] = b"x" * len(block[::4096])
     high = memory.peak_memory_mb()
     del block
     memory._release_freed()

@@ -43,7 +43,9 @@ def test_perplexity_is_exp_of_total_nll_over_total_tokens(tiny_llama):
     for r in recs:  # one row at a time, by hand
         [ex] = encode_example(r, tpl, loaded.tokenizer, max_length=256)
         with torch.no_grad():
-            logits = loaded.model(torch.tensor([ex.input_ids])).logits[0]
+            logits = loaded.model(torch.tensor([ex.input_ids], device=loaded.model.device)).logits[
+                0
+            ]
         for pos in range(1, len(ex.input_ids)):
             if ex.labels[pos] != -100:
                 total -= torch.log_softmax(logits[pos - 1], -1)[ex.labels[pos]].item()

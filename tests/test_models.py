@@ -42,3 +42,21 @@ def test_every_family_is_named_by_a_transformers_model_type():
     from gentune.models import FAMILIES
 
     assert [k for k in FAMILIES if k not in CONFIG_MAPPING] == []
+
+
+def test_loading_on_a_gpu_keeps_attention_off_cudnn(monkeypatch, tiny_llama):
+    """cuDNN attention builds a plan for every new shape (seconds per new batch length or
+    decoding step on an H200): a model loaded where there is a GPU turns it off."""
+    from gentune.models import load_model
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        load_model(tiny_llama)
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # a CPU leaves the setting alone
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        load_model(tiny_llama)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

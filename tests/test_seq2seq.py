@@ -181,7 +181,7 @@ def test_greedy_same_at_batch_1_and_8_and_as_a_plain_generate_loop(models, famil
     plain = []
     for p in ids:
         out = model.generate(
-            torch.tensor([p]),
+            torch.tensor([p], device=model.device),
             max_new_tokens=10,
             do_sample=False,
             num_beams=1,
@@ -533,7 +533,9 @@ def test_a_run_keeps_its_languages(multilingual, family, tmp_path):
     (ids,) = _prompt_ids(loaded, loaded.template)[:1]
     assert loaded.tokenizer.convert_ids_to_tokens(ids)[0] == de
     config = generation_config(loaded.model, loaded.tokenizer, Decoding(max_new_tokens=3))
-    out = loaded.model.generate(torch.tensor([ids]), generation_config=config)
+    out = loaded.model.generate(
+        torch.tensor([ids], device=loaded.model.device), generation_config=config
+    )
     assert loaded.tokenizer.convert_ids_to_tokens(out[0, 1:2].tolist()) == [en]  # forced
     # the code is the decoder's, not the text's
     (gen,) = generate(loaded.model, loaded.tokenizer, [ids], Decoding(max_new_tokens=3))

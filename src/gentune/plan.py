@@ -68,7 +68,8 @@ def training_autocast(cfg: TrainConfig):
 
 def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     """Time forward+backward on the longest micro-batch and on typical ones."""
-    model = prep.model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = prep.model.to(device)  # where training runs: the peak read is that device's
     model.train()
     loss_model = TargetLoss(model)
     collate_fn = collate_for(cfg.packing)
@@ -81,6 +82,7 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     timings = []
     for b in [longest] + batches[:steps]:
         batch = collate_fn(prep.train_ex.take(b), source_pad_id(prep.tokenizer))
+        batch = {k: v.to(device) for k, v in batch.items()}
         start = time.time()
         with training_autocast(cfg):
             nll, n = loss_model(batch)

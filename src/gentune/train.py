@@ -237,12 +237,12 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
                 f"--precision {state.precision} to keep it)"
             )
             state.precision = precision
+    prep.model.to(accelerator.device)  # before the memory probe, which measures the device's
     micro_tokens = fit_memory(cfg, prep, state, accelerator, log)
     if cfg.fsdp:
         if world == 1:
             log("gentune: --fsdp with one process: nothing to shard, training as usual")
         else:
-            prep.model.to(accelerator.device)
             n = distributed.shard(prep.model, precision)
             log(f"gentune: FSDP2 over {world} processes: {n} layers sharded one by one")
     # the optimizer after sharding: FSDP replaces the parameters by their shards
