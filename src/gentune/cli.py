@@ -182,7 +182,13 @@ def cmd_plan(a) -> None:
     """gentune plan."""
     from .plan import plan
 
-    print(plan(_train_config(a)))
+    print(
+        plan(
+            _train_config(a),
+            tests=getattr(a, "test", None) or (),
+            fail_on_leak=getattr(a, "fail_on_leak", False),
+        )
+    )
 
 
 def _records_from_args(a, template):
@@ -351,13 +357,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         TrainConfig,
         keep_defaults=True,
         extra={
+            "data": {"action": "append", "metavar": "FILE[:WEIGHT]"},
             "resume": {
                 "nargs": "?",
                 "const": "latest",
                 "metavar": "CHECKPOINT",
                 "help": "continue the run in --out from the latest complete checkpoint, or from "
                 "CHECKPOINT",
-            }
+            },
         },
     )
 
@@ -390,6 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--config", help="YAML recipe (see examples/)")
         _add_train_flags(p)
+        if name == "plan":
+            p.add_argument(
+                "--test",
+                action="append",
+                metavar="FILE",
+                help="a test file to check for rows that are also in the training data "
+                "(repeatable; the validation rows are always checked)",
+            )
+            p.add_argument(
+                "--fail-on-leak",
+                action="store_true",
+                help="stop with an error when validation or test rows are (nearly) training rows",
+            )
         p.add_argument(
             "overrides",
             nargs="*",

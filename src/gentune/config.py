@@ -24,7 +24,7 @@ def _fail(what: str, problems: list[str]):
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     task: str  # summarization | translation | dialogue | text
-    data: str  # training file (.jsonl/.csv/.tsv/.txt)
+    data: str | tuple[str, ...]  # training file(s); several as FILE:WEIGHT, mixed at those rates
     out: str  # run directory to write
     val: str | None = None  # validation file; default: split off from --data
     val_fraction: float = 0.1  # share of --data held out when --val is not given
@@ -86,6 +86,10 @@ class TrainConfig:
     progress: bool = True  # progress bar
 
     def __post_init__(self):
+        if isinstance(self.data, list):  # (YAML)
+            object.__setattr__(self, "data", tuple(self.data))
+        if isinstance(self.data, tuple) and len(self.data) == 1:
+            object.__setattr__(self, "data", self.data[0])
         problems = type_problems(self)
         bad = {p.split("=")[0] for p in problems}  # value checks skip mistyped fields
 
@@ -182,6 +186,11 @@ class TrainConfig:
             "resume and overwrite: choose one (continue the run in --out, or delete it and "
             "start again)",
         )
+        if "data" not in bad:
+            try:
+                _ = self.data_files
+            except ConfigError as e:
+                problems.append(str(e))
         if problems:
             _fail("training", problems)
 
@@ -209,6 +218,15 @@ class TrainConfig:
     @property
     def micro(self) -> int:
         return self.micro_batch_size or self.batch_size
+
+    @property
+    def data_files(self) -> list[tuple[str, float]]:
+        """(path, weight) of each --data file; one file alone is not mixed (weight 1)."""
+        from .mix import parse_spec
+
+        if isinstance(self.data, str):
+            return [(self.data, 1.0)]
+        return [parse_spec(spec) for spec in self.data]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import cache, memory, recipe
+from . import cache, memory, mix, recipe
 from .config import TrainConfig
 from .data import Fields, ReadReport, Record, split_indices
 from .encode import EncodeReport, Examples, pack_examples, with_length_limit
@@ -37,16 +37,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg: TrainConfig, template: PromptTemplate, tokenizer, max_length: int, *, log):
-    """(training part, validation part, read reports, data fingerprints): the files from the
-    data cache (encoded into it on first use), validation split off --data by a seeded draw
-    unless --val is given."""
-    fields = Fields(
+def data_fields(cfg: TrainConfig) -> Fields:
+    """The column names the data files use."""
+    return Fields(
         input=cfg.input_field,
         output=cfg.output_field,
         messages=cfg.messages_field,
         text=cfg.text_field,
     )
+
+
+def load_data(cfg: TrainConfig, template: PromptTemplate, tokenizer, max_length: int, *, log):
+    """(training part, validation part, read reports, `Sources`): the files from the data
+    cache (encoded into it on first use), validation split off the first --data file by a
+    seeded draw unless --val is given, several --data files mixed at their weights."""
+    fields = data_fields(cfg)
 
     def encoded(path: str) -> cache.Encoded:
         return cache.encode_file(
@@ -68,19 +73,45 @@ def load_data(cfg: TrainConfig, template: PromptTemplate, tokenizer, max_length:
             skip_long_targets=cfg.skip_long_targets,
         )
 
-    data = encoded(cfg.data)
-    files = [data]
+    paths = [path for path, _ in cfg.data_files]
+    data = encoded(paths[0])
+    more = [encoded(path) for path in paths[1:]]
+    # roles: the first --data file, the others (data:2, ...), --val
+    roles = {"data": paths[0], **{f"data:{i}": p for i, p in enumerate(paths[1:], 2)}}
+    files = [data, *more]
     if cfg.val:
         files.append(encoded(cfg.val))
-        train, val = part(data, range(data.n_records)), part(files[1], range(files[1].n_records))
+        roles["val"] = cfg.val
+        train, val = part(data, range(data.n_records)), part(files[-1], range(files[-1].n_records))
     else:
         train_recs, val_recs = split_indices(
-            data.n_records, val_fraction=cfg.val_fraction, seed=cfg.seed, source=cfg.data
+            data.n_records, val_fraction=cfg.val_fraction, seed=cfg.seed, source=paths[0]
         )
         train, val = part(data, train_recs), part(data, val_recs)
     reports = [ReadReport(path=f.source, rows=f.info["rows"], skipped=f.skipped) for f in files]
-    fingerprints = dict(zip(("data", "val"), (f.sha256 for f in files), strict=False))
-    return train, val, reports, fingerprints
+    fingerprints = {role: f.sha256 for role, f in zip(roles, files, strict=True)}
+    drawn = None
+    if more:
+        parts = [train, *(part(e, range(e.n_records)) for e in more)]
+        weights = [w for _, w in cfg.data_files]
+        examples, drawn = mix.mix([p.examples for p in parts], paths, weights, cfg.seed)
+        train = cache.Part(
+            examples,  # type: ignore[arg-type]
+            mix.ChainedRecords([p.records for p in parts]),  # type: ignore[arg-type]
+            mix.merged_report([p.report for p in parts], examples=len(examples)),
+            np.concatenate([p.keys for p in parts]),
+        )
+    return train, val, reports, Sources(fingerprints, roles, drawn)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The data files a run reads: their sha256 and paths by role, and the mix drawn from
+    several --data files (None for one)."""
+
+    fingerprints: dict[str, str]
+    paths: dict[str, str]
+    mix: mix.Mix | None
 
 
 def overlap_warnings(
@@ -92,7 +123,7 @@ def overlap_warnings(
     if cfg.val:
         if fingerprints["val"] == fingerprints["data"]:
             out.append(
-                f"--val {cfg.val} is the training file --data {cfg.data}: validation "
+                f"--val {cfg.val} is the training file --data {cfg.data_files[0][0]}: validation "
                 "scores will be optimistic; give held-out rows, or leave out --val to "
                 "split some off"
             )
@@ -127,7 +158,8 @@ class Prepared:
     read_reports: list
     n_trainable: int
     n_total: int
-    fingerprints: dict  # sha256 of the data files, by role (data, val)
+    fingerprints: dict  # sha256 of the data files, by role (data, data:2, ..., val)
+    sources: Sources  # the data files' paths by role, and the mix
 
     @property
     def scored_val(self) -> list:
@@ -160,9 +192,8 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
             "length-grouped, so little is padded)"
         )
     max_length = min(cfg.max_length, context_length(model))
-    train, val, read_reports, fingerprints = load_data(
-        cfg, template, tokenizer, max_length, log=log
-    )
+    train, val, read_reports, sources = load_data(cfg, template, tokenizer, max_length, log=log)
+    fingerprints = sources.fingerprints
     for rep in read_reports:
         if rep.skipped:
             log(
@@ -171,6 +202,8 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
             )
     for warning in overlap_warnings(cfg, fingerprints, train, val):
         log(f"gentune: warning: {warning}")
+    for line in sources.mix.lines() if sources.mix else []:
+        log(f"gentune: {line}")
     train_records, val_records = train.records, val.records
     train_ex, val_ex = train.examples, val.examples
     train_rep, val_rep = train.report, val.report
@@ -227,4 +260,5 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
         n_trainable,
         n_total,
         fingerprints,
+        sources,
     )

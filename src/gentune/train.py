@@ -552,11 +552,12 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
             template=prep.template,
             cfg=cfg,
             base_model=prep.resolved,
-            data_files={getattr(cfg, role): sha for role, sha in prep.fingerprints.items()},
+            data_files={prep.sources.paths[role]: sha for role, sha in prep.fingerprints.items()},
             stats={
                 "train": vars(prep.train_report),
                 "validation": vars(prep.val_report),
                 "read": [vars(r) for r in prep.read_reports],
+                "mix": prep.sources.mix.files if prep.sources.mix else None,
                 "steps": state.step,
                 "model_step": final_step,
                 "max_length": prep.max_length,
