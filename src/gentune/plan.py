@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from . import memory
+from . import checks, memory
 from .config import TrainConfig
+from .data import read_records
 from .encode import IGNORE, PackedExamples, collate_for, length_grouped_batches
-from .errors import TrainingError
+from .errors import DataError, TrainingError
 from .memory import peak_memory_mb
 from .models import resolve_precision
-from .prepare import prepare
+from .prepare import data_fields, prepare
+from .tasks import get_task
 from .tokenizer import source_pad_id, source_tokenizer
 from .train import TargetLoss
 
@@ -100,12 +103,33 @@ def probe(prep, cfg: TrainConfig, steps: int = 2) -> dict:
     }
 
 
-def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
+def data_checks(prep, tests: Sequence[str] = ()) -> checks.Report:
+    """`checks.check` of the training rows against the validation rows and the test files."""
+    kind = get_task(prep.cfg.task).kind
+    held = [("validation", prep.val_records)]
+    held += [
+        (f"test {path}", read_records(path, kind=kind, fields=data_fields(prep.cfg)))
+        for path in tests
+    ]
+    return checks.check(prep.train_records, held)
+
+
+def plan(
+    cfg: TrainConfig, *, measure: bool = True, tests: Sequence[str] = (), fail_on_leak=False
+) -> str:
     """What training with `cfg` would do, as text: rows, token percentiles, truncation, the
-    first example with its trained spans, parameters and (measure=True) time and memory from a
-    short probe."""
+    data checks (against the validation rows and the `tests` files), the first example with
+    its trained spans, parameters and (measure=True) time and memory from a short probe.
+    fail_on_leak: validation or test rows found in the training data raise a DataError."""
     lines: list[str] = []
     prep = prepare(cfg, log=lambda *_: None)
+    found = data_checks(prep, tests)
+    if fail_on_leak and found.leaked:
+        first = next(f for f in found.leaks if f.count)
+        raise DataError(
+            f"--fail-on-leak: {found.leaked} validation or test rows are (nearly) training "
+            f"rows, e.g. {first.examples[0]}; remove them from the training data"
+        )
     cfg = prep.cfg  # with the automatic settings decided
     tok = prep.tokenizer
     # per-example statistics, not per packed row
@@ -128,6 +152,8 @@ def plan(cfg: TrainConfig, *, measure: bool = True) -> str:
             lines.append(
                 f"  skipped {len(r.skipped)} invalid rows in {r.path}, e.g. {r.skipped[0]}"
             )
+    lines.append("data checks:")
+    lines += [f"  {line}" for line in found.lines()]
     context, target = (
         ("source (encoder)", "target (decoder, EOS included)")
         if examples[0].seq2seq
