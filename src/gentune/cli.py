@@ -369,6 +369,18 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_models(a) -> None:
+    """gentune models: the embedded models, their size, licence and state."""
+    from .models import EMBEDDED, converted_path, is_converted, is_installed
+
+    print("| name | model | parameters | licence | package | converted |")
+    print("|---|---|---|---|---|---|")
+    for name, e in EMBEDDED.items():
+        package = "installed" if is_installed(name) else f"missing: {e.install}"
+        converted = str(converted_path(name)) if is_converted(name) else "not yet (on first use)"
+        print(f"| {name} | {e.model} | {e.parameters} | {e.licence} | {package} | {converted} |")
+
+
 def cmd_demo_data(a) -> None:
     """gentune demo-data."""
     from .demo import write_demo_data
@@ -502,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/data")
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("models", help="list the embedded models: size, licence, converted or not")
+    p.set_defaults(func=cmd_models)
     return parser
 
 

