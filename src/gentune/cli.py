@@ -369,6 +369,19 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_distill(a) -> None:
+    """gentune distill: label inputs with a teacher, filter, train the student, report."""
+    from dataclasses import fields
+
+    from .distill import DistillSettings, distill
+    from .tasks import get_task
+
+    if get_task(a.task).kind != "pairs":
+        raise UsageError(f"--task {a.task}: distill labels inputs with outputs (pairs tasks)")
+    names = {f.name for f in fields(DistillSettings)}
+    distill(DistillSettings(**{k: v for k, v in vars(a).items() if k in names}))
+
+
 def cmd_models(a) -> None:
     """gentune models: the embedded models, their size, licence and state."""
     from .models import EMBEDDED, converted_path, is_converted, is_installed
@@ -514,6 +527,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/data")
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "distill",
+        help="label unlabelled inputs with a teacher, then train a student on gold + pseudo",
+        description="A teacher (a gentune run, a model, or an OpenAI-compatible URL) labels "
+        "--inputs into OUT/labels.jsonl (resumable), the labels are filtered into "
+        "OUT/pseudo.jsonl, a student is trained on --gold mixed with them, and with --test the "
+        "base, student(s) and teacher are scored side by side (OUT/report.md).",
+    )
+    p.add_argument("--task", required=True, help="summarization | translation")
+    p.add_argument("--teacher", required=True, help="run, model directory, name, id or URL")
+    p.add_argument("--inputs", required=True, help="unlabelled inputs (an input column)")
+    p.add_argument("--out", required=True, help="directory for labels, runs and the report")
+    p.add_argument("--gold", help="labelled rows: mixed with the pseudo-labels; length filters")
+    p.add_argument("--test", help="labelled rows to score base, student and teacher on")
+    p.add_argument("--instruction", help="the task's instruction (teacher and student)")
+    p.add_argument("--source-lang")
+    p.add_argument("--target-lang")
+    p.add_argument("--teacher-api", choices=["completions", "chat"], default="completions",
+                   help="URL teachers: /v1/completions (input as the prompt: gentune serve "
+                   "applies its template) or /v1/chat/completions (instruction + input)")  # fmt: skip
+    p.add_argument("--teacher-model", help="URL teachers: the model name to ask for")
+    p.add_argument("--teacher-api-key", help="URL teachers: bearer key (else $OPENAI_API_KEY)")
+    p.add_argument("--candidates", type=_positive(int), default=1,
+                   help="candidates per input (beams, or samples with --sample); the teacher's "
+                   "best is kept")  # fmt: skip
+    p.add_argument("--sample", action="store_true", help="sample the candidates")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=_positive(int))
+    p.add_argument("--concurrency", type=_positive(int), default=4, help="URL requests in flight")
+    p.add_argument("--retries", type=int, default=4, help="retries per request (back-off)")
+    p.add_argument("--limit", type=_positive(int), help="label the first N inputs only")
+    p.add_argument("--student", default="smollm2-135m", help="the student's base model")
+    p.add_argument("--gold-weight", type=float, default=1.0, help="share of gold per epoch")
+    p.add_argument("--pseudo-weight", type=float, default=1.0, help="share of pseudo per epoch")
+    p.add_argument("--epochs", type=_positive(float))
+    p.add_argument("--max-steps", type=_positive(int))
+    p.add_argument("--baseline", action="store_true", help="also train on the gold rows alone")
+    p.add_argument("--label-only", action="store_true", help="label and filter; train nothing")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("models", help="list the embedded models: size, licence, converted or not")
     p.set_defaults(func=cmd_models)

@@ -38,6 +38,10 @@ class TrainingError(GentuneError, RuntimeError):
     """Training stopped; the message says why and what to do."""
 
 
+class TeacherError(GentuneError, RuntimeError):
+    """A distillation teacher that cannot be used (unreachable, refusing every request)."""
+
+
 # ---- files gentune wrote itself: damaged ones are named, never a traceback ---------------------
 def read_json_object(path, what: str, error: type[GentuneError] = RunError) -> dict:
     """A JSON object gentune saved (manifest, template, settings); a damaged file raises

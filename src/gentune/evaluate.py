@@ -110,7 +110,7 @@ def corpus_perplexity(
     return perplexity(total, count), count, report.too_long
 
 
-def _score(
+def score(
     spec: str,
     loaded: Loaded,
     template: PromptTemplate,
@@ -212,7 +212,7 @@ def evaluate(
     decoding = default_decoding(template, **(decoding_overrides or {}))
     if "max_new_tokens" not in (decoding_overrides or {}):
         print(f"gentune: {template.new_tokens_note()}", file=sys.stderr)
-    result, rows = _score(
+    result, rows = score(
         spec,
         loaded,
         template,
@@ -228,7 +228,7 @@ def evaluate(
     del loaded  # free the memory before loading the second model
     base = load_for_inference(compare, precision=precision, quantize=quantize)  # as the run
     base_template = base.template or template  # a plain base gets the run's own prompt
-    base_result, base_rows = _score(
+    base_result, base_rows = score(
         compare,
         base,
         base_template,
