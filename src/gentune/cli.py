@@ -343,6 +343,18 @@ def cmd_serve(a) -> None:
 
 def cmd_demo(a) -> None:
     """gentune demo."""
+    if a.distill:
+        from .demo_distill import demo_distill
+
+        demo_distill(
+            a.out if a.out != "runs/demo" else "runs/distill-demo",
+            gold=a.gold_rows,
+            inputs=a.input_rows,
+            test=a.test_rows,
+            max_steps=a.max_steps,
+            progress=not a.no_progress,
+        )
+        return
     from .demo import demo
 
     demo(a.out, epochs=a.epochs, max_steps=a.max_steps, limit=a.limit, progress=not a.no_progress)
@@ -520,6 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive(int), help="evaluate on the first N validation rows only"
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="the distillation demo instead: Gemma-3-270M teaches SmolLM2-135M German -> "
+        "English through gentune serve (Debian's trans-de-en; out: runs/distill-demo)",
+    )
+    p.add_argument("--gold-rows", type=_positive(int), default=300, help="--distill: gold rows")
+    p.add_argument("--input-rows", type=_positive(int), default=1000, help="--distill: inputs")
+    p.add_argument("--test-rows", type=_positive(int), default=200, help="--distill: test rows")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(

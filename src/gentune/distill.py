@@ -30,7 +30,15 @@ from .checks import COPY, jaccard, normalize, shingles
 from .config import Decoding, TrainConfig
 from .data import Record, read_records
 from .errors import TeacherError, UsageError
-from .teacher import HttpTeacher, Label, LocalTeacher, agreement_choice
+from .teacher import (
+    HttpTeacher,
+    Label,
+    LocalTeacher,
+    agreement_choice,
+    label_decoding,
+    make_teacher,
+    word_count,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,11 +237,6 @@ def _timed(fn, *args):
 
 
 # ---- filters -----------------------------------------------------------------------------------
-def word_count(text: str) -> int:
-    """Words, split at whitespace (the length filters' unit: any teacher's output has them)."""
-    return len(text.split())
-
-
 def filter_labels(labels: list[dict], gold_targets: list[str] | None) -> tuple[list[dict], dict]:
     """(kept {input, output} rows, {filter: rows dropped}), each label tested in this order:
     no label (the teacher failed), empty, not stopped by EOS, too short / too long against the
@@ -283,46 +286,6 @@ def filter_labels(labels: list[dict], gold_targets: list[str] | None) -> tuple[l
 
 
 # ---- the whole step ----------------------------------------------------------------------------
-def make_teacher(s: DistillSettings):
-    """An HttpTeacher for an http(s) URL, else a LocalTeacher loaded here."""
-    if s.teacher.startswith(("http://", "https://")):
-        return HttpTeacher(
-            s.teacher,
-            api=s.teacher_api,
-            model=s.teacher_model,
-            api_key=s.teacher_api_key or os.environ.get("OPENAI_API_KEY"),
-            instruction=s.instruction,
-            concurrency=s.concurrency,
-            retries=s.retries,
-        )
-    return LocalTeacher(
-        s.teacher,
-        task=s.task,
-        instruction=s.instruction,
-        source_lang=s.source_lang,
-        target_lang=s.target_lang,
-    )
-
-
-def label_decoding(s: DistillSettings, teacher, gold_targets: list[str] | None) -> Decoding:
-    """Greedy, beams (candidates > 1) or sampling; new tokens from --max-new-tokens, the local
-    teacher's own cap, or 1.5x the gold targets' longest words x 2 tokens per word."""
-    if s.max_new_tokens:
-        cap = s.max_new_tokens
-    elif isinstance(teacher, LocalTeacher):
-        cap = teacher.template.new_tokens_cap()[0]
-    elif gold_targets:
-        cap = int(3 * max(word_count(t) for t in gold_targets)) + 8
-    else:
-        cap = 128
-    n = s.candidates
-    if s.sample:
-        return Decoding(
-            max_new_tokens=cap, do_sample=True, temperature=s.temperature, num_return_sequences=n
-        )
-    return Decoding(max_new_tokens=cap, num_beams=n, num_return_sequences=n)
-
-
 def _records(path: str, kind: str = "pairs", require_output: bool = False) -> list[Record]:
     return read_records(path, kind=kind, require_output=require_output)  # type: ignore[arg-type]
 

@@ -53,10 +53,11 @@ def _http_rows(teacher, records, decoding) -> tuple[list[dict], float]:
 
 def side_by_side(s, runs: dict[str, str], result: dict, *, log=print) -> dict:
     """Score every model on s.test; write OUT/report.md; returns the numbers."""
-    from .distill import _records, label_decoding, make_teacher
+    from .data import read_records
     from .tasks import get_task
+    from .teacher import label_decoding, make_teacher
 
-    records = _records(s.test, require_output=True)
+    records = read_records(s.test, kind="pairs")
     headline = get_task(s.task).metrics[0]
     student = runs["student"]
     models: dict[str, tuple[list[dict], float]] = {}
@@ -66,7 +67,7 @@ def side_by_side(s, runs: dict[str, str], result: dict, *, log=print) -> dict:
         models[name] = _local_rows(run, records, None, s)
     teacher = make_teacher(s)
     if hasattr(teacher, "request"):
-        gold = _records(s.gold, require_output=True) if s.gold else None
+        gold = read_records(s.gold, kind="pairs") if s.gold else None
         decoding = label_decoding(s, teacher, [r.output or "" for r in gold] if gold else None)
         models[f"teacher ({s.teacher})"] = _http_rows(teacher, records, decoding)
     else:

@@ -12,6 +12,7 @@ label says which rule chose it.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import urllib.error
@@ -198,3 +199,49 @@ class HttpTeacher:
         raise TeacherError(
             f"teacher {self.endpoint} did not answer after {self.retries + 1} attempts ({last})"
         )
+
+
+def word_count(text: str) -> int:
+    """Words, split at whitespace (the length filters' unit: any teacher's output has them)."""
+    return len(text.split())
+
+
+def make_teacher(s):
+    """An HttpTeacher for an http(s) URL, else a LocalTeacher loaded here (`s`: the
+    distillation's settings)."""
+    if s.teacher.startswith(("http://", "https://")):
+        return HttpTeacher(
+            s.teacher,
+            api=s.teacher_api,
+            model=s.teacher_model,
+            api_key=s.teacher_api_key or os.environ.get("OPENAI_API_KEY"),
+            instruction=s.instruction,
+            concurrency=s.concurrency,
+            retries=s.retries,
+        )
+    return LocalTeacher(
+        s.teacher,
+        task=s.task,
+        instruction=s.instruction,
+        source_lang=s.source_lang,
+        target_lang=s.target_lang,
+    )
+
+
+def label_decoding(s, teacher, gold_targets: list[str] | None) -> Decoding:
+    """Greedy, beams (candidates > 1) or sampling; new tokens from --max-new-tokens, the local
+    teacher's own cap, or 1.5x the gold targets' longest words x 2 tokens per word."""
+    if s.max_new_tokens:
+        cap = s.max_new_tokens
+    elif isinstance(teacher, LocalTeacher):
+        cap = teacher.template.new_tokens_cap()[0]
+    elif gold_targets:
+        cap = int(3 * max(word_count(t) for t in gold_targets)) + 8
+    else:
+        cap = 128
+    n = s.candidates
+    if s.sample:
+        return Decoding(
+            max_new_tokens=cap, do_sample=True, temperature=s.temperature, num_return_sequences=n
+        )
+    return Decoding(max_new_tokens=cap, num_beams=n, num_return_sequences=n)
