@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gentune.cli import main
+from gentune.data import Record
 from gentune.distill import filter_labels, read_cache
 
 from .conftest import PAIRS, write_jsonl
@@ -28,8 +29,8 @@ class FakeTeacher:
     """An OpenAI-compatible /v1/completions that labels "x" with "label of x"; `delay` per
     request, `refuse` inputs answered with HTTP 400, `broken` answers every request with 500."""
 
-    def __init__(self, delay=0.0, refuse=(), broken=False):
-        self.delay, self.refuse, self.broken = delay, set(refuse), broken
+    def __init__(self, delay=0.0, refuse=(), broken=False, code=500):
+        self.delay, self.refuse, self.broken, self.code = delay, set(refuse), broken, code
         self.seen: Counter = Counter()
         teacher = self
 
@@ -40,7 +41,7 @@ class FakeTeacher:
                 teacher.seen[prompt] += 1
                 time.sleep(teacher.delay)
                 if teacher.broken or prompt in teacher.refuse:
-                    code = 500 if teacher.broken else 400
+                    code = teacher.code if teacher.broken else 400
                     self.send_response(code)
                     self.end_headers()
                     self.wfile.write(b'{"error": {"message": "no"}}')
@@ -159,6 +160,32 @@ def test_an_unreachable_or_failing_teacher_stops_with_one_line_and_keeps_the_lab
     assert len(labelled) == 10
 
 
+def test_a_refused_key_or_a_wrong_url_stops_at_once(inputs, tmp_path, capsys):
+    for code, says in ((401, "check --teacher-api-key"), (404, "no such endpoint")):
+        teacher = FakeTeacher(broken=True, code=code)
+        try:
+            assert main(_label_args(teacher.url, inputs, tmp_path / str(code))) == 2
+        finally:
+            teacher.close()
+        assert says in capsys.readouterr().err
+        assert sum(teacher.seen.values()) <= 4  # not one request per row: the first answers
+
+
+def test_test_rows_in_the_inputs_or_the_gold_are_warned_about():
+    from gentune.data import Record
+    from gentune.distill import test_leaks
+
+    def rec(src, i, text):
+        return Record(source=src, row=i, input=text, output="o")
+
+    test = [rec("test", 1, "Der Hund schläft im Garten."), rec("test", 2, "Ganz neu hier.")]
+    lines = test_leaks(test, [rec("in", 5, "der hund schläft im garten")], [rec("gold", 1, "x")])
+    assert lines == [
+        "test rows whose input is also in --inputs (exact): 1, e.g. test:1 = in:5; the scores "
+        "would be optimistic"
+    ]
+
+
 def test_filters_count_what_they_drop():
     def label(i, inp, out, eos=True):
         return {"row": i, "key": str(i), "input": inp, "output": out, "stopped_by_eos": eos}
@@ -217,3 +244,38 @@ def test_distill_end_to_end_on_tiny_models(trained_run, tiny_llama, tmp_path):
         assert name in report
     result = json.loads((out / "distill.json").read_text())
     assert set(result["training_seconds"]) == {"student", "student (gold only)"}
+
+
+@pytest.mark.slow
+def test_labels_through_gentune_serve_equal_gentune_generate(trained_run, tmp_path):
+    """The URL teacher against gentune's own server (its run's template applied to the input):
+    the labels are what `gentune generate` makes of the same inputs, stopped by EOS."""
+    from gentune.config import Decoding
+    from gentune.demo_distill import _free_port, _wait_ready
+    from gentune.encode import encode_prompt
+    from gentune.generate import generate
+    from gentune.runs import load_for_inference
+
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"input": r["input"]} for r in PAIRS])
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gentune", "serve", trained_run, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_ready(url, server, timeout=120)
+        assert main(_label_args(url, inputs, tmp_path / "d")) == 0
+    finally:
+        server.kill()
+        server.wait()
+    labels = [json.loads(x) for x in (tmp_path / "d" / "labels.jsonl").read_text().splitlines()]
+    loaded = load_for_inference(trained_run)
+    records = [Record(source="x", row=i, input=r["input"]) for i, r in enumerate(PAIRS)]
+    prompts = [encode_prompt(r, loaded.template, loaded.tokenizer, 1024)[0] for r in records]
+    want = generate(loaded.model, loaded.tokenizer, prompts, Decoding(max_new_tokens=16))
+    assert [x["output"] for x in labels] == [g.text for g in want]
+    assert [x["stopped_by_eos"] for x in labels] == [g.finished for g in want]
+    assert all(x["stopped_by_eos"] for x in labels)  # the trained run answers and stops

@@ -286,6 +286,22 @@ def filter_labels(labels: list[dict], gold_targets: list[str] | None) -> tuple[l
 
 
 # ---- the whole step ----------------------------------------------------------------------------
+def test_leaks(test: list[Record], inputs: list[Record], gold: list[Record]) -> list[str]:
+    """Test rows whose input is (nearly) an input the teacher labels or a gold row: the
+    student would be scored on what it was trained on."""
+    from .checks import leakage
+
+    out = []
+    for name, rows in (("--inputs", inputs), ("--gold", gold)):
+        for found in leakage(rows, test, "test") if rows else ():
+            if found.count:
+                out.append(
+                    f"{found.what.replace('a training input', f'in {name}')}: {found.count}, "
+                    f"e.g. {found.examples[0]}; the scores would be optimistic"
+                )
+    return out
+
+
 def _records(path: str, kind: str = "pairs", require_output: bool = False) -> list[Record]:
     return read_records(path, kind=kind, require_output=require_output)  # type: ignore[arg-type]
 
@@ -303,6 +319,9 @@ def distill(s: DistillSettings, *, log: Callable[[str], None] = print) -> dict:
         inputs = inputs[: s.limit]
     gold = _records(s.gold, require_output=True) if s.gold else None
     gold_targets = [r.output or "" for r in gold] if gold else None
+    if s.test:
+        for line in test_leaks(_records(s.test, require_output=True), inputs, gold or []):
+            log(f"gentune distill: warning: {line}")
     teacher = make_teacher(s)
     decoding = label_decoding(s, teacher, gold_targets)
     counts = label_inputs(teacher, inputs, decoding, out / "labels.jsonl", log=log)

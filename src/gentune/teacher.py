@@ -181,6 +181,17 @@ class HttpTeacher:
                     answer = json.loads(resp.read())
             except urllib.error.HTTPError as e:
                 detail = e.read()[:300].decode(errors="replace")
+                if e.code in (401, 403):  # the same for every row: stop at once
+                    raise TeacherError(
+                        f"teacher {self.endpoint}: HTTP {e.code} ({detail}); check "
+                        "--teacher-api-key (or $OPENAI_API_KEY)"
+                    ) from None
+                if e.code in (404, 405):
+                    raise TeacherError(
+                        f"teacher {self.endpoint}: HTTP {e.code}: no such endpoint; give the "
+                        "server's base URL (http://HOST:PORT or .../v1) and the --teacher-api "
+                        "it serves (completions or chat)"
+                    ) from None
                 if e.code == 429 or e.code >= 500:
                     last = f"HTTP {e.code}: {detail}"
                     continue
