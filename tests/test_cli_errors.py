@@ -223,6 +223,54 @@ def _cases(tmp: Path, model: str, pairs: Path, copy) -> list[tuple[list[str], st
         ),
         (["chat", str(tmp / "no-such-model")], "no such directory"),
         (["demo", "--epochs", "0"], "0 must be > 0"),
+        (
+            [
+                "distill",
+                "--task",
+                "summarization",
+                "--teacher",
+                str(existing),
+                "--inputs",
+                str(tmp / "none.jsonl"),
+                "--out",
+                str(tmp / "dd"),
+            ],
+            "--inputs " + str(tmp / "none.jsonl") + ": no such file",
+        ),  # fmt: skip
+        (
+            [
+                "distill",
+                "--task",
+                "dialogue",
+                "--teacher",
+                str(existing),
+                "--inputs",
+                str(pairs),
+                "--out",
+                str(tmp / "dd"),
+            ],
+            "distill labels inputs with outputs (pairs tasks)",
+        ),  # fmt: skip
+        (
+            [
+                "distill",
+                "--task",
+                "summarization",
+                "--teacher",
+                "ftp://x",
+                "--inputs",
+                str(pairs),
+                "--out",
+                str(tmp / "dd"),
+                "--retries",
+                "-1",
+            ],
+            "give a whole number >= 0",
+        ),  # fmt: skip
+        (
+            ["plan", "--task", "summarization", "--data", f"{pairs}:0", "--out", str(tmp / "p")],
+            "the weight after ':' must be a number > 0",
+        ),
     ]
 
 

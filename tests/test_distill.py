@@ -132,6 +132,10 @@ def test_a_refused_row_is_reported_and_kept_apart_and_tried_again(inputs, tmp_pa
         assert main(_label_args(teacher.url, inputs, out)) == 0
         assert "59 of 60 inputs already labelled" in capsys.readouterr().out
         assert teacher.seen["text 7"] == 2 and teacher.seen["text 6"] == 1
+        from gentune.distill_report import labelling_cost
+
+        cost = labelling_cost(out, {})  # both invocations, summed
+        assert (cost["labelled"], cost["failed"], cost["invocations"]) == (60, 1, 2)
     finally:
         teacher.close()
 

@@ -40,6 +40,13 @@ def _positive(kind):
     return parse
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 0")
+    return int(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: a port is a number from 1 to 65535")
@@ -575,14 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="candidates per input (beams, or samples with --sample); the teacher's "
                    "best is kept")  # fmt: skip
     p.add_argument("--sample", action="store_true", help="sample the candidates")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=_positive(float), default=0.7)
     p.add_argument("--max-new-tokens", type=_positive(int))
     p.add_argument("--concurrency", type=_positive(int), default=4, help="URL requests in flight")
-    p.add_argument("--retries", type=int, default=4, help="retries per request (back-off)")
+    p.add_argument("--retries", type=_count, default=4, help="retries per request (back-off)")
     p.add_argument("--limit", type=_positive(int), help="label the first N inputs only")
     p.add_argument("--student", default="smollm2-135m", help="the student's base model")
-    p.add_argument("--gold-weight", type=float, default=1.0, help="share of gold per epoch")
-    p.add_argument("--pseudo-weight", type=float, default=1.0, help="share of pseudo per epoch")
+    p.add_argument("--gold-weight", type=_positive(float), default=1.0,
+                   help="gold's share of an epoch against the pseudo-labels' (default 1:1)")  # fmt: skip
+    p.add_argument("--pseudo-weight", type=_positive(float), default=1.0,
+                   help="the pseudo-labels' share of an epoch (default 1:1 with gold)")  # fmt: skip
     p.add_argument("--epochs", type=_positive(float))
     p.add_argument("--max-steps", type=_positive(int))
     p.add_argument("--baseline", action="store_true", help="also train on the gold rows alone")

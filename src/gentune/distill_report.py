@@ -106,6 +106,16 @@ def side_by_side(s, runs: dict[str, str], result: dict, *, log=print) -> dict:
     return report
 
 
+def labelling_cost(out: Path, this: dict) -> dict:
+    """Rows labelled and wall time over every labelling invocation (OUT/labelling.jsonl)."""
+    import json
+
+    log = out / "labelling.jsonl"
+    runs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else [this]
+    total = {k: sum(r[k] for r in runs) for k in ("labelled", "failed", "seconds")}
+    return {**total, "invocations": len(runs)}
+
+
 def render(report: dict, result: dict, s) -> str:
     """The report as Markdown."""
     h = report["headline"]
@@ -130,11 +140,12 @@ def render(report: dict, result: dict, s) -> str:
         lines.append(
             f"| {name} | {d['difference']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] | {d['p_not_better']:.3f} |"
         )
-    lab = result["labelling"]
+    lab = labelling_cost(Path(s.out), result["labelling"])
     lines += [
         "",
         f"({unit} {h} is better.) Costs: the teacher labelled {lab['labelled']} inputs in "
-        f"{lab['seconds']:.0f} s in this invocation ({lab['failed']} failed); "
+        f"{lab['seconds']:.0f} s of wall time over {lab['invocations']} invocation(s) "
+        f"({lab['failed']} failed); "
         f"{result['kept']} labels kept after the filters ({result['dropped']}); training: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in result["training_seconds"].items())
         + ".",
