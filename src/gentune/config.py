@@ -221,12 +221,12 @@ class TrainConfig:
 
     @property
     def data_files(self) -> list[tuple[str, float]]:
-        """(path, weight) of each --data file; one file alone is not mixed (weight 1)."""
+        """(path, weight) of each --data file (FILE:WEIGHT; a file whose own name has such an
+        ending is taken whole)."""
         from .mix import parse_spec
 
-        if isinstance(self.data, str):
-            return [(self.data, 1.0)]
-        return [parse_spec(spec) for spec in self.data]
+        specs = [self.data] if isinstance(self.data, str) else list(self.data)
+        return [(spec, 1.0) if Path(spec).exists() else parse_spec(spec) for spec in specs]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -333,7 +333,9 @@ def distill(s: DistillSettings, *, log: Callable[[str], None] = print) -> dict:
     counts = label_inputs(teacher, inputs, decoding, out / "labels.jsonl", log=log)
     labels = list(read_cache(out / "labels.jsonl").values())
     wanted = {(r.row, input_key(r.input or "")) for r in inputs}
-    labels = [x for x in labels if (x["row"], x["key"]) in wanted]
+    # in the inputs' order (a URL teacher's lines come as the answers do): the same pseudo.jsonl
+    # however the requests interleaved
+    labels = sorted((x for x in labels if (x["row"], x["key"]) in wanted), key=lambda x: x["row"])
     kept, dropped = filter_labels(labels, gold_targets)
     (out / "filters.json").write_text(json.dumps(dropped, indent=1) + "\n")
     with (out / "pseudo.jsonl").open("w", encoding="utf-8") as f:
