@@ -118,7 +118,7 @@ class CacheWriter:
         self.f.close()
 
 
-def _choose(candidates: list[str], scores: list, stopped: list[bool]) -> tuple[int, str]:
+def _choose(candidates: list[str], scores: list) -> tuple[int, str]:
     if len(candidates) == 1:
         return 0, "only"
     if all(s is not None for s in scores):
@@ -167,7 +167,7 @@ def label_inputs(
             error=error,
         )
         if error is None:
-            i, how = _choose(cands, scores, stopped)
+            i, how = _choose(cands, scores)
             label = replace(
                 label,
                 output=cands[i],

@@ -73,7 +73,6 @@ class LocalTeacher:
         self.name = spec
         self.loaded = load_for_inference(spec, precision=precision)
         self.template = resolve_template(self.loaded, task, **template_args)
-        self.concurrency = 1
 
     def label(self, records: list[Record], decoding: Decoding, batch_size: int = 8) -> list:
         """[(candidates, scores, stopped_by_eos flags)] per record."""
