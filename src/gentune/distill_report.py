@@ -15,11 +15,14 @@ def _local_rows(spec: str, records, template_from: str | None, s) -> tuple[list[
     from .evaluate import predict
     from .generate import default_decoding
     from .runs import load_for_inference, resolve_template
+    from .tasks import PromptTemplate
 
     loaded = load_for_inference(spec)
     template = loaded.template
     if template is None:  # a plain model (the student's base): the student's own prompt
-        template = load_for_inference(template_from).template if template_from else None
+        template = (
+            PromptTemplate.load(Path(template_from, "template.json")) if template_from else None
+        )
     template = template or resolve_template(
         loaded,
         s.task,
