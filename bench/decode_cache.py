@@ -52,11 +52,11 @@ def measure(precision: str, a) -> list[tuple]:
     """(precision, decoding, first pass s, s, same tokens as the dynamic cache) rows."""
     import torch
 
-    from gentune.data import Record
+    from gentune.data.encode import encode_prompt
+    from gentune.data.records import Record
+    from gentune.data.tasks import build_template, get_task
     from gentune.demo import INSTRUCTION, aclsum_rows
-    from gentune.encode import encode_prompt
-    from gentune.runs import load_for_inference
-    from gentune.tasks import build_template, get_task
+    from gentune.inference.load import load_for_inference
 
     loaded = load_for_inference("smollm2-135m", precision=precision)
     model, tok = loaded.model, loaded.tokenizer

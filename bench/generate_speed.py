@@ -27,13 +27,13 @@ def main() -> None:
     import torch
 
     from gentune.config import Decoding
-    from gentune.data import Record
+    from gentune.data.encode import encode_prompt
+    from gentune.data.records import Record
+    from gentune.data.tasks import build_template, get_task
     from gentune.demo import INSTRUCTION, aclsum_rows
-    from gentune.encode import encode_prompt
-    from gentune.generate import eos_ids, generate
+    from gentune.inference.generate import eos_ids, generate
+    from gentune.inference.load import load_for_inference
     from gentune.metrics import corpus_metric, paired_bootstrap
-    from gentune.runs import load_for_inference
-    from gentune.tasks import build_template, get_task
 
     loaded = load_for_inference(a.model)
     model, tok = loaded.model, loaded.tokenizer

@@ -104,12 +104,12 @@ def run_generate(a) -> dict:
     import torch
 
     from gentune.config import Decoding
-    from gentune.data import Record
+    from gentune.data.encode import encode_prompt
+    from gentune.data.records import Record
+    from gentune.data.tasks import build_template, get_task
     from gentune.demo import INSTRUCTION, aclsum_rows
-    from gentune.encode import encode_prompt
-    from gentune.generate import generate
-    from gentune.runs import load_for_inference
-    from gentune.tasks import build_template, get_task
+    from gentune.inference.generate import generate
+    from gentune.inference.load import load_for_inference
 
     loaded = load_for_inference(a.model, precision=a.precision)
     template = build_template(get_task("summarization"), loaded.tokenizer, instruction=INSTRUCTION)

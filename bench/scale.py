@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[2000, 200_000])
     parser.add_argument("--keep", help="keep the data and logs in this folder")
     args = parser.parse_args()
-    from gentune.models import gentune_home
+    from gentune.config import gentune_home
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="gentune-scale-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -65,12 +65,13 @@ def run_gentune(a) -> dict:
     import torch
 
     from gentune.config import Decoding, TrainConfig
-    from gentune.data import Record
+    from gentune.data.encode import encode_prompt
+    from gentune.data.records import Record
     from gentune.demo import aclsum_rows, write_jsonl
-    from gentune.encode import encode_prompt
-    from gentune.generate import generate
-    from gentune.runs import load_for_inference, read_log
-    from gentune.train import train
+    from gentune.inference.generate import generate
+    from gentune.inference.load import load_for_inference
+    from gentune.rundir import read_log
+    from gentune.training.train import train
 
     tmp = Path(tempfile.mkdtemp())
     data = write_jsonl(tmp / "train.jsonl", _rows(a.steps * a.batch_size))

@@ -41,8 +41,8 @@ def train_on_titles(**settings) -> tuple[list[dict], dict]:
 
     from gentune.config import TrainConfig
     from gentune.demo import INSTRUCTION, aclsum_rows, write_jsonl
-    from gentune.runs import read_log, read_manifest
-    from gentune.train import train
+    from gentune.rundir import read_log, read_manifest
+    from gentune.training.train import train
 
     with tempfile.TemporaryDirectory(prefix="gentune-bench-") as where:
         tmp = Path(where)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _records(n: int):
-    from gentune.data import Record
+    from gentune.data.records import Record
     from gentune.demo import aclsum_rows
 
     return [
@@ -38,7 +38,7 @@ def _records(n: int):
 
 
 def run_gentune(a) -> dict:
-    from gentune.models import resolve_precision
+    from gentune.models.load import resolve_precision
 
     log, _ = train_on_titles(
         method=a.method,
@@ -67,10 +67,10 @@ def run_trainer(a) -> dict:
     import torch
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
+    from gentune.data.encode import encode_example
+    from gentune.data.tasks import build_template, get_task
     from gentune.demo import INSTRUCTION
-    from gentune.encode import encode_example
-    from gentune.models import load_model, wrap_lora
-    from gentune.tasks import build_template, get_task
+    from gentune.models.load import load_model, wrap_lora
 
     model, tok, _ = load_model("smollm2-135m")
     template = build_template(get_task("summarization"), tok, instruction=INSTRUCTION)

@@ -61,9 +61,9 @@ def side_trl(args: list[str]) -> dict:
 
     from gentune import DEFAULT_MODEL
     from gentune.cli import build_parser
-    from gentune.data import Record
-    from gentune.models import resolve_model
-    from gentune.tasks import build_template, get_task
+    from gentune.data.records import Record
+    from gentune.data.tasks import build_template, get_task
+    from gentune.models.registry import resolve_model
 
     spec = heldout.SETS[a.set]
     flags = vars(build_parser().parse_args(["train", *_train_flags(spec), "--data", a.data]))
@@ -128,7 +128,7 @@ def side_gentune(args: list[str]) -> dict:
     ap.add_argument("--out", required=True)
     a, extra = ap.parse_known_args(args)  # the rest: gentune train flags
     from gentune.cli import main
-    from gentune.runs import read_log
+    from gentune.rundir import read_log
 
     spec = heldout.SETS[a.set]
     argv = ["train", "--task", spec.task, *spec.flags, "--data", a.data, "--out", a.out]

@@ -140,7 +140,7 @@ def write_jsonl(path: Path, rows) -> Path:
 def trained_run(tiny_llama, tmp_path_factory) -> str:
     """A tiny model fully fine-tuned until it answers PAIRS' outputs (readable text, ~3 s)."""
     from gentune.config import TrainConfig
-    from gentune.train import train
+    from gentune.training.train import train
 
     tmp = tmp_path_factory.mktemp("trained")
     data = write_jsonl(tmp / "d.jsonl", PAIRS * 4)
@@ -164,7 +164,7 @@ def trained_run(tiny_llama, tmp_path_factory) -> str:
 def lora_run(tiny_llama, tmp_path_factory):
     """A tiny LoRA run (the default method) of a few steps."""
     from gentune.config import TrainConfig
-    from gentune.train import train
+    from gentune.training.train import train
 
     tmp = tmp_path_factory.mktemp("run")
     data = write_jsonl(tmp / "d.jsonl", PAIRS * 2)
@@ -186,7 +186,7 @@ def lora_run(tiny_llama, tmp_path_factory):
 @pytest.fixture(scope="session")
 def loaded(trained_run):
     """The trained tiny run, loaded once for the server's tests."""
-    from gentune.runs import load_for_inference
+    from gentune.inference.load import load_for_inference
 
     return load_for_inference(trained_run)
 
@@ -201,10 +201,10 @@ def _data(tmp_path, n=40):
 
 def _examples(path):
     """A tiny model, its tokenizer and eight encoded PAIRS."""
-    from gentune.data import Record
-    from gentune.encode import encode_dataset
-    from gentune.models import load_model
-    from gentune.tasks import build_template, get_task
+    from gentune.data.encode import encode_dataset
+    from gentune.data.records import Record
+    from gentune.data.tasks import build_template, get_task
+    from gentune.models.load import load_model
 
     model, tok, _ = load_model(path)
     tpl = build_template(get_task("summarization"), tok)

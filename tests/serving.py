@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 
 from gentune.cli import main
-from gentune.serve import ServeSettings, create_app
+from gentune.serving.app import ServeSettings, create_app
 
 from .conftest import PAIRS
 
@@ -58,7 +58,7 @@ def free_port() -> int:
 def live_server(loaded, **settings):
     import uvicorn
 
-    from gentune.serve import server_config
+    from gentune.serving.app import server_config
 
     app = create_app(loaded, ServeSettings(**settings))
     port = free_port()

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from gentune import cache, encode
-from gentune.data import DataError, Fields, read_records
-from gentune.encode import encode_dataset
-from gentune.models import load_model
-from gentune.tasks import build_template, get_task
+from gentune.data import cache, encode
+from gentune.data.encode import encode_dataset
+from gentune.data.records import DataError, Fields, read_records
+from gentune.data.tasks import build_template, get_task
+from gentune.models.load import load_model
 
 from .conftest import PAIRS, write_jsonl
 

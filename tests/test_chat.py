@@ -2,7 +2,7 @@
 
 
 def test_chat_session(tiny_llama):
-    from gentune.chat import chat
+    from gentune.inference.chat import chat
 
     said = iter(["hello", "/reset", "The lazy dog?", "/exit"])
     out = []

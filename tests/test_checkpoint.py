@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from gentune import checkpoint
-from gentune.runs import read_log
-from gentune.train import TrainingError
+from gentune.errors import TrainingError
+from gentune.rundir import read_log
 
 from .conftest import _data
 
@@ -225,7 +225,7 @@ def test_no_pickle_in_checkpoints(reference, monkeypatch, tiny_llama):
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
-    from gentune.models import load_model, wrap_lora
+    from gentune.models.load import load_model, wrap_lora
 
     model, _, _ = load_model(tiny_llama)
     model = wrap_lora(model, r=16, alpha=32, dropout=0.0)
@@ -267,7 +267,7 @@ def test_saving_and_loading_in_one_process_warn_of_nothing(tiny_llama, tmp_path)
 
     from transformers import get_scheduler
 
-    from gentune.models import load_model
+    from gentune.models.load import load_model
 
     model, _, _ = load_model(tiny_llama)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gentune.checks import check
-from gentune.data import Record
+from gentune.data.checks import check
+from gentune.data.records import Record
 
 from .conftest import write_jsonl
 

@@ -332,7 +332,7 @@ def _train_one_step(model, data, out) -> dict:
 
 def test_compressed_and_utf16_data_train_like_plain(tiny_gpt2, tmp_path):
     """.gz / .bz2 are read transparently, UTF-16 by its byte-order mark: same rows."""
-    from gentune.data import read_records
+    from gentune.data.records import read_records
 
     text = "".join(json.dumps(r) + "\n" for r in PAIRS)
     plain = write_jsonl(tmp_path / "p.jsonl", PAIRS)

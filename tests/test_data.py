@@ -3,7 +3,7 @@ file, row and field."""
 
 import pytest
 
-from gentune.data import DataError, ReadReport, read_records, split_train_val
+from gentune.data.records import DataError, ReadReport, read_records, split_train_val
 
 
 def test_jsonl_csv_tsv_read_the_same(tmp_path):
@@ -20,7 +20,7 @@ def test_jsonl_csv_tsv_read_the_same(tmp_path):
 
 def test_mapped_columns(tmp_path):
     (tmp_path / "d.csv").write_text("article,headline\nlong text,short\n")
-    from gentune.data import Fields
+    from gentune.data.records import Fields
 
     recs = read_records(
         tmp_path / "d.csv", kind="pairs", fields=Fields(input="article", output="headline")
@@ -236,7 +236,7 @@ def test_line_separators_inside_json_strings(tmp_path):
 
 def test_rows_are_streamed_not_read_whole(tmp_path):
     """The first record comes before a later malformed row is read."""
-    from gentune.data import iter_records
+    from gentune.data.records import iter_records
 
     p = tmp_path / "d.jsonl"
     p.write_text('{"input": "a", "output": "b"}\n{"input": \n')

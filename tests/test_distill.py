@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from gentune.cli import main
-from gentune.data import Record
-from gentune.distill import filter_labels, read_cache
+from gentune.data.records import Record
+from gentune.distill.pipeline import filter_labels, read_cache
 
 from .conftest import PAIRS, write_jsonl
 
@@ -136,7 +136,7 @@ def test_a_refused_row_is_reported_and_kept_apart_and_tried_again(inputs, tmp_pa
         pseudo = [json.loads(x)["input"] for x in (out / "pseudo.jsonl").read_text().splitlines()]
         assert pseudo == [f"text {i}" for i in range(60)]  # in the inputs' order
         assert teacher.seen["text 7"] == 2 and teacher.seen["text 6"] == 1
-        from gentune.distill_report import labelling_cost
+        from gentune.distill.report import labelling_cost
 
         cost = labelling_cost(out, {})  # both invocations, summed
         assert (cost["labelled"], cost["failed"], cost["invocations"]) == (60, 1, 2)
@@ -180,8 +180,8 @@ def test_a_refused_key_or_a_wrong_url_stops_at_once(inputs, tmp_path, capsys):
 
 
 def test_test_rows_in_the_inputs_or_the_gold_are_warned_about():
-    from gentune.data import Record
-    from gentune.distill import test_leaks
+    from gentune.data.records import Record
+    from gentune.distill.pipeline import test_leaks
 
     def rec(src, i, text):
         return Record(source=src, row=i, input=text, output="o")
@@ -259,10 +259,10 @@ def test_labels_through_gentune_serve_equal_gentune_generate(trained_run, tmp_pa
     """The URL teacher against gentune's own server (its run's template applied to the input):
     the labels are what `gentune generate` makes of the same inputs, stopped by EOS."""
     from gentune.config import Decoding
-    from gentune.demo_distill import _free_port, _wait_ready
-    from gentune.encode import encode_prompt
-    from gentune.generate import generate
-    from gentune.runs import load_for_inference
+    from gentune.data.encode import encode_prompt
+    from gentune.distill.demo import _free_port, _wait_ready
+    from gentune.inference.generate import generate
+    from gentune.inference.load import load_for_inference
 
     inputs = write_jsonl(tmp_path / "in.jsonl", [{"input": r["input"]} for r in PAIRS])
     port = _free_port()

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from gentune import checkpoint
-from gentune.runs import read_log
+from gentune.rundir import read_log
 
 from .conftest import _data
 

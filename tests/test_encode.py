@@ -4,9 +4,9 @@ trip, dialogue and free text."""
 import pytest
 from transformers import AutoTokenizer
 
-from gentune.data import DataError, Record
-from gentune.encode import IGNORE, encode_dataset, encode_example, encode_prompt
-from gentune.tasks import PromptTemplate, build_template, get_task
+from gentune.data.encode import IGNORE, encode_dataset, encode_example, encode_prompt
+from gentune.data.records import DataError, Record
+from gentune.data.tasks import PromptTemplate, build_template, get_task
 
 
 @pytest.fixture(params=["tiny_llama", "tiny_gpt2"])

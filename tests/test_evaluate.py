@@ -7,14 +7,14 @@ import json
 import pytest
 
 from gentune.config import TrainConfig
-from gentune.data import read_records
-from gentune.encode import IGNORE, encode_example, encode_prompt
-from gentune.evaluate import evaluate
+from gentune.data.encode import IGNORE, encode_example, encode_prompt
+from gentune.data.records import read_records
+from gentune.inference.evaluate import evaluate
+from gentune.inference.load import load_for_inference
 from gentune.metrics import rouge
-from gentune.models import context_length
-from gentune.prepare import prepare
-from gentune.runs import load_for_inference
-from gentune.train import train
+from gentune.models.load import context_length
+from gentune.training.prepare import prepare
+from gentune.training.train import train
 
 from .conftest import PAIRS, write_jsonl
 
@@ -173,7 +173,7 @@ def test_new_tokens_capped_from_the_training_targets(lora_run, tiny_llama, tmp_p
     says so, and --max-new-tokens overrides it."""
     import math
 
-    from gentune.generate import default_decoding
+    from gentune.inference.generate import default_decoding
 
     run, _ = lora_run
     loaded = load_for_inference(str(run))

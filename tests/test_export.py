@@ -3,10 +3,10 @@
 import torch
 
 from gentune.config import Decoding
-from gentune.data import Record
-from gentune.encode import encode_prompt
-from gentune.generate import generate
-from gentune.runs import load_for_inference
+from gentune.data.encode import encode_prompt
+from gentune.data.records import Record
+from gentune.inference.generate import generate
+from gentune.inference.load import load_for_inference
 
 from .test_generate import PROMPTS
 
@@ -14,7 +14,7 @@ from .test_generate import PROMPTS
 def test_export_round_trip_gives_identical_greedy_text(lora_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gentune.export import export
+    from gentune.inference.export import export
 
     run, _ = lora_run
     out, _ = export(run, tmp_path / "exported")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gentune.runs import read_log
+from gentune.rundir import read_log
 
 from .test_integration import assert_stops_with_eos, lora_on_titles
 
@@ -18,7 +18,7 @@ def gemma_run(tmp_path_factory):
 
 
 def test_gemma3_loads_with_the_plain_template_and_lora_lowers_its_loss(gemma_run):
-    from gentune.models import EMBEDDED, is_converted
+    from gentune.models.registry import EMBEDDED, is_converted
 
     run, _ = gemma_run
     assert "gemma3-270m" in EMBEDDED and is_converted("gemma3-270m")

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from gentune.config import ConfigError, Decoding
-from gentune.data import Record
-from gentune.encode import encode_prompt
-from gentune.generate import eos_ids, generate, shared_prefix, stream
-from gentune.runs import load_for_inference
-from gentune.tasks import build_template, get_task
+from gentune.data.encode import encode_prompt
+from gentune.data.records import Record
+from gentune.data.tasks import build_template, get_task
+from gentune.inference.generate import eos_ids, generate, shared_prefix, stream
+from gentune.inference.load import load_for_inference
 
 PROMPTS = [
     "hello",
@@ -150,8 +150,8 @@ def test_decoding_options(tiny_llama):
 def test_stop_strings_cut_the_text(loaded):
     """On the tiny trained run (it answers "Fox jumps dog."): generation ends before a stop
     string, which is not part of the text, and counts as finished."""
-    from gentune.encode import encode_prompt
-    from gentune.tasks import prompt_record
+    from gentune.data.encode import encode_prompt
+    from gentune.data.tasks import prompt_record
 
     from .conftest import PAIRS
 

@@ -5,12 +5,13 @@ import json
 import pytest
 
 from gentune.config import Decoding, TrainConfig
-from gentune.data import read_records
+from gentune.data.encode import encode_prompt
+from gentune.data.records import read_records
 from gentune.demo import INSTRUCTION, aclsum_files
-from gentune.encode import encode_prompt
-from gentune.generate import generate
-from gentune.runs import load_for_inference, read_log
-from gentune.train import train
+from gentune.inference.generate import generate
+from gentune.inference.load import load_for_inference
+from gentune.rundir import read_log
+from gentune.training.train import train
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +94,8 @@ def test_serve_the_embedded_model_answers_as_gentune_generate(capsys):
     from fastapi.testclient import TestClient
 
     from gentune.cli import main
-    from gentune.runs import load_for_inference
-    from gentune.serve import create_app
+    from gentune.inference.load import load_for_inference
+    from gentune.serving.app import create_app
 
     question = "What is the capital of France?"
     capsys.readouterr()

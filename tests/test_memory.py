@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from gentune import memory
 from gentune.errors import TrainingError
+from gentune.training import memory
 from tests.conftest import PAIRS, write_jsonl
 
 
@@ -118,7 +118,7 @@ def test_training_with_a_budget_records_the_layout_and_resumes_with_it(tiny_llam
     import json
 
     from gentune.checkpoint import latest
-    from gentune.train import train
+    from gentune.training.train import train
 
     # 64 GiB: far above a tiny model, the configured layout fits
     cfg = _budget_cfg(tiny_llama, tmp_path, PAIRS * 2, 64.0, max_steps=2, batch_size=4)
@@ -136,7 +136,7 @@ def test_training_with_a_budget_records_the_layout_and_resumes_with_it(tiny_llam
 
 
 def test_a_budget_nothing_fits_stops_with_the_measurements(tiny_llama, tmp_path):
-    from gentune.train import train
+    from gentune.training.train import train
 
     # 0.01 GiB = 10 MiB: less than the interpreter itself
     cfg = _budget_cfg(tiny_llama, tmp_path, PAIRS, 0.01, max_steps=1, batch_size=2)
@@ -146,11 +146,14 @@ def test_a_budget_nothing_fits_stops_with_the_measurements(tiny_llama, tmp_path)
 
 @pytest.mark.parametrize("budget", [64.0, 0.01])
 def test_plan_shows_the_probe_and_the_layout_for_a_budget(tiny_llama, tmp_path, budget):
-    from gentune.plan import plan
+    from gentune.training.plan import plan
 
     text = plan(_budget_cfg(tiny_llama, tmp_path, PAIRS, budget, batch_size=4), measure=False)
     assert "memory probe: micro-batches of <= 2048 tokens:" in text
     if budget > 1:
-        assert "layout: micro-batches of <= 2048 tokens (fits --memory-budget 64)" in text
+        assert (
+            "layout: micro-batches of <= 2048 tokens (the fastest that fits --memory-budget 64 GiB)"
+            in text
+        )
     else:
         assert "layout: --memory-budget 0.0: no layout fits" in text

@@ -7,10 +7,10 @@ import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 
-from gentune.data import Record
+from gentune.data.records import Record
+from gentune.data.tasks import build_template, get_task
+from gentune.inference.load import load_for_inference
 from gentune.metrics import bleu, chrf, rouge
-from gentune.runs import load_for_inference
-from gentune.tasks import build_template, get_task
 
 PREDS = ["the cat sat on the mat", "a quick brown fox", "hello there"]
 REFS = ["the cat is on the mat", "the quick brown fox jumps", "general kenobi"]
@@ -27,7 +27,7 @@ def test_rouge_bleu_chrf_equal_the_libraries():
 
 
 def test_perplexity_is_exp_of_total_nll_over_total_tokens(tiny_llama):
-    from gentune.evaluate import corpus_perplexity
+    from gentune.inference.evaluate import corpus_perplexity
 
     loaded = load_for_inference(tiny_llama)
     tpl = build_template(get_task("summarization"), loaded.tokenizer)
@@ -37,7 +37,7 @@ def test_perplexity_is_exp_of_total_nll_over_total_tokens(tiny_llama):
     ]
     ppl, n, left_out = corpus_perplexity(loaded, tpl, recs, batch_size=3)
     assert left_out == []
-    from gentune.encode import encode_example
+    from gentune.data.encode import encode_example
 
     total, count = 0.0, 0
     for r in recs:  # one row at a time, by hand

@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gentune.config import TrainConfig
-from gentune.encode import Example, ExampleList
+from gentune.config import TrainConfig, parse_spec
+from gentune.data.encode import Example, ExampleList
+from gentune.data.mix import counts, mix
 from gentune.errors import ConfigError
-from gentune.mix import counts, mix, parse_spec
 
 from .conftest import PAIRS, write_jsonl
 
@@ -58,7 +58,7 @@ def test_weights_give_the_sampled_proportions_and_the_draw_is_seeded():
 
 def test_training_mixes_the_files_and_records_the_mix(tiny_llama, tmp_path, capsys):
     from gentune.cli import main
-    from gentune.runs import read_manifest
+    from gentune.rundir import read_manifest
 
     gold = write_jsonl(tmp_path / "gold.jsonl", PAIRS)
     pseudo = write_jsonl(

@@ -3,14 +3,15 @@
 import pytest
 import torch
 
-from gentune.encode import collate
-from gentune.models import token_nll
+from gentune.data.encode import collate
+from gentune.models.loss import token_nll
 
 from .conftest import _examples
 
 
 def test_unknown_model_offline_message():
-    from gentune.models import ModelError, load_model
+    from gentune.errors import ModelError
+    from gentune.models.load import load_model
 
     with pytest.raises(ModelError, match="smollm2-135m.*local model directory"):
         load_model("no-such-org/no-such-model-xyz")
@@ -39,7 +40,7 @@ def test_every_family_is_named_by_a_transformers_model_type():
     "m2m_100") silently gives that family no quirks at all."""
     from transformers import CONFIG_MAPPING
 
-    from gentune.models import FAMILIES
+    from gentune.models.families import FAMILIES
 
     assert [k for k in FAMILIES if k not in CONFIG_MAPPING] == []
 
@@ -47,7 +48,7 @@ def test_every_family_is_named_by_a_transformers_model_type():
 def test_loading_on_a_gpu_keeps_attention_off_cudnn(monkeypatch, tiny_llama):
     """cuDNN attention builds a plan for every new shape (seconds per new batch length or
     decoding step on an H200): a model loaded where there is a GPU turns it off."""
-    from gentune.models import load_model
+    from gentune.models.load import load_model
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from gentune.runs import load_for_inference
+from gentune.inference.load import load_for_inference
 
 from .conftest import PAIRS
 from .test_serve import KEY, live_server

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-import gentune.models as models_mod
-import gentune.train as train_mod
+import gentune.models.load as models_mod
+import gentune.training.train as train_mod
 from gentune.config import TrainConfig
-from gentune.models import resolve_precision
-from gentune.train import train
+from gentune.models.load import resolve_precision
+from gentune.training.train import train
 
 from .conftest import PAIRS, write_jsonl
 
@@ -50,7 +50,7 @@ def test_precision_recorded_and_applied(tiny_llama, tmp_path, precision, monkeyp
     def hook(module, args, output):
         seen.append(output.dtype)
 
-    from gentune.models import load_model
+    from gentune.models.load import load_model
 
     def load_and_hook(spec, **kw):
         model, tok, where = load_model(spec, **kw)
@@ -84,7 +84,7 @@ def test_precision_recorded_and_applied(tiny_llama, tmp_path, precision, monkeyp
 def test_bf16_weights_for_generation_on_request(trained_run, tmp_path, capsys):
     """--precision bf16 loads the weights in bf16 for generation and evaluation (the default
     stays fp32): the tiny trained run still gives its answer."""
-    import gentune.runs as runs_mod
+    import gentune.inference.load as runs_mod
     from gentune.cli import main
 
     half = runs_mod.load_for_inference(trained_run, precision="bf16")

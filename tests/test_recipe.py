@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from gentune import recipe
 from gentune.config import TrainConfig
+from gentune.training import recipe
 
 from .conftest import _data
 
@@ -81,7 +81,7 @@ def test_a_run_with_defaults_records_its_choices_and_resumes_from_its_own_config
     tiny_llama, tmp_path
 ):
     from gentune.checkpoint import latest
-    from gentune.train import train
+    from gentune.training.train import train
 
     lines: list[str] = []
     run = train(_tiny(tiny_llama, tmp_path, progress=False, tensorboard=False), log=lines.append)
@@ -100,7 +100,7 @@ def test_a_run_with_defaults_records_its_choices_and_resumes_from_its_own_config
 
 
 def test_plan_prints_the_choices(tiny_llama, tmp_path):
-    from gentune.plan import plan
+    from gentune.training.plan import plan
 
     text = plan(_tiny(tiny_llama, tmp_path), measure=False)
     assert "chosen: method full (" in text

@@ -5,7 +5,7 @@ from html.parser import HTMLParser
 
 
 def test_evaluate_compare_writes_report(lora_run, tiny_llama, tmp_path):
-    from gentune.evaluate import evaluate
+    from gentune.inference.evaluate import evaluate
 
     run, data = lora_run
     result = evaluate(

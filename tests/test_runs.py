@@ -9,8 +9,9 @@ from gentune import checkpoint
 from gentune.cli import main
 from gentune.config import TrainConfig
 from gentune.errors import RunError, UsageError
-from gentune.runs import load_for_inference, run_state
-from gentune.train import train
+from gentune.inference.load import load_for_inference
+from gentune.rundir import run_state
+from gentune.training.train import train
 
 from .conftest import PAIRS, write_jsonl
 
@@ -65,7 +66,7 @@ def test_a_directory_that_is_no_run_is_never_deleted(tiny_gpt2, tmp_path):
 def test_a_continued_run_is_interrupted_until_it_is_complete(tiny_gpt2, tmp_path, monkeypatch):
     """Continuing a finished run marks it unfinished first: a crash mid-way leaves an
     interrupted run that nothing loads (never the older model), then --resume finishes it."""
-    import gentune.train as train_mod
+    import gentune.training.train as train_mod
 
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
     out = tmp_path / "run"
@@ -95,7 +96,7 @@ def test_a_continued_run_is_interrupted_until_it_is_complete(tiny_gpt2, tmp_path
 
 def test_incomplete_run_and_long_prompts(tiny_llama, lora_run, tmp_path):
     from gentune.errors import RunError
-    from gentune.evaluate import evaluate
+    from gentune.inference.evaluate import evaluate
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -119,9 +120,9 @@ def test_incomplete_run_and_long_prompts(tiny_llama, lora_run, tmp_path):
 
 def test_int8_quantization_stores_linear_weights_in_int8_and_still_generates(trained_run):
     from gentune.config import Decoding
-    from gentune.encode import encode_prompt
-    from gentune.generate import generate
-    from gentune.tasks import prompt_record
+    from gentune.data.encode import encode_prompt
+    from gentune.data.tasks import prompt_record
+    from gentune.inference.generate import generate
 
     plain = load_for_inference(trained_run)
     quant = load_for_inference(trained_run, quantize="int8")

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 import httpx
 
-from gentune import scheduler as scheduler_module
-from gentune.runs import load_for_inference
-from gentune.serve import ServeSettings, create_app
+from gentune.inference.load import load_for_inference
+from gentune.serving import scheduler as scheduler_module
+from gentune.serving.app import ServeSettings, create_app
 
 from .conftest import PAIRS
 from .serving import AUTH, PROMPT, client, sse_events
@@ -109,7 +109,7 @@ def test_generation_timeout_stops_the_generation(loaded):
     """Deadline during generation: the generation ends after the current token (504), the
     next request is served."""
     from gentune.config import Decoding
-    from gentune.generate import generate, stream
+    from gentune.inference.generate import generate, stream
 
     ids = [[5, 6, 7, 8], [9, 10, 11, 12, 13]]
     gens = generate(
@@ -180,7 +180,7 @@ def test_closing_a_stream_stops_its_generation(tiny_llama):
     """A streaming client that leaves: the iterator is closed, the generation thread ends at
     the next token instead of running to max_new_tokens."""
     from gentune.config import Decoding
-    from gentune.generate import stream
+    from gentune.inference.generate import stream
 
     loaded = load_for_inference(tiny_llama)  # random weights: never says EOS by itself
     calls = []
@@ -195,7 +195,7 @@ def test_closing_a_stream_stops_its_generation(tiny_llama):
 def test_stream_timeouts(loaded, monkeypatch):
     """Waiting past the deadline: a plain 504 (the stream has not started). Past it while
     streaming: the status is sent already, so an error event says it, then [DONE]."""
-    from gentune.generate import Generation
+    from gentune.inference.generate import Generation
 
     app = create_app(loaded, ServeSettings(timeout=0.5, max_batch=1))
     chat = {"messages": [{"role": "user", "content": "hi"}], "stream": True}

@@ -6,11 +6,13 @@ import json
 import pytest
 import torch
 
-from gentune.data import Record
-from gentune.encode import IGNORE, collate, encode_dataset
+from gentune.data.encode import IGNORE, collate, encode_dataset
+from gentune.data.records import Record
+from gentune.data.tasks import build_template, get_task
 from gentune.errors import ModelError
-from gentune.models import is_seq2seq, load_model, template_options, token_nll
-from gentune.tasks import build_template, get_task
+from gentune.models.families import is_seq2seq, template_options
+from gentune.models.load import load_model
+from gentune.models.loss import token_nll
 from gentune.tokenizer import PairTokenizer, source_pad_id, source_tokenizer
 
 from .conftest import PAIRS, build_tiny, write_jsonl
@@ -104,7 +106,8 @@ def test_source_to_encoder_target_to_labels_with_eos(models, family):
     assert batch["labels"].shape[1] == max(len(e.labels) for e in exs)
     assert (batch["labels"][batch["labels"] != IGNORE] != tok.pad_token_id).all()
     # the decoder reads the labels shifted right by the model's rule: its start token first
-    from gentune.models import causal_lm, decoder_inputs
+    from gentune.models.families import causal_lm
+    from gentune.models.loss import decoder_inputs
 
     dec = decoder_inputs(causal_lm(model), batch["labels"])
     start = model.config.decoder_start_token_id
@@ -122,7 +125,7 @@ def test_long_source_is_shortened_never_the_target(models):
     assert report.truncated_rows == 1 and report.truncated_tokens > 0
     assert tok.decode(exs[0].labels, skip_special_tokens=True) == "Short title."
     too_long = Record(source="d", row=2, input="x", output="hello world " * 80)
-    from gentune.data import DataError
+    from gentune.data.records import DataError
 
     with pytest.raises(DataError, match=r"d:2"):
         encode_dataset([too_long], tpl, tok, max_length=32)
@@ -154,7 +157,7 @@ PROMPTS = [
 
 
 def _prompt_ids(loaded, template):
-    from gentune.encode import encode_prompt
+    from gentune.data.encode import encode_prompt
 
     return [
         encode_prompt(
@@ -167,8 +170,8 @@ def _prompt_ids(loaded, template):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_same_at_batch_1_and_8_and_as_a_plain_generate_loop(models, family):
     from gentune.config import Decoding
-    from gentune.generate import generate
-    from gentune.runs import load_for_inference
+    from gentune.inference.generate import generate
+    from gentune.inference.load import load_for_inference
 
     loaded = load_for_inference(models[family])
     model, tok = loaded.model, loaded.tokenizer
@@ -204,7 +207,7 @@ def test_gradient_accumulation_equals_one_big_batch(models, family):
 def _lora_run(tmp_path_factory, model: str, steps: int) -> str:
     """A short LoRA run of `model` on the test pairs."""
     from gentune.config import TrainConfig
-    from gentune.train import train
+    from gentune.training.train import train
 
     tmp = tmp_path_factory.mktemp("run")
     data = write_jsonl(tmp / "d.jsonl", PAIRS * 3)
@@ -232,9 +235,9 @@ def test_export_loads_with_auto_seq2seq_and_gives_the_same_text(bart_run, tmp_pa
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from gentune.config import Decoding
-    from gentune.export import export
-    from gentune.generate import generate
-    from gentune.runs import load_for_inference
+    from gentune.inference.export import export
+    from gentune.inference.generate import generate
+    from gentune.inference.load import load_for_inference
 
     out, auto_class = export(bart_run, tmp_path / "exported")
     assert auto_class == "AutoModelForSeq2SeqLM"
@@ -254,8 +257,8 @@ def test_served_answers_equal_the_cli(bart_run, capsys):
     from fastapi.testclient import TestClient
 
     from gentune.cli import main
-    from gentune.runs import load_for_inference
-    from gentune.serve import create_app
+    from gentune.inference.load import load_for_inference
+    from gentune.serving.app import create_app
 
     assert main(["generate", bart_run, PAIRS[0]["input"], "--max-new-tokens", "12"]) == 0
     cli = capsys.readouterr().out.strip()
@@ -280,8 +283,8 @@ def test_lora_on_a_warm_start_trains_its_new_cross_attention_in_full(pair_lora_r
     """Adapters on the pre-trained layers; the cross-attention, which starts random, trained
     in full (an adapter on it would leave it random) and restored with the run."""
     from gentune.config import Decoding
-    from gentune.generate import generate
-    from gentune.runs import load_for_inference
+    from gentune.inference.generate import generate
+    from gentune.inference.load import load_for_inference
 
     loaded = load_for_inference(pair_lora_run, merge=False)
     params = dict(loaded.model.named_parameters())
@@ -313,7 +316,7 @@ def test_lora_on_a_warm_start_trains_its_new_cross_attention_in_full(pair_lora_r
 
 
 def test_a_pair_of_tokenizers_keys_the_data_cache_by_both(models):
-    from gentune.cache import tokenizer_fingerprint
+    from gentune.data.cache import tokenizer_fingerprint
 
     _, pair, _ = load_model(models["bert2gpt2"])
     _, bert, _ = load_model(models["bert2bert"])
@@ -328,9 +331,9 @@ def test_two_tokenizers_are_saved_and_exported_side_by_side(pair_lora_run, tmp_p
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from gentune.config import Decoding
-    from gentune.export import export
-    from gentune.generate import generate
-    from gentune.runs import load_for_inference
+    from gentune.inference.export import export
+    from gentune.inference.generate import generate
+    from gentune.inference.load import load_for_inference
 
     ours = load_for_inference(pair_lora_run)
     assert isinstance(ours.tokenizer, PairTokenizer)
@@ -458,8 +461,8 @@ def test_language_codes_from_names_or_codes(multilingual, family, by):
     """The source starts with its language code, the target's labels too; generation forces
     the target's code first."""
     from gentune.config import Decoding
-    from gentune.generate import generation_config
-    from gentune.models import set_languages
+    from gentune.inference.generate import generation_config
+    from gentune.models.families import set_languages
 
     de, en = CODES[family]
     source, target = ("German", "English") if by == "name" else (de, en)
@@ -480,7 +483,7 @@ def test_language_codes_from_names_or_codes(multilingual, family, by):
 def test_loss_is_the_models_own(multilingual, family):
     """token_nll (its decoder inputs built by gentune where the model has no method for it,
     M2M100/NLLB) equals the loss the model computes from the labels itself."""
-    from gentune.models import set_languages
+    from gentune.models.families import set_languages
 
     model, tok, _ = load_model(multilingual[family])
     set_languages(model, tok, "German", "English")
@@ -511,9 +514,9 @@ def test_unknown_language_is_a_named_error(multilingual, family, capsys, tmp_pat
 def test_a_run_keeps_its_languages(multilingual, family, tmp_path):
     """Trained with German -> English: the run's tokenizer and its generation keep them."""
     from gentune.config import Decoding, TrainConfig
-    from gentune.generate import generate, generation_config
-    from gentune.runs import load_for_inference
-    from gentune.train import train
+    from gentune.inference.generate import generate, generation_config
+    from gentune.inference.load import load_for_inference
+    from gentune.training.train import train
 
     de, en = CODES[family]
     rows = [{"input": "guten morgen", "output": "good morning"}] * 12
@@ -546,8 +549,8 @@ def test_a_run_keeps_its_languages(multilingual, family, tmp_path):
 def test_stream_gives_the_same_text_as_generate(models, family):
     """What `gentune chat` and the server's streaming use."""
     from gentune.config import Decoding
-    from gentune.generate import generate, stream
-    from gentune.runs import load_for_inference
+    from gentune.inference.generate import generate, stream
+    from gentune.inference.load import load_for_inference
 
     loaded = load_for_inference(models[family])
     ids = _prompt_ids(loaded, _template(loaded.model, loaded.tokenizer))
@@ -558,7 +561,7 @@ def test_stream_gives_the_same_text_as_generate(models, family):
 
 def test_plan_shows_source_and_target(models, tmp_path):
     from gentune.config import TrainConfig
-    from gentune.plan import plan
+    from gentune.training.plan import plan
 
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS * 2)
     cfg = TrainConfig(

@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 from gentune.cli import main
-from gentune.runs import load_for_inference
-from gentune.serve import create_app
+from gentune.inference.load import load_for_inference
+from gentune.serving.app import create_app
 
 from .conftest import PAIRS
 from .serving import AUTH, KEY, PROMPT, cli_generate, client, live_server, sse_events
@@ -118,7 +118,7 @@ def test_official_openai_client_against_a_live_server(loaded):
 
 
 def test_cli_serve_defaults_to_loopback_and_reads_the_key_from_env(monkeypatch, trained_run):
-    import gentune.serve as serve_module
+    import gentune.serving.app as serve_module
 
     seen = {}
     monkeypatch.setattr(
@@ -140,7 +140,7 @@ def test_cli_serve_defaults_to_loopback_and_reads_the_key_from_env(monkeypatch, 
 def test_serves_an_exported_directory_with_its_template(trained_run, tmp_path):
     from fastapi.testclient import TestClient
 
-    from gentune.export import export
+    from gentune.inference.export import export
 
     out, _ = export(trained_run, tmp_path / "exported")
     app = create_app(load_for_inference(str(out)))

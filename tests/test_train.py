@@ -9,12 +9,14 @@ from safetensors.torch import load_file
 
 from gentune import checkpoint
 from gentune.config import TrainConfig
-from gentune.encode import collate, collate_packed, encode_dataset, pack_examples
+from gentune.data.encode import collate, collate_packed, encode_dataset, pack_examples
+from gentune.data.tasks import build_template, get_task
 from gentune.errors import TrainingError
-from gentune.models import load_model, wrap_lora
-from gentune.runs import load_for_inference, read_log
-from gentune.tasks import build_template, get_task
-from gentune.train import TargetLoss, accumulate_gradients, train
+from gentune.inference.load import load_for_inference
+from gentune.models.load import load_model, wrap_lora
+from gentune.models.loss import TargetLoss
+from gentune.rundir import read_log
+from gentune.training.train import accumulate_gradients, train
 
 from .conftest import PAIRS, _data, _examples
 
@@ -101,7 +103,7 @@ def test_micro_batch_token_cap_splits_forward_passes_not_the_gradient(tiny_llama
     """A cap of 40 padded tokens per forward pass cuts every 4-row micro-batch into pieces;
     every step's loss is the uncapped run's (up to float rounding), and the capped run
     really ran more, smaller forward passes."""
-    import gentune.train as train_module
+    import gentune.training.train as train_module
 
     data = _data(tmp_path, 24)
     shapes: dict[str, list] = {"capped": [], "whole": []}
@@ -201,19 +203,19 @@ def test_free_text_trains_with_default_validation(tiny_gpt2, tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_path, monkeypatch):
-    import gentune.train as train_mod
+    from gentune.models.loss import TargetLoss
 
     calls = {"n": 0}
-    real = train_mod.token_nll
+    real = TargetLoss.forward
 
-    def poisoned(model, batch):
-        nll, n = real(model, batch)
+    def poisoned(self, batch):
+        nll, n = real(self, batch)
         calls["n"] += 1
         if calls["n"] == 2 * 5 - 1:  # the first micro-batch of step 5
             nll = nll * float("nan")
         return nll, n
 
-    monkeypatch.setattr(train_mod, "token_nll", poisoned)
+    monkeypatch.setattr(TargetLoss, "forward", poisoned)
     cfg = TrainConfig(
         task="summarization",
         data=str(_data(tmp_path)),
@@ -234,7 +236,7 @@ def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_pat
     last = checkpoint.latest(tmp_path / "r")
     assert last.name == "step-00000004"
     model, _, _ = load_model(tiny_llama)
-    from gentune.models import wrap_lora
+    from gentune.models.load import wrap_lora
 
     model = wrap_lora(model, r=16, alpha=32, dropout=0.05)
     state = checkpoint.load(last, model=model)
@@ -243,7 +245,7 @@ def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_pat
 
 
 def test_early_stopping_stops_at_the_expected_step(tiny_llama, tmp_path, monkeypatch):
-    import gentune.validation as validation_mod
+    import gentune.training.validation as validation_mod
 
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
     monkeypatch.setattr(validation_mod, "evaluate_loss", lambda *a, **k: (v := next(losses), v))
@@ -278,7 +280,7 @@ def test_early_stopping_stops_at_the_expected_step(tiny_llama, tmp_path, monkeyp
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
 def test_packed_batch_gives_the_same_per_example_losses(request, fixture):
-    from gentune.data import Record
+    from gentune.data.records import Record
 
     model, tok, _ = load_model(request.getfixturevalue(fixture))
     model.eval()
@@ -354,7 +356,7 @@ def test_run_has_loss_curve_png(tiny_gpt2, tmp_path):
 
 
 def test_out_of_memory_gives_an_actionable_message(tiny_llama, tmp_path, monkeypatch):
-    import gentune.train as train_mod
+    from gentune.models.loss import TargetLoss
 
     def no_memory(*a, **k):
         raise RuntimeError(
@@ -362,7 +364,7 @@ def test_out_of_memory_gives_an_actionable_message(tiny_llama, tmp_path, monkeyp
             "allocate memory: you tried to allocate 123456789 bytes."
         )
 
-    monkeypatch.setattr(train_mod, "token_nll", no_memory)
+    monkeypatch.setattr(TargetLoss, "forward", no_memory)
     cfg = TrainConfig(
         task="summarization",
         data=str(_data(tmp_path)),

@@ -38,8 +38,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import TrainConfig
-from .errors import TrainingError, read_json_object
+from gentune.config import TrainConfig
+from gentune.errors import TrainingError, read_json_object
 
 PREFIX = "step-"
 SHARDS = "shards"  # the checkpoint's folder of tensors, one file per process

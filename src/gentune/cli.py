@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import GentuneError, UsageError
+from gentune.errors import GentuneError, UsageError
 
 
 def _add_fields(p: argparse.ArgumentParser) -> None:
@@ -73,7 +73,7 @@ def add_settings(
     import typing
     from dataclasses import MISSING, fields
 
-    from .config import coerce, field_docs
+    from gentune.config import coerce, field_docs
 
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     for f in fields(cls):
@@ -99,7 +99,7 @@ def add_settings(
 
 
 def _add_decoding(p: argparse.ArgumentParser) -> None:
-    from .config import Decoding
+    from gentune.config import Decoding
 
     g = p.add_argument_group("decoding (defaults: the task's)")
     add_settings(
@@ -148,13 +148,13 @@ def _given(a, cls) -> dict:
 
 
 def _decoding_overrides(a) -> dict:
-    from .config import Decoding
+    from gentune.config import Decoding
 
     return _given(a, Decoding)
 
 
 def _fields(a):
-    from .data import Fields
+    from gentune.data.records import Fields
 
     return Fields(
         input=a.input_field, output=a.output_field, messages=a.messages_field, text=a.text_field
@@ -171,7 +171,7 @@ def _template_args(a) -> dict:
 
 
 def _train_config(a):
-    from .config import TrainConfig
+    from gentune.config import TrainConfig
 
     return TrainConfig.from_sources(
         getattr(a, "config", None), _given(a, TrainConfig), getattr(a, "overrides", ())
@@ -180,14 +180,14 @@ def _train_config(a):
 
 def cmd_train(a) -> None:
     """gentune train."""
-    from .train import train
+    from gentune.training.train import train
 
     train(_train_config(a))
 
 
 def cmd_plan(a) -> None:
     """gentune plan."""
-    from .plan import plan
+    from gentune.training.plan import plan
 
     print(
         plan(
@@ -199,8 +199,8 @@ def cmd_plan(a) -> None:
 
 
 def _records_from_args(a, template):
-    from .data import read_records
-    from .tasks import get_task, prompt_record
+    from gentune.data.records import read_records
+    from gentune.data.tasks import get_task, prompt_record
 
     if a.data:
         return read_records(
@@ -211,9 +211,10 @@ def _records_from_args(a, template):
 
 def cmd_generate(a) -> None:
     """gentune generate: one prompt (streamed) or a file of inputs."""
-    from .evaluate import predict
-    from .generate import default_decoding
-    from .runs import load_for_inference, resolve_template
+    from gentune.inference.evaluate import predict
+    from gentune.inference.generate import default_decoding
+    from gentune.inference.load import load_for_inference, resolve_template
+    from gentune.rundir import write_jsonl
 
     if (a.prompt is None) == (a.data is None):
         raise UsageError("give either a prompt or --data FILE (not both)")
@@ -228,9 +229,9 @@ def cmd_generate(a) -> None:
         print(f"gentune generate: {template.new_tokens_note()}", file=sys.stderr)
     records = _records_from_args(a, template)
     if not a.data and decoding.num_return_sequences == 1 and not a.no_stream:
-        from .encode import encode_prompt
-        from .generate import stream
-        from .models import context_length
+        from gentune.data.encode import encode_prompt
+        from gentune.inference.generate import stream
+        from gentune.models.load import context_length
 
         limit = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
         ids, _, shortened = encode_prompt(records[0], template, loaded.tokenizer, max_length=limit)
@@ -253,12 +254,8 @@ def cmd_generate(a) -> None:
         progress=bool(a.data) and not a.no_progress,
     )
     if a.data:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "predictions.jsonl").open("w") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        print(f"gentune: {len(rows)} predictions written to {out / 'predictions.jsonl'}")
+        path = write_jsonl(Path(a.out) / "predictions.jsonl", rows)
+        print(f"gentune: {len(rows)} predictions written to {path}")
     else:
         for r in rows:
             for text in r.get("outputs", [r["output"]]):
@@ -267,7 +264,7 @@ def cmd_generate(a) -> None:
 
 def cmd_chat(a) -> None:
     """gentune chat."""
-    from .chat import chat
+    from gentune.inference.chat import chat
 
     chat(
         a.model,
@@ -280,7 +277,7 @@ def cmd_chat(a) -> None:
 
 def cmd_export(a) -> None:
     """gentune export."""
-    from .export import export
+    from gentune.inference.export import export
 
     out, auto_class = export(a.run, a.out)
     print(
@@ -290,7 +287,7 @@ def cmd_export(a) -> None:
 
 def cmd_evaluate(a) -> None:
     """gentune evaluate (with --compare: the report)."""
-    from .evaluate import evaluate
+    from gentune.inference.evaluate import evaluate
 
     _out_dir(a.out)
     result = evaluate(
@@ -331,9 +328,9 @@ def cmd_serve(a) -> None:
     """gentune serve."""
     import os
 
-    from . import DEFAULT_MODEL
-    from .config import ServeSettings
-    from .serve import serve
+    from gentune import DEFAULT_MODEL
+    from gentune.config import ServeSettings
+    from gentune.serving.app import serve
 
     given = _given(a, ServeSettings)
     given["api_key"] = given.get("api_key") or os.environ.get("GENTUNE_API_KEY") or None
@@ -351,7 +348,7 @@ def cmd_serve(a) -> None:
 def cmd_demo(a) -> None:
     """gentune demo."""
     if a.distill:
-        from .demo_distill import demo_distill
+        from gentune.distill.demo import demo_distill
 
         demo_distill(
             a.out if a.out != "runs/demo" else "runs/distill-demo",
@@ -362,14 +359,14 @@ def cmd_demo(a) -> None:
             progress=not a.no_progress,
         )
         return
-    from .demo import demo
+    from gentune.demo import demo
 
     demo(a.out, epochs=a.epochs, max_steps=a.max_steps, limit=a.limit, progress=not a.no_progress)
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (absent unless given: the recipe's value stays)."""
-    from .config import TrainConfig
+    from gentune.config import TrainConfig
 
     add_settings(
         p,
@@ -390,20 +387,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_distill(a) -> None:
     """gentune distill: label inputs with a teacher, filter, train the student, report."""
-    from dataclasses import fields
+    from gentune.config import DistillSettings
+    from gentune.distill.pipeline import distill
 
-    from .distill import DistillSettings, distill
-    from .tasks import get_task
-
-    if get_task(a.task).kind != "pairs":
-        raise UsageError(f"--task {a.task}: distill labels inputs with outputs (pairs tasks)")
-    names = {f.name for f in fields(DistillSettings)}
-    distill(DistillSettings(**{k: v for k, v in vars(a).items() if k in names}))
+    distill(DistillSettings(**_given(a, DistillSettings)))
 
 
 def cmd_models(a) -> None:
     """gentune models: the embedded models, their size, licence and state."""
-    from .models import EMBEDDED, converted_path, is_converted, is_installed
+    from gentune.models.registry import EMBEDDED, converted_path, is_converted, is_installed
 
     print("| name | model | parameters | licence | package | converted |")
     print("|---|---|---|---|---|---|")
@@ -415,19 +407,14 @@ def cmd_models(a) -> None:
 
 def cmd_demo_data(a) -> None:
     """gentune demo-data."""
-    from .demo import write_demo_data
+    from gentune.demo import write_demo_data
 
     for path in write_demo_data(a.out):
         print(path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="gentune", description="Fine-tune language models for text generation, offline."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train_and_plan(sub) -> None:
+    """`train` and `plan`: the same settings (a YAML recipe, flags, key=value overrides)."""
     for name, func, text in (
         ("train", cmd_train, "fine-tune a model on a data file"),
         ("plan", cmd_plan, "show what training would do, before it runs"),
@@ -461,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="override any setting, e.g. lr=1e-4 epochs=2",
         )
         p.set_defaults(func=func)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="gentune", description="Fine-tune language models for text generation, offline."
+    )
+    from gentune.config import DistillSettings, ServeSettings
+
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_train_and_plan(sub)
 
     p = sub.add_parser("generate", help="generate from a run or model")
     p.add_argument("model", help="run directory, embedded name, model directory or hub id")
@@ -525,8 +524,6 @@ def build_parser() -> argparse.ArgumentParser:
         "interface, set an API key then)",
     )
     p.add_argument("--port", type=_port, default=8000, help="port to listen on (1-65535)")
-    from .config import ServeSettings
-
     add_settings(p, ServeSettings)
     _add_precision(p)
     p.set_defaults(func=cmd_serve)
@@ -550,9 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-rows", type=_positive(int), default=200, help="--distill: test rows")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser(
-        "demo-data", help="write the ACLSum data (title and summary targets) as JSONL files"
-    )
+    p = sub.add_parser("demo-data", help="write the ACLSum data (titles, summaries) as JSONL")
     p.add_argument("--out", default="runs/data")
     p.set_defaults(func=cmd_demo_data)
 
@@ -564,39 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/pseudo.jsonl, a student is trained on --gold mixed with them, and with --test the "
         "base, student(s) and teacher are scored side by side (OUT/report.md).",
     )
-    p.add_argument("--task", required=True, help="summarization | translation")
-    p.add_argument("--teacher", required=True, help="run, model directory, name, id or URL")
-    p.add_argument("--inputs", required=True, help="unlabelled inputs (an input column)")
-    p.add_argument("--out", required=True, help="directory for labels, runs and the report")
-    p.add_argument("--gold", help="labelled rows: mixed with the pseudo-labels; length filters")
-    p.add_argument("--test", help="labelled rows to score base, student and teacher on")
-    p.add_argument("--instruction", help="the task's instruction (teacher and student)")
-    p.add_argument("--source-lang")
-    p.add_argument("--target-lang")
-    p.add_argument("--teacher-api", choices=["completions", "chat"], default="completions",
-                   help="URL teachers: /v1/completions (input as the prompt: gentune serve "
-                   "applies its template) or /v1/chat/completions (instruction + input)")  # fmt: skip
-    p.add_argument("--teacher-model", help="URL teachers: the model name to ask for")
-    p.add_argument("--teacher-api-key", help="URL teachers: bearer key (else $OPENAI_API_KEY)")
-    p.add_argument("--candidates", type=_positive(int), default=1,
-                   help="candidates per input (beams, or samples with --sample); the teacher's "
-                   "best is kept")  # fmt: skip
-    p.add_argument("--sample", action="store_true", help="sample the candidates")
-    p.add_argument("--temperature", type=_positive(float), default=0.7)
-    p.add_argument("--max-new-tokens", type=_positive(int))
-    p.add_argument("--concurrency", type=_positive(int), default=4, help="URL requests in flight")
-    p.add_argument("--retries", type=_count, default=4, help="retries per request (back-off)")
-    p.add_argument("--limit", type=_positive(int), help="label the first N inputs only")
-    p.add_argument("--student", default="smollm2-135m", help="the student's base model")
-    p.add_argument("--gold-weight", type=_positive(float), default=1.0,
-                   help="gold's share of an epoch against the pseudo-labels' (default 1:1)")  # fmt: skip
-    p.add_argument("--pseudo-weight", type=_positive(float), default=1.0,
-                   help="the pseudo-labels' share of an epoch (default 1:1 with gold)")  # fmt: skip
-    p.add_argument("--epochs", type=_positive(float))
-    p.add_argument("--max-steps", type=_positive(int))
-    p.add_argument("--baseline", action="store_true", help="also train on the gold rows alone")
-    p.add_argument("--label-only", action="store_true", help="label and filter; train nothing")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_settings(
+        p,
+        DistillSettings,
+        extra={k: {"required": True} for k in ("task", "teacher", "inputs", "out")},
+    )
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("models", help="list the embedded models: size, licence, converted or not")

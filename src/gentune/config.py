@@ -4,21 +4,40 @@ reported together."""
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from . import DEFAULT_MODEL
-from .errors import ConfigError
-from .metrics import METRICS, REFERENCE_METRICS
-from .tasks import TASKS
+from gentune import DEFAULT_MODEL
+from gentune.errors import ConfigError
+from gentune.metrics import METRICS, REFERENCE_METRICS
+
+# the tasks by name; each one's template, metrics and decoding are in data.tasks.TASKS
+TaskName = Literal["summarization", "translation", "dialogue", "text"]
+TASKS = typing.get_args(TaskName)
 
 
 def _fail(what: str, problems: list[str]):
     raise ConfigError(f"invalid {what} settings: " + "; ".join(problems), problems)
+
+
+def parse_spec(spec: str) -> tuple[str, float]:
+    """("path", weight) of "path:weight"; a path without a numeric ":weight" has weight 1."""
+    path, sep, tail = spec.rpartition(":")
+    if sep and path:
+        try:
+            weight = float(tail)
+        except ValueError:
+            return spec, 1.0
+        if not weight > 0 or weight == float("inf"):
+            raise ConfigError(f"--data {spec}: the weight after ':' must be a number > 0")
+        return path, weight
+    return spec, 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,99 +112,11 @@ class TrainConfig:
         problems = type_problems(self)
         bad = {p.split("=")[0] for p in problems}  # value checks skip mistyped fields
 
-        def check(names: str, ok, message: str) -> None:
-            if not bad & set(names.split()) and not ok():
-                problems.append(message)
-
-        m = self.micro_batch_size
-        check(
-            "task",
-            lambda: self.task in TASKS,
-            f"task={self.task!r}: choose one of {', '.join(TASKS)}",
-        )
-        check(
-            "epochs",
-            lambda: self.epochs is None or self.epochs > 0,
-            f"epochs={self.epochs}: must be > 0",
-        )
-        check(
-            "dist_timeout",
-            lambda: self.dist_timeout > 0,
-            f"dist_timeout={self.dist_timeout}: must be > 0 (seconds)",
-        )
-        check(
-            "batch_size",
-            lambda: self.batch_size >= 1,
-            f"batch_size={self.batch_size}: must be >= 1",
-        )
-        check(
-            "micro_batch_size batch_size",
-            lambda: m is None or (m >= 1 and self.batch_size % m == 0),
-            f"micro_batch_size={m}: must divide batch_size={self.batch_size}",
-        )
-        check("lr", lambda: self.lr is None or 0 < self.lr < 1, f"lr={self.lr}: must be in (0, 1)")
-        check(
-            "warmup_ratio",
-            lambda: 0 <= self.warmup_ratio < 1,
-            f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)",
-        )
-        check(
-            "val_fraction",
-            lambda: 0 < self.val_fraction < 1,
-            f"val_fraction={self.val_fraction}: must be in (0, 1)",
-        )
-        check(
-            "max_length",
-            lambda: self.max_length >= 16,
-            f"max_length={self.max_length}: must be >= 16",
-        )
-        check("lora_r", lambda: self.lora_r >= 1, f"lora_r={self.lora_r}: must be >= 1")
-        check(
-            "task source_lang target_lang instruction",
-            lambda: (
-                self.task != "translation"
-                or self.instruction is not None
-                or bool(self.source_lang and self.target_lang)
-            ),
-            "task=translation needs source_lang and target_lang "
-            "(e.g. --source-lang German --target-lang English)",
-        )
-        for name in ("max_steps", "eval_every", "save_every", "patience"):
-            value = getattr(self, name)
-            check(name, lambda v=value: v is None or v >= 1, f"{name}={value}: must be >= 1")
-        check(
-            "micro_batch_tokens",
-            lambda: self.micro_batch_tokens is None or self.micro_batch_tokens >= 16,
-            f"micro_batch_tokens={self.micro_batch_tokens}: must be >= 16",
-        )
-        check(
-            "memory_budget",
-            lambda: self.memory_budget is None or self.memory_budget > 0,
-            f"memory_budget={self.memory_budget}: must be > 0 (GiB)",
-        )
-        check("keep_last", lambda: self.keep_last >= 1, f"keep_last={self.keep_last}: must be >= 1")
-        check(
-            "eval_generate",
-            lambda: self.eval_generate is None or self.eval_generate >= 0,
-            f"eval_generate={self.eval_generate}: must be >= 0",
-        )
-        metrics = ("auto", "val_loss", *REFERENCE_METRICS)
-        check(
-            "metric",
-            lambda: self.metric in metrics,
-            f"metric={self.metric!r}: choose one of {', '.join(metrics)}",
-        )
-        check(
-            "metric eval_generate",
-            lambda: self.metric in ("auto", "val_loss") or self.eval_generate != 0,
-            f"metric={self.metric} needs eval_generate > 0",
-        )
-        check(
-            "resume overwrite",
-            lambda: not (self.resume and self.overwrite),
-            "resume and overwrite: choose one (continue the run in --out, or delete it and "
-            "start again)",
-        )
+        problems += [
+            message(self)
+            for names, ok, message in _TRAIN_RULES
+            if not bad & set(names.split()) and not ok(self)
+        ]
         if "data" not in bad:
             try:
                 _ = self.data_files
@@ -223,8 +154,6 @@ class TrainConfig:
     def data_files(self) -> list[tuple[str, float]]:
         """(path, weight) of each --data file (FILE:WEIGHT; a file whose own name has such an
         ending is taken whole)."""
-        from .mix import parse_spec
-
         specs = [self.data] if isinstance(self.data, str) else list(self.data)
         return [(spec, 1.0) if Path(spec).exists() else parse_spec(spec) for spec in specs]
 
@@ -281,6 +210,104 @@ class TrainConfig:
                 raise ConfigError(f"override {item!r}: write it as key=value")
             merged[key] = coerce(hints.get(key, str), value)
         return cls.from_dict(merged)
+
+
+def _at_least(name: str, low: int) -> tuple:
+    """A rule: the optional field `name` is None or >= low."""
+    return (
+        name,
+        lambda c: getattr(c, name) is None or getattr(c, name) >= low,
+        lambda c: f"{name}={getattr(c, name)}: must be >= {low}",
+    )
+
+
+_METRIC_CHOICES = ("auto", "val_loss", *REFERENCE_METRICS)
+# TrainConfig's value checks: (the fields it reads, what holds, the problem otherwise); all are
+# checked together, each one only where its fields are well typed
+_TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...] = (
+    (
+        "task",
+        lambda c: c.task in TASKS,
+        lambda c: f"task={c.task!r}: choose one of {', '.join(TASKS)}",
+    ),
+    (
+        "epochs",
+        lambda c: c.epochs is None or c.epochs > 0,
+        lambda c: f"epochs={c.epochs}: must be > 0",
+    ),
+    (
+        "dist_timeout",
+        lambda c: c.dist_timeout > 0,
+        lambda c: f"dist_timeout={c.dist_timeout}: must be > 0 (seconds)",
+    ),
+    (
+        "batch_size",
+        lambda c: c.batch_size >= 1,
+        lambda c: f"batch_size={c.batch_size}: must be >= 1",
+    ),
+    (
+        "micro_batch_size batch_size",
+        lambda c: (
+            c.micro_batch_size is None
+            or (c.micro_batch_size >= 1 and c.batch_size % c.micro_batch_size == 0)
+        ),
+        lambda c: f"micro_batch_size={c.micro_batch_size}: must divide batch_size={c.batch_size}",
+    ),
+    ("lr", lambda c: c.lr is None or 0 < c.lr < 1, lambda c: f"lr={c.lr}: must be in (0, 1)"),
+    (
+        "warmup_ratio",
+        lambda c: 0 <= c.warmup_ratio < 1,
+        lambda c: f"warmup_ratio={c.warmup_ratio}: must be in [0, 1)",
+    ),
+    (
+        "val_fraction",
+        lambda c: 0 < c.val_fraction < 1,
+        lambda c: f"val_fraction={c.val_fraction}: must be in (0, 1)",
+    ),
+    (
+        "max_length",
+        lambda c: c.max_length >= 16,
+        lambda c: f"max_length={c.max_length}: must be >= 16",
+    ),
+    ("lora_r", lambda c: c.lora_r >= 1, lambda c: f"lora_r={c.lora_r}: must be >= 1"),
+    (
+        "task source_lang target_lang instruction",
+        lambda c: (
+            c.task != "translation"
+            or c.instruction is not None
+            or bool(c.source_lang and c.target_lang)
+        ),
+        lambda c: (
+            "task=translation needs source_lang and target_lang (e.g. --source-lang German --target-lang English)"
+        ),
+    ),
+    *(_at_least(name, 1) for name in ("max_steps", "eval_every", "save_every", "patience")),
+    _at_least("micro_batch_tokens", 16),
+    (
+        "memory_budget",
+        lambda c: c.memory_budget is None or c.memory_budget > 0,
+        lambda c: f"memory_budget={c.memory_budget}: must be > 0 (GiB)",
+    ),
+    ("keep_last", lambda c: c.keep_last >= 1, lambda c: f"keep_last={c.keep_last}: must be >= 1"),
+    _at_least("eval_generate", 0),
+    (
+        "metric",
+        lambda c: c.metric in _METRIC_CHOICES,
+        lambda c: f"metric={c.metric!r}: choose one of {', '.join(_METRIC_CHOICES)}",
+    ),
+    (
+        "metric eval_generate",
+        lambda c: c.metric in ("auto", "val_loss") or c.eval_generate != 0,
+        lambda c: f"metric={c.metric} needs eval_generate > 0",
+    ),
+    (
+        "resume overwrite",
+        lambda c: not (c.resume and c.overwrite),
+        lambda c: (
+            "resume and overwrite: choose one (continue the run in --out, or delete it and start again)"
+        ),
+    ),
+)
 
 
 _MISSING = fields(TrainConfig)[0].default  # dataclasses.MISSING, as the class sees it
@@ -479,3 +506,60 @@ class ServeSettings:
                 problems.append(f"task={self.task!r}: choose one of {', '.join(TASKS)}")
         if problems:
             _fail("server", problems)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillSettings:
+    """`gentune distill`: a teacher labels inputs, a student trains on them (every field is a
+    flag)."""
+
+    task: str  # summarization | translation (tasks whose rows are input/output pairs)
+    teacher: str  # a gentune run, model directory, embedded name, hub id or http(s) URL
+    inputs: str  # unlabelled inputs (JSONL/CSV/TSV with an input column, or .txt)
+    out: str  # directory for the labels, the student runs and the report
+    gold: str | None = None  # labelled rows: mixed with the pseudo-labels; length filters
+    test: str | None = None  # labelled rows to score base, student(s) and teacher on
+    instruction: str | None = None  # the task's instruction (teacher and student)
+    source_lang: str | None = None  # translation: source language, e.g. German
+    target_lang: str | None = None  # translation: target language, e.g. English
+    teacher_api: Literal["completions", "chat"] = (
+        "completions"  # URL teachers: completions (input as prompt) or chat
+    )
+    teacher_model: str | None = None  # URL teachers: the model name to ask for
+    teacher_api_key: str | None = None  # URL teachers: bearer key (else $OPENAI_API_KEY)
+    candidates: int = 1  # candidates per input (beams, or samples): the teacher's best is kept
+    sample: bool = False  # sample the candidates instead of beam search
+    temperature: float = 0.7  # sampling temperature of the candidates
+    max_new_tokens: int | None = None  # longest label (default: the task's)
+    concurrency: int = 4  # requests in flight to a URL teacher
+    retries: int = 4  # retries per request, with back-off
+    limit: int | None = None  # label the first N inputs only
+    student: str = DEFAULT_MODEL  # the student's base model
+    gold_weight: float = 1.0  # gold's share of an epoch against the pseudo-labels' (1:1)
+    pseudo_weight: float = 1.0  # the pseudo-labels' share of an epoch (1:1 with gold)
+    epochs: float | None = None  # the student's passes over its data (default: the recipe's)
+    max_steps: int | None = None  # stop the student after this many optimizer steps
+    baseline: bool = False  # also train the student on the gold rows alone
+    label_only: bool = False  # label and filter; train nothing
+    progress: bool = True  # progress bars
+
+    def __post_init__(self):
+        problems = type_problems(self)
+        bad = {p.split("=")[0] for p in problems}
+        positive = ("candidates", "temperature", "concurrency", "gold_weight", "pseudo_weight")
+        optional = ("max_new_tokens", "limit", "epochs", "max_steps")
+        for name in positive + optional:
+            value = getattr(self, name)
+            if name not in bad and value is not None and not value > 0:
+                problems.append(f"{name}={value}: must be > 0")
+        if "retries" not in bad and self.retries < 0:
+            problems.append(f"retries={self.retries}: give a whole number >= 0")
+        if "task" not in bad and self.task not in TASKS:
+            problems.append(f"task={self.task!r}: choose one of {', '.join(TASKS)}")
+        if problems:
+            _fail("distill", problems)
+
+
+def gentune_home() -> Path:
+    """Where converted models are cached: $GENTUNE_HOME, else ~/.cache/gentune."""
+    return Path(os.environ.get("GENTUNE_HOME", Path.home() / ".cache" / "gentune"))

@@ -8,11 +8,12 @@ import json
 import re
 from pathlib import Path
 
-from . import DEFAULT_MODEL
-from .config import TrainConfig
-from .errors import UsageError
-from .evaluate import evaluate
-from .train import train
+from gentune import DEFAULT_MODEL
+from gentune.config import TrainConfig
+from gentune.errors import UsageError
+from gentune.inference.evaluate import evaluate
+from gentune.rundir import write_jsonl
+from gentune.training.train import train
 
 INSTRUCTION = "Write the title of the research paper with this abstract."
 
@@ -52,15 +53,6 @@ def aclsum_rows(split: str, target: str = "title") -> list[dict]:
                 )
             rows.append({"input": _detok(doc["sentences"]["abstract"]), "output": output})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    """Write rows as JSONL (creating the folder); returns the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
 
 
 def write_demo_data(dest: str | Path) -> list[Path]:

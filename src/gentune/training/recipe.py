@@ -1,0 +1,129 @@
+"""Training defaults from the model and the data: the method, the learning rate, the number of
+epochs, and the metric that picks the checkpoint kept.
+
+Each setting left at `auto` (or unset) is chosen here, with its reason; `train` and `plan`
+print the reasons and the manifest records them. A setting the user gives is never changed.
+The rules and their numbers were chosen on the `dev` rows of held-out sets
+(`bench/defaults.py`) and checked on their `test` rows against TRL (`bench/vs_trl.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal, cast
+
+from gentune.config import TrainConfig
+from gentune.data.tasks import get_task
+
+# full fine-tuning up to this size, where its weights, gradients and AdamW state fit
+FULL_MAX_PARAMETERS = 1_000_000_000
+BYTES_PER_FULL_PARAMETER = 16  # fp32 weight + gradient + two AdamW moments
+LEARNING_RATE = {"full": 1e-4, "lora": 1e-3}
+MIN_STEPS = 10  # fewer optimizer steps than this over the data: more epochs (up to MAX_EPOCHS)
+MAX_EPOCHS = 3
+EVAL_GENERATE = 16  # validation rows generated from when the task metric picks the checkpoint
+
+
+@dataclass(frozen=True)
+class Choice:
+    setting: str
+    value: Any
+    reason: str
+
+    def line(self) -> str:
+        return (
+            f"{self.setting} {self.value:g} ({self.reason})"
+            if isinstance(self.value, float)
+            else f"{self.setting} {self.value} ({self.reason})"
+        )
+
+
+def choose_method(n_params: int, available_mb: float | None) -> tuple[str, str]:
+    """(lora | full, why) from the model's size and the memory there is."""
+    size = f"{n_params / 1e6:,.0f}M parameters"
+    need = n_params * BYTES_PER_FULL_PARAMETER / 2**20
+    if n_params > FULL_MAX_PARAMETERS:
+        return "lora", f"{size}, above {FULL_MAX_PARAMETERS / 1e9:g}B: LoRA"
+    if available_mb is not None and need > available_mb / 2:
+        return "lora", (
+            f"{size}: full fine-tuning's weights, gradients and optimizer state "
+            f"({need / 1024:.1f} GiB) would take over half the memory available "
+            f"({available_mb / 1024:.1f} GiB)"
+        )
+    return "full", (
+        f"{size}: full fine-tuning fits ({need / 1024:.1f} GiB of weights, gradients and "
+        "optimizer state) and beat LoRA on held-out data at this size"
+    )
+
+
+def choose_epochs(n_rows: int, batch_size: int) -> tuple[float, str]:
+    """(epochs, why): enough passes for MIN_STEPS optimizer steps, at most MAX_EPOCHS."""
+    steps = math.ceil(n_rows / batch_size)
+    epochs = min(MAX_EPOCHS, max(1, math.ceil(MIN_STEPS / steps)))
+    if epochs == 1:
+        return 1.0, f"{n_rows} rows = {steps} steps of {batch_size}: one pass is enough"
+    return float(epochs), (
+        f"{n_rows} rows = {steps} steps of {batch_size}: {epochs} passes for at least "
+        f"{min(MIN_STEPS, epochs * steps)} steps"
+        + (f" (at most {MAX_EPOCHS})" if epochs == MAX_EPOCHS else "")
+    )
+
+
+def resolve(
+    cfg: TrainConfig,
+    *,
+    n_params: int,
+    n_rows: int,
+    available_mb: float | None,
+    has_references: bool,
+) -> tuple[TrainConfig, list[Choice]]:
+    """`cfg` with every automatic setting decided, and the choices made (with reasons)."""
+    choices: list[Choice] = []
+    method = str(cfg.method)
+    if method == "auto":
+        method, why = choose_method(n_params, available_mb)
+        choices.append(Choice("method", method, why))
+    lr = cfg.lr
+    if lr is None:
+        lr = LEARNING_RATE[method]
+        choices.append(Choice("lr", lr, f"the {method} default"))
+    epochs = cfg.epochs
+    if epochs is None:
+        if cfg.max_steps:
+            epochs = float(MAX_EPOCHS)  # max_steps decides; epochs only bound it
+        else:
+            epochs, why = choose_epochs(n_rows, cfg.batch_size)
+            choices.append(Choice("epochs", epochs, why))
+    validations = (
+        math.ceil(epochs)
+        if cfg.eval_every is None
+        else math.ceil(n_rows / cfg.batch_size * epochs) // cfg.eval_every
+    )
+    metric, eval_generate = cfg.metric, cfg.eval_generate
+    task_metric = get_task(cfg.task).validation_metric if has_references else None
+    if metric == "auto":
+        if task_metric and validations > 1 and eval_generate != 0:
+            metric = task_metric
+            why = f"{validations} validations: the best by the task's metric is kept"
+        else:
+            metric = "val_loss"
+            why = (
+                "a single validation: nothing to choose between"
+                if validations <= 1
+                else "no references to score generations against"
+                if not task_metric
+                else "--eval-generate 0"
+            )
+        choices.append(Choice("metric", metric, why))
+    if eval_generate is None:
+        eval_generate = EVAL_GENERATE if metric != "val_loss" else 0
+    resolved = replace(
+        cfg,
+        method=cast(Literal["lora", "full"], method),
+        lr=lr,
+        epochs=epochs,
+        metric=metric,
+        eval_generate=eval_generate,
+    )
+    return resolved, choices

@@ -1,0 +1,119 @@
+"""Validation during training: loss and perplexity on the validation rows, the task metric on
+a fixed subset of generations, the best value so far and early stopping."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from gentune.checkpoint import State
+from gentune.config import TrainConfig
+from gentune.data.encode import encode_prompt
+from gentune.data.tasks import get_task
+from gentune.inference.generate import default_decoding, generate
+from gentune.metrics import corpus_metric
+from gentune.models.load import context_length
+from gentune.models.loss import corpus_nll
+from gentune.tokenizer import source_pad_id
+from gentune.training.prepare import Prepared
+
+
+def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, float]:
+    """(mean loss per target token, perplexity) = exp(Σ nll / Σ target tokens)."""
+    total, count = corpus_nll(model, examples, pad_id, batch_size)
+    loss = total / max(count, 1)
+    return loss, math.exp(min(loss, 50.0))
+
+
+@torch.no_grad()
+def generation_metric(
+    model,
+    tokenizer,
+    template,
+    records,
+    metric: str,
+    *,
+    rows: int | None,
+    budget_s: float,
+    batch_size: int,
+    agree: Callable[[bool], bool] | None = None,
+) -> tuple[float, int]:
+    """The task metric on the first `rows` validation records (greedy). With rows=None the
+    subset is sized by the time budget: batches are generated until it is spent; `agree`
+    makes every process take the main one's decision (a sharded model generates only with
+    all of them)."""
+
+    was_training = model.training
+    model.eval()
+    decoding = default_decoding(template, do_sample=False)
+    room = template.prompt_limit(context_length(model), decoding.max_new_tokens)
+    pool = records if rows is None else records[:rows]
+    outputs, refs, start = [], [], time.time()
+    for i in range(0, len(pool), batch_size):
+        chunk = pool[i : i + batch_size]
+        prompts = [encode_prompt(r, template, tokenizer, max_length=room)[0] for r in chunk]
+        outputs += [
+            g.text for g in generate(model, tokenizer, prompts, decoding, batch_size=batch_size)
+        ]
+        refs += [template.reference(r) for r in chunk]
+        spent = rows is None and time.time() - start > budget_s
+        if agree(spent) if agree is not None else spent:
+            break
+    model.train(was_training)
+    return corpus_metric(metric, outputs, refs), len(outputs)
+
+
+def validate(
+    cfg: TrainConfig, prep: Prepared, state: State, row: dict, *, world: int, log=print
+) -> None:
+    """Validation loss and perplexity into `row`, plus the task metric on the fixed generation
+    subset; updates the best value, the patience count and early stopping in `state`."""
+    from accelerate.utils import broadcast_object_list
+
+    if not prep.val_ex:
+        return
+    row["val_loss"], row["val_perplexity"] = evaluate_loss(
+        prep.model, prep.val_ex, source_pad_id(prep.tokenizer), cfg.micro
+    )
+    value = row["val_loss"]
+    metric = cfg.metric if cfg.metric != "val_loss" else get_task(cfg.task).validation_metric
+    scored = prep.scored_val[: cfg.eval_generate]  # (--metric other than val_loss needs some)
+    if scored:
+        score, n = generation_metric(
+            prep.model,
+            prep.tokenizer,
+            prep.template,
+            scored,
+            metric,
+            rows=state.gen_rows,
+            budget_s=cfg.eval_budget_s,
+            batch_size=cfg.micro,
+            agree=(lambda flag: bool(broadcast_object_list([flag])[0])) if world > 1 else None,
+        )
+        if state.gen_rows is None:  # all processes use the main process's subset size
+            state.gen_rows = broadcast_object_list([n])[0] if world > 1 else n
+        row["val_metric"] = score
+        if cfg.metric != "val_loss":
+            value = score
+    improved = state.best is None or (
+        value > state.best if cfg.higher_is_better else value < state.best
+    )
+    if improved:
+        state.best, state.best_step, state.bad_evals = value, state.step, 0
+    else:
+        state.bad_evals += 1
+    log(
+        f"gentune: step {state.step}: val loss {row['val_loss']:.4f}, perplexity "
+        f"{row['val_perplexity']:.2f}"
+        + (
+            f", {metric} {row['val_metric']:.2f} on {state.gen_rows} rows"
+            if "val_metric" in row
+            else ""
+        )
+        + (" (best)" if improved else f" (no improvement {state.bad_evals}x)")
+    )
+    if cfg.patience and state.bad_evals >= cfg.patience:
+        state.stopped_early = True
