@@ -136,50 +136,40 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def tiny_cfg(model: str, data, out, **kw):
+    """A TrainConfig for a short run on a tiny model: summarization, quiet (no progress bar,
+    no TensorBoard); `kw` sets the rest."""
+    from gentune.config import TrainConfig
+
+    base = dict(task="summarization", model=model, progress=False, tensorboard=False)
+    return TrainConfig(**{**base, "data": str(data), "out": str(out), **kw})
+
+
 @pytest.fixture(scope="session")
 def trained_run(tiny_llama, tmp_path_factory) -> str:
     """A tiny model fully fine-tuned until it answers PAIRS' outputs (readable text, ~3 s)."""
-    from gentune.config import TrainConfig
     from gentune.training.train import train
 
     tmp = tmp_path_factory.mktemp("trained")
     data = write_jsonl(tmp / "d.jsonl", PAIRS * 4)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(tmp / "run"),
-        model=tiny_llama,
-        method="full",
-        max_steps=300,
-        batch_size=4,
-        lr=5e-3,
-        progress=False,
-        tensorboard=False,
+    cfg = tiny_cfg(
+        tiny_llama, data, tmp / "run", method="full", max_steps=300, batch_size=4, lr=5e-3,
         eval_generate=0,
-    )
+    )  # fmt: skip
     return str(train(cfg, log=lambda *_: None))
 
 
 @pytest.fixture(scope="session")
 def lora_run(tiny_llama, tmp_path_factory):
-    """A tiny LoRA run (the default method) of a few steps."""
-    from gentune.config import TrainConfig
+    """A tiny LoRA run of a few steps (LoRA named: `auto` trains a model this small in full)."""
     from gentune.training.train import train
 
     tmp = tmp_path_factory.mktemp("run")
     data = write_jsonl(tmp / "d.jsonl", PAIRS * 2)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(tmp / "run"),
-        model=tiny_llama,
-        max_steps=4,
-        batch_size=4,
-        lr=5e-3,
-        progress=False,
-        tensorboard=False,
+    cfg = tiny_cfg(
+        tiny_llama, data, tmp / "run", method="lora", max_steps=4, batch_size=4, lr=5e-3,
         eval_generate=2,
-    )
+    )  # fmt: skip
     return train(cfg, log=lambda *_: None), data
 
 

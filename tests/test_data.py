@@ -3,7 +3,7 @@ file, row and field."""
 
 import pytest
 
-from gentune.data.records import DataError, ReadReport, read_records, split_train_val
+from gentune.data.records import DataError, ReadReport, read_records, split_indices
 
 
 def test_jsonl_csv_tsv_read_the_same(tmp_path):
@@ -102,12 +102,14 @@ def test_plain_text_paragraphs(tmp_path):
     assert [r.row for r in recs] == [1, 5]
 
 
-def test_split_is_seeded_and_disjoint(pairs_file):
-    recs = read_records(pairs_file, kind="pairs")
-    a = split_train_val(recs, val_fraction=0.2, seed=1)
-    b = split_train_val(recs, val_fraction=0.2, seed=1)
+def test_split_is_seeded_and_disjoint():
+    a = split_indices(10, val_fraction=0.2, seed=1, source="d.jsonl")
+    b = split_indices(10, val_fraction=0.2, seed=1, source="d.jsonl")
     assert a == b and len(a[1]) == 2
-    assert not {r.row for r in a[0]} & {r.row for r in a[1]}
+    assert not set(a[0]) & set(a[1]) and sorted(a[0] + a[1]) == list(range(10))
+    assert split_indices(10, val_fraction=0.2, seed=2, source="d.jsonl") != a
+    with pytest.raises(DataError, match="d.jsonl: only 1 row"):
+        split_indices(1, val_fraction=0.2, seed=1, source="d.jsonl")
 
 
 @pytest.mark.parametrize(

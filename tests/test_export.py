@@ -17,6 +17,7 @@ def test_export_round_trip_gives_identical_greedy_text(lora_run, tmp_path):
     from gentune.inference.export import export
 
     run, _ = lora_run
+    assert (run / "model" / "adapter_config.json").exists()  # a LoRA run: export merges it
     out, _ = export(run, tmp_path / "exported")
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
     ours = load_for_inference(str(run))

@@ -13,21 +13,12 @@ from gentune.inference.load import load_for_inference
 from gentune.rundir import run_state
 from gentune.training.train import train
 
-from .conftest import PAIRS, write_jsonl
+from .conftest import PAIRS, tiny_cfg, write_jsonl
 
 
 def _cfg(model, data, out, **kw) -> TrainConfig:
-    return TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(out),
-        model=model,
-        batch_size=4,
-        eval_generate=0,
-        progress=False,
-        tensorboard=False,
-        **{"max_steps": 2, "save_every": 1, "keep_last": 5, **kw},
-    )
+    base = dict(batch_size=4, eval_generate=0, max_steps=2, save_every=1, keep_last=5)
+    return tiny_cfg(model, data, out, **{**base, **kw})
 
 
 def _quiet(*_):

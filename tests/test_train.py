@@ -18,7 +18,7 @@ from gentune.models.loss import TargetLoss
 from gentune.rundir import read_log
 from gentune.training.train import accumulate_gradients, train
 
-from .conftest import PAIRS, _data, _examples
+from .conftest import PAIRS, _data, _examples, tiny_cfg
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
@@ -38,19 +38,25 @@ def test_gradient_accumulation_equals_one_big_batch(request, fixture, method):
 
 def assert_accumulation_matches(model, exs, pad: int, *, atol: float | None = 1e-6):
     """The loss and gradients of one batch of 8 rows equal those accumulated over 4
-    micro-batches of 2. atol=None: 1e-6 of the largest gradient (models with large weights)."""
+    micro-batches of 2, normalised as training normalises them (by the step's target tokens,
+    EOS included). atol=None: 1e-6 of the largest gradient (models with large weights)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     loss_model = TargetLoss(model)
+    n_step = sum(int(e.n_targets) for e in exs[:8])
 
     def grads(micro_batches):
         model.zero_grad()
-        nll, n = accumulate_gradients(loss_model, micro_batches)
+        nll, n = accumulate_gradients(loss_model, micro_batches, n_step=n_step)
         return nll / n, n, [p.grad.clone() for p in params if p.grad is not None]
 
-    big = grads([collate(exs, pad)])
+    big = grads([collate(exs[:8], pad)])
     small = grads([collate(exs[i : i + 2], pad) for i in range(0, 8, 2)])
-    assert big[1] == small[1]
+    # every trainable parameter got a gradient, and not all of them zero
+    assert params and len(big[2]) == len(small[2]) == len(params)
+    assert any(float(g.abs().max()) > 0 for g in big[2])
+    # the tokens the loss averaged over are the step's target tokens, by the model's own loss
+    assert n_step == sum(loss_model(collate(exs[i : i + 2], pad))[1] for i in range(0, 8, 2))
     assert big[0] == pytest.approx(small[0], rel=1e-5)
     if atol is None:  # (float sums in another order)
         atol = 1e-6 * max(float(a.abs().max()) for a in big[2])
@@ -59,20 +65,8 @@ def assert_accumulation_matches(model, exs, pad: int, *, atol: float | None = 1e
 
 
 def _cfg(model, data, out, **kw):
-    base = dict(
-        task="summarization",
-        data=str(data),
-        out=str(out),
-        model=model,
-        epochs=2,
-        batch_size=4,
-        micro_batch_size=2,
-        lr=5e-3,
-        progress=False,
-        val_fraction=0.2,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    base = dict(epochs=2, batch_size=4, micro_batch_size=2, lr=5e-3, val_fraction=0.2)
+    return tiny_cfg(model, data, out, **{**base, **kw})
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -402,3 +396,14 @@ def test_gradient_checkpointing_keeps_the_loss_curve(tiny_llama, tmp_path, metho
         )
         curves.append([float(r["loss"]) for r in read_log(train(cfg, log=lambda *_: None))])
     assert curves[0] == pytest.approx(curves[1], rel=1e-5)
+
+
+def test_the_accumulation_check_fails_when_nothing_gets_a_gradient(tiny_llama):
+    """assert_accumulation_matches cannot pass vacuously: a frozen model fails it."""
+    model, tok, exs = _examples(tiny_llama)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.get_output_embeddings().weight.requires_grad_(True)  # one, so backward runs
+    model.get_output_embeddings().weight.register_hook(lambda g: torch.zeros_like(g))
+    with pytest.raises(AssertionError):
+        assert_accumulation_matches(model, list(exs), tok.pad_token_id)

@@ -61,13 +61,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Copies of the parameters that train (the LoRA adapter, or all weights)."""
-    return {
-        n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
-    }
-
-
 def rng_state() -> dict:
     """Python, NumPy and torch (and CUDA) random states, as tensors and plain values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
@@ -224,10 +217,7 @@ def load(path: Path, *, model, optimizer=None, scheduler=None) -> dict:
             "--overwrite"
         )
     try:
-        if (path / "trainable.safetensors").exists():
-            _load_unsharded(path, model, optimizer)
-        else:
-            _load_shards(path, model, optimizer)
+        _load_shards(path, model, optimizer)
         if scheduler is not None:
             scheduler.load_state_dict(load_tree(path, "scheduler"))
             set_rng_state(load_tree(path, "rng"))
@@ -304,24 +294,6 @@ def saved_weights(path: Path) -> dict[str, torch.Tensor]:
     }
     dcp.load(whole, storage_reader=reader, no_dist=True)
     return {k[len("model.") :]: v for k, v in whole.items()}
-
-
-def _load_unsharded(path: Path, model, optimizer) -> None:
-    """A checkpoint of the earlier layout (trainable.safetensors + optimizer tree), one
-    process."""
-    weights = load_file(path / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise TrainingError(
-            f"{path}: checkpoint does not match the model ({missing[:3]}); "
-            "resume with the same --model and --method"
-        )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    if optimizer is not None:
-        optimizer.load_state_dict(load_tree(path, "optimizer"))
 
 
 # ---- state dicts as JSON + safetensors (no pickle) -----------------------------------------

@@ -198,23 +198,9 @@ def cmd_plan(a) -> None:
     )
 
 
-def _records_from_args(a, template):
-    from gentune.data.records import read_records
-    from gentune.data.tasks import get_task, prompt_record
-
-    if a.data:
-        return read_records(
-            a.data, kind=get_task(template.task).kind, fields=_fields(a), require_output=False
-        )
-    return [prompt_record(template, a.prompt)]
-
-
 def cmd_generate(a) -> None:
     """gentune generate: one prompt (streamed) or a file of inputs."""
-    from gentune.inference.evaluate import predict
-    from gentune.inference.generate import default_decoding
-    from gentune.inference.load import load_for_inference, resolve_template
-    from gentune.rundir import write_jsonl
+    from gentune.inference.evaluate import generate_outputs
 
     if (a.prompt is None) == (a.data is None):
         raise UsageError("give either a prompt or --data FILE (not both)")
@@ -222,44 +208,21 @@ def cmd_generate(a) -> None:
         raise UsageError("--data needs --out DIR for predictions.jsonl")
     if a.out:
         _out_dir(a.out)
-    loaded = load_for_inference(a.model, precision=a.precision, quantize=a.quantize)
-    template = resolve_template(loaded, a.task, **_template_args(a))
-    decoding = default_decoding(template, **_decoding_overrides(a))
-    if a.data and a.max_new_tokens is None:
-        print(f"gentune generate: {template.new_tokens_note()}", file=sys.stderr)
-    records = _records_from_args(a, template)
-    if not a.data and decoding.num_return_sequences == 1 and not a.no_stream:
-        from gentune.data.encode import encode_prompt
-        from gentune.inference.generate import stream
-        from gentune.models.load import context_length
-
-        limit = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
-        ids, _, shortened = encode_prompt(records[0], template, loaded.tokenizer, max_length=limit)
-        if shortened:
-            print(
-                f"gentune generate: note: the input was shortened to fit the {limit}-token "
-                "prompt limit (the run's training length)",
-                file=sys.stderr,
-            )
-        for piece in stream(loaded.model, loaded.tokenizer, ids, decoding):
-            print(piece, end="", flush=True)
-        print()
-        return
-    rows = predict(
-        loaded,
-        template,
-        records,
-        decoding,
+    generate_outputs(
+        a.model,
+        prompt=a.prompt,
+        data=a.data,
+        out=a.out,
+        task=a.task,
+        fields=_fields(a),
+        decoding_overrides=_decoding_overrides(a),
         batch_size=a.batch_size,
-        progress=bool(a.data) and not a.no_progress,
+        stream=not a.no_stream,
+        progress=not a.no_progress,
+        precision=a.precision,
+        quantize=a.quantize,
+        **_template_args(a),
     )
-    if a.data:
-        path = write_jsonl(Path(a.out) / "predictions.jsonl", rows)
-        print(f"gentune: {len(rows)} predictions written to {path}")
-    else:
-        for r in rows:
-            for text in r.get("outputs", [r["output"]]):
-                print(text)
 
 
 def cmd_chat(a) -> None:

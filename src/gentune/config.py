@@ -20,6 +20,7 @@ from gentune.metrics import METRICS, REFERENCE_METRICS
 # the tasks by name; each one's template, metrics and decoding are in data.tasks.TASKS
 TaskName = Literal["summarization", "translation", "dialogue", "text"]
 TASKS = typing.get_args(TaskName)
+MAX_LENGTH = 1024  # tokens per example, by default (and for a plain model at evaluation)
 
 
 def _fail(what: str, problems: list[str]):
@@ -59,7 +60,7 @@ class TrainConfig:
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
-    max_length: int = 1024  # tokens per example; inputs are shortened to fit, never targets
+    max_length: int = MAX_LENGTH  # tokens per example; inputs are shortened to fit, never targets
     skip_long_targets: bool = False  # drop (and count) rows whose target cannot fit
     skip_invalid: bool = False  # drop (and count) invalid rows instead of stopping
     seed: int = 42  # seeds data order, split, init and dropout

@@ -448,20 +448,6 @@ def split_indices(
     return [i for i in range(n) if i not in taken], val
 
 
-def split_train_val(
-    records: list[Record], *, val_fraction: float, seed: int, min_val: int = 1
-) -> tuple[list[Record], list[Record]]:
-    """Seeded random split of records (`split_indices`)."""
-    train, val = split_indices(
-        len(records),
-        val_fraction=val_fraction,
-        seed=seed,
-        source=records[0].source,
-        min_val=min_val,
-    )
-    return [records[i] for i in train], [records[i] for i in val]
-
-
 def record_key(record: Record) -> tuple:
     """A record's content, without where it came from: equal keys are duplicate rows."""
     return (

@@ -76,12 +76,11 @@ class LocalTeacher:
 
     def label(self, records: list[Record], decoding: Decoding, batch_size: int = 8) -> list:
         """[(candidates, scores, stopped_by_eos flags)] per record."""
-        from gentune.data.encode import encode_prompt
-        from gentune.inference.generate import generate
+        from gentune.inference.generate import encode_prompts, generate
 
         tok, model = self.loaded.tokenizer, self.loaded.model
-        limit = self.template.max_length or 1024
-        prompts = [encode_prompt(r, self.template, tok, max_length=limit)[0] for r in records]
+        encoded = encode_prompts(records, self.template, tok, model, decoding.max_new_tokens)
+        prompts = [ids for ids, _, _ in encoded]
         gens = generate(model, tok, prompts, decoding, batch_size=batch_size)
         n = decoding.num_return_sequences
         out = []

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from gentune.data.encode import encode_prompt
 from gentune.data.records import Record
 from gentune.data.tasks import chat_template_for
-from gentune.inference.generate import default_decoding, stream
+from gentune.inference.generate import default_decoding, encode_prompts, stream
 from gentune.inference.load import load_for_inference
 from gentune.models.families import template_options
-from gentune.models.load import context_length
 
 HELP = "type a message; /reset starts over, /exit (or Ctrl-D) leaves"
 
@@ -31,7 +29,6 @@ def chat(
         loaded.template, loaded.tokenizer, **template_options(loaded.model)
     )
     decoding = default_decoding(template, **(decoding_overrides or {}))
-    room = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     write(f"gentune chat with {spec} ({HELP})\n")
     while True:
@@ -50,7 +47,9 @@ def chat(
             continue
         history.append({"role": "user", "content": text})
         record = Record(source="<chat>", row=len(history), messages=tuple(history))
-        ids, _, shortened = encode_prompt(record, template, loaded.tokenizer, max_length=room)
+        [(ids, _, shortened)] = encode_prompts(
+            [record], template, loaded.tokenizer, loaded.model, decoding.max_new_tokens
+        )
         if shortened:
             write("(the oldest turns no longer fit the context and were left out)\n")
         write("model> ")

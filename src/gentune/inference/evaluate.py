@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from gentune.config import Decoding
-from gentune.data.encode import encode_dataset, encode_prompt
+from gentune.config import MAX_LENGTH, Decoding
+from gentune.data.encode import encode_dataset
 from gentune.data.records import Fields, Record, fingerprint, read_records
-from gentune.data.tasks import PromptTemplate, get_task
+from gentune.data.tasks import PromptTemplate, get_task, prompt_record
 from gentune.errors import DataError
-from gentune.inference.generate import default_decoding, generate
+from gentune.inference.generate import default_decoding, encode_prompts, generate
+from gentune.inference.generate import stream as stream_text
 from gentune.inference.load import Loaded, load_for_inference, resolve_template
 from gentune.inference.report import write_report
 from gentune.metrics import (
@@ -45,13 +46,12 @@ def predict(
     reference (when there is one), and whether the model stopped by itself."""
     from tqdm.auto import tqdm
 
-    room = template.prompt_limit(context_length(loaded.model), decoding.max_new_tokens)
-    prompts, texts, shortened = [], [], []
-    for rec in records:
-        ids, text, short = encode_prompt(rec, template, loaded.tokenizer, max_length=room)
-        prompts.append(ids)
-        texts.append(text)
-        shortened.append(short)
+    encoded = encode_prompts(
+        records, template, loaded.tokenizer, loaded.model, decoding.max_new_tokens
+    )
+    prompts = [ids for ids, _, _ in encoded]
+    texts = [text for _, text, _ in encoded]
+    shortened = [short for _, _, short in encoded]
     with tqdm(
         total=len(prompts),
         desc=f"generate ({Path(str(loaded.name)).name})",
@@ -101,9 +101,9 @@ def corpus_perplexity(
 ) -> tuple[float, int, list[str]]:
     """(perplexity over the references' target tokens, number of tokens, rows left out).
 
-    Rows are encoded as in training (the run's max_length; 1024 for a plain model); a row
+    Rows are encoded as in training (the run's max_length; training's default for a plain model); a row
     whose target cannot fit is left out of perplexity — and named in the third value."""
-    max_length = min(template.max_length or 1024, context_length(loaded.model))
+    max_length = min(template.max_length or MAX_LENGTH, context_length(loaded.model))
     examples, report = encode_dataset(
         records, template, loaded.tokenizer, max_length=max_length, skip_long_targets=True
     )
@@ -140,7 +140,7 @@ def score(
     if left_out:
         print(
             f"gentune: warning: {len(left_out)} of {len(records)} rows left out of perplexity"
-            f" (target longer than the {template.max_length or 1024}-token limit: "
+            f" (target longer than the {template.max_length or MAX_LENGTH}-token limit: "
             f"{', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''})",
             file=sys.stderr,
         )
@@ -165,6 +165,79 @@ def score(
     write_jsonl(out / "predictions.jsonl", rows)
     write_json(out / "metrics.json", result)
     return result, rows
+
+
+def generate_outputs(
+    spec: str,
+    *,
+    prompt: str | None = None,
+    data: str | None = None,
+    out: str | None = None,
+    task: str | None = None,
+    fields: Fields = Fields(),
+    decoding_overrides: dict | None = None,
+    batch_size: int = 8,
+    stream: bool = True,
+    progress: bool = True,
+    precision: str = "fp32",
+    quantize: str | None = None,
+    **template_args,
+) -> list[dict]:
+    """`gentune generate`: one prompt, streamed to stdout (unless `stream` is off or several
+    outputs are asked for), or every input of `data` into OUT/predictions.jsonl. Notes go to
+    stderr."""
+    loaded = load_for_inference(spec, precision=precision, quantize=quantize)
+    template = resolve_template(loaded, task, **template_args)
+    decoding = default_decoding(template, **(decoding_overrides or {}))
+    if data and "max_new_tokens" not in (decoding_overrides or {}):
+        print(f"gentune generate: {template.new_tokens_note()}", file=sys.stderr)
+    if data:
+        kind = get_task(template.task).kind
+        records = read_records(data, kind=kind, fields=fields, require_output=False)
+    else:
+        records = [prompt_record(template, prompt or "")]
+    if not data and decoding.num_return_sequences == 1 and stream:
+        [(ids, _, shortened)] = encode_prompts(
+            records, template, loaded.tokenizer, loaded.model, decoding.max_new_tokens
+        )
+        if shortened:
+            print(
+                "gentune generate: note: the input was shortened to the run's prompt limit "
+                "(as training shortened it)",
+                file=sys.stderr,
+            )
+        text = ""
+        for piece in stream_text(loaded.model, loaded.tokenizer, ids, decoding):
+            print(piece, end="", flush=True)
+            text += piece
+        print()
+        return [{"row": records[0].where, "output": text}]
+    rows = predict(
+        loaded, template, records, decoding, batch_size=batch_size, progress=bool(data) and progress
+    )
+    if data and out:
+        path = write_jsonl(Path(out) / "predictions.jsonl", rows)
+        print(f"gentune: {len(rows)} predictions written to {path}")
+    else:
+        for r in rows:
+            for text in r.get("outputs", [r["output"]]):
+                print(text)
+    return rows
+
+
+def labelled_records(data: str, template, fields: Fields, limit: int | None) -> list[Record]:
+    """The first `limit` rows of a labelled file; a row without a reference stops evaluation."""
+    records = read_records(data, kind=get_task(template.task).kind, fields=fields)
+    if limit:
+        records = records[:limit]
+    refs_missing = [r.where for r in records if template.reference(r) is None and r.text is None]
+    if refs_missing:
+        raise DataError(
+            f"{refs_missing[0]}: no reference to score against "
+            f"({len(refs_missing)} rows); evaluation needs labelled rows — use "
+            "`gentune generate` for unlabelled inputs"
+        )
+    return records
 
 
 def evaluate(
@@ -194,17 +267,7 @@ def evaluate(
     out = Path(out)
     loaded = loaded or load_for_inference(spec, precision=precision, quantize=quantize)
     template = resolve_template(loaded, task, **template_args)
-    kind = get_task(template.task).kind
-    records = read_records(data, kind=kind, fields=fields)
-    if limit:
-        records = records[:limit]
-    refs_missing = [r.where for r in records if template.reference(r) is None and r.text is None]
-    if refs_missing:
-        raise DataError(
-            f"{refs_missing[0]}: no reference to score against "
-            f"({len(refs_missing)} rows); evaluation needs labelled rows — use "
-            "`gentune generate` for unlabelled inputs"
-        )
+    records = labelled_records(data, template, fields, limit)
     for warning in training_overlap(loaded, data, records):
         print(f"gentune: warning: {warning}", file=sys.stderr)
     decoding = default_decoding(template, **(decoding_overrides or {}))

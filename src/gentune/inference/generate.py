@@ -6,15 +6,19 @@ its one-prompt streaming twin, which yields the same text piece by piece).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 
 from gentune.config import Decoding
+from gentune.data.encode import encode_prompt
+from gentune.data.records import Record
 from gentune.data.tasks import PromptTemplate, get_task
 from gentune.models.families import causal_lm, forced_bos, is_seq2seq
+from gentune.models.load import context_length
 from gentune.tokenizer import source_pad_id
 
 
@@ -108,6 +112,23 @@ def _finish(
     return Generation(text=text.strip(), new_tokens=len(new), finished=finished)
 
 
+def encode_prompts(
+    records: list[Record],
+    template: PromptTemplate,
+    tokenizer,
+    model,
+    max_new_tokens: int,
+    *,
+    context: int | None = None,
+) -> list[tuple[list[int], str, bool]]:
+    """Each record's generation prompt (ids, text, whether the input was shortened) by
+    inference's one rule, `template.prompt_limit`: an input is shortened as training
+    shortened it, within the model's context less `max_new_tokens`. The server gives a
+    `context` of its own (no limit: a prompt too long for the model is the request's 400)."""
+    room = template.prompt_limit(context or context_length(model), max_new_tokens)
+    return [encode_prompt(r, template, tokenizer, max_length=room) for r in records]
+
+
 def shared_prefix(prompts: list[list[int]]) -> int:
     """Length of the token prefix all prompts share, leaving every prompt at least one token of
     its own (the chat template's system turn and the task instruction, typically)."""
@@ -144,6 +165,31 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _prefix_cache(model, prefix: list[int], device) -> tuple[int, Any]:
+    """(prefix length, its KV cache) for a shared prefix of at least 4 tokens, else (0, None)."""
+    if len(prefix) < 4:
+        return 0, None
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+    return len(prefix), out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _padded(prompts: list[list[int]], shared: int, pad: int, *, left: bool):
+    """(ids, attention mask) of a batch, (B, T): the shared prefix first, then each prompt's own
+    tokens; the padding between them (left) or last (an encoder's positions count from its
+    first token)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    ids[:, :shared] = torch.tensor(prompts[0][:shared], dtype=torch.long)
+    mask[:, :shared] = 1
+    for row, prompt in enumerate(prompts):
+        own = prompt[shared:]
+        at = width - len(own) if left else 0
+        ids[row, at : at + len(own)] = torch.tensor(own, dtype=torch.long)
+        mask[row, at : at + len(own)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -176,28 +222,13 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[Generation] | None] = [None] * len(prompts)
     shared = shared_prefix(prompts) if share_prefix and _can_share_prefix(model, decoding) else 0
-    prefix_cache = None
-    if shared >= 4:
-        prefix = torch.tensor([prompts[0][:shared]], device=device)
-        out = model(input_ids=prefix, use_cache=True)
-        prefix_cache = out["cache"] if "cache" in out else out["past_key_values"]
-    else:
-        shared = 0
+    shared, prefix_cache = _prefix_cache(model, prompts[0][:shared], device)
     if decoding.do_sample:
         torch.manual_seed(decoding.seed)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        ids[:, :shared] = torch.tensor(prompts[0][:shared], dtype=torch.long)
-        mask[:, :shared] = 1
-        for row, i in enumerate(idx):  # padding goes between the shared prefix and the rest
-            own = prompts[i][shared:]
-            # an encoder's positions count from its first token: its padding goes last
-            at = 0 if seq2seq else width - len(own)
-            ids[row, at : at + len(own)] = torch.tensor(own, dtype=torch.long)
-            mask[row, at : at + len(own)] = 1
+        ids, mask = _padded([prompts[i] for i in idx], shared, pad, left=not seq2seq)
+        width = ids.shape[1]
         extra = {}
         cut: dict[int, int] = {}  # row -> new tokens made when should_stop turned true
         # where the new tokens start: after the prompt, or (encoder-decoder) the decoder's start
@@ -248,6 +279,33 @@ def _criteria(flags: Callable[[], list[bool]], cut: dict[int, int] | None = None
             return f.repeat_interleave(input_ids.shape[0] // len(f))
 
     return StoppingCriteriaList([Flags()])
+
+
+def _visible(streamer, stops: list[str], closed) -> Iterator[str]:
+    """The streamer's pieces as generate() would show the text: leading whitespace dropped,
+    trailing whitespace held back until more follows, cut before a stop string (then `closed`
+    is set, which ends the generation)."""
+    text, sent = "", 0  # the text so far, and how much of it was yielded
+    for piece in streamer:
+        text += piece
+        if not sent:
+            text = text.lstrip()
+        cut = min((text.find(s) for s in stops if s in text), default=-1)
+        if cut >= 0:  # a stop string: emit what precedes it, then end
+            end = len(text[:cut].rstrip())
+            if end > sent:
+                yield text[sent:end]
+            sent = len(text)
+            closed.set()
+            break
+        # hold back an ending that may grow into a stop string, and whitespace before it
+        hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        end = max(sent, len(text[: len(text) - hold].rstrip()))
+        yield text[sent:end]  # possibly "": one piece per token, so a consumer can leave
+        sent = end
+    rest = text[sent:].rstrip()
+    if rest:  # the generation ended: what was held back (bar whitespace) is plain text
+        yield rest
 
 
 def stream(
@@ -305,33 +363,8 @@ def stream(
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    # The text so far, as generate() would show it (leading whitespace dropped, trailing
-    # whitespace held back until more follows), and how much of it was yielded.
-    text, sent = "", 0
-    stops = [s for s in decoding.stop if s]
     try:
-        for piece in streamer:
-            text += piece
-            if not sent:
-                text = text.lstrip()
-            cut = min((text.find(s) for s in stops if s in text), default=-1)
-            if cut >= 0:  # a stop string: emit what precedes it, then end
-                end = len(text[:cut].rstrip())
-                if end > sent:
-                    yield text[sent:end]
-                sent = len(text)
-                closed.set()
-                break
-            # hold back an ending that may grow into a stop string, and whitespace before it
-            hold = max(
-                (k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0
-            )
-            end = max(sent, len(text[: len(text) - hold].rstrip()))
-            yield text[sent:end]  # possibly "": one piece per token, so a consumer can leave
-            sent = end
-        rest = text[sent:].rstrip()
-        if rest:  # the generation ended: what was held back (bar whitespace) is plain text
-            yield rest
+        yield from _visible(streamer, [s for s in decoding.stop if s], closed)
     finally:
         closed.set()  # the caller left early (or we are done): stop the generation thread
         thread.join()

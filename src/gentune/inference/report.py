@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from gentune.metrics import row_score
@@ -108,6 +109,81 @@ def lengths_figure(references: list[str], base: list[str], tuned: list[str]) -> 
     return _png_data_uri(fig)
 
 
+def _metric_rows(comparison: dict) -> str:
+    """The metric table's rows: base, fine-tuned, the difference coloured by its direction, its
+    interval (✔ where it excludes 0 in the better direction)."""
+    esc, rows = html.escape, []
+    for m in comparison["metrics"]:
+        ci = m.get("ci")
+        hib = m["higher_is_better"]
+        better = hib is not None and (m["difference"] > 0) == hib and m["difference"] != 0
+        css = "" if hib is None else "win" if better else "loss"
+        direction = (
+            "no direction" if hib is None else "higher is better" if hib else "lower is better"
+        )
+        ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "–"
+        sig = ""
+        if ci:
+            sig = " ✔" if (ci[0] > 0 if m["higher_is_better"] else ci[1] < 0) else ""
+        rows.append(
+            f"<tr><td>{esc(m['metric'])}</td><td>{m['base']:.2f}</td><td>{m['tuned']:.2f}</td>"
+            f"<td class='{css}'>{m['difference']:+.2f}</td><td>{ci_text}{sig}</td>"
+            f"<td>{direction}; {esc(m['unit'])}</td></tr>"
+        )
+    return "".join(rows)
+
+
+def _images(run_dir: str | None, base_rows: list[dict], tuned_rows: list[dict]) -> str:
+    """The run's training curves and the length histograms, as inline PNGs."""
+    esc, images = html.escape, []
+    refs = [r["reference"] for r in tuned_rows]
+    if run_dir:
+        try:
+            curves = curves_figure(read_log(run_dir))
+        except FileNotFoundError:
+            curves = None
+        if curves:
+            images.append(("Training curves", curves))
+    if all(r is not None for r in refs):
+        outputs = [r["output"] for r in base_rows], [r["output"] for r in tuned_rows]
+        images.append(("Lengths", lengths_figure(refs, *outputs)))
+    return "".join(f"<h2>{esc(t)}</h2><img alt='{esc(t)}' src='{uri}'>" for t, uri in images)
+
+
+def _samples(task: str, base_rows, tuned_rows, samples: int, extremes: int) -> str:
+    """Side-by-side samples: the first rows, the biggest wins and the biggest losses."""
+    esc = html.escape
+    if not tuned_rows or any(r["reference"] is None for r in tuned_rows):
+        return ""
+    deltas = [
+        row_score(t["output"], t["reference"], task) - row_score(b["output"], b["reference"], task)
+        for b, t in zip(base_rows, tuned_rows, strict=True)
+    ]
+    order = sorted(range(len(deltas)), key=lambda i: deltas[i])
+    groups = [
+        ("Samples", list(range(min(samples, len(tuned_rows))))),
+        ("Biggest wins", order[::-1][:extremes]),
+        ("Biggest losses", order[:extremes]),
+    ]
+    metric = "chrF" if task == "translation" else "ROUGE-L"
+    sections = []
+    for title, idx in groups:
+        cards = []
+        for i in idx:
+            b, t = base_rows[i], tuned_rows[i]
+            cards.append(
+                f"<tr class='sample'><td>{esc(t['row'])}<br><small>Δ{metric} "
+                f"{deltas[i]:+.1f}</small></td><td><pre>{esc(_input_of(t.get('input') or t['prompt']))}</pre>"
+                f"</td><td>{esc(t['reference'] or '')}</td><td>{esc(b['output'])}</td>"
+                f"<td>{esc(t['output'])}</td></tr>"
+            )
+        sections.append(
+            f"<h2>{title}</h2><table class='samples'><tr><th>row</th><th>input</th>"
+            f"<th>reference</th><th>base</th><th>fine-tuned</th></tr>" + "".join(cards) + "</table>"
+        )
+    return "".join(sections)
+
+
 def write_report(
     path: str | Path,
     *,
@@ -121,78 +197,10 @@ def write_report(
     """A self-contained HTML page (no network): metric table with intervals, the run's loss and
     learning-rate curves, length histograms, and side-by-side samples with the biggest wins and
     losses."""
-    import html
     import json
 
     esc = html.escape
     task = comparison["task"]
-    refs = [r["reference"] for r in tuned_rows]
-    rows_html = []
-    for m in comparison["metrics"]:
-        ci = m.get("ci")
-        hib = m["higher_is_better"]
-        better = hib is not None and (m["difference"] > 0) == hib and m["difference"] != 0
-        css = "" if hib is None else "win" if better else "loss"
-        direction = (
-            "no direction" if hib is None else "higher is better" if hib else "lower is better"
-        )
-        ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "–"
-        sig = ""
-        if ci:
-            sig = " ✔" if (ci[0] > 0 if m["higher_is_better"] else ci[1] < 0) else ""
-        rows_html.append(
-            f"<tr><td>{esc(m['metric'])}</td><td>{m['base']:.2f}</td><td>{m['tuned']:.2f}</td>"
-            f"<td class='{css}'>{m['difference']:+.2f}</td><td>{ci_text}{sig}</td>"
-            f"<td>{direction}; {esc(m['unit'])}</td></tr>"
-        )
-    images = []
-    if run_dir:
-        try:
-            curves = curves_figure(read_log(run_dir))
-        except FileNotFoundError:
-            curves = None
-        if curves:
-            images.append(("Training curves", curves))
-    if all(r is not None for r in refs):
-        images.append(
-            (
-                "Lengths",
-                lengths_figure(
-                    refs, [r["output"] for r in base_rows], [r["output"] for r in tuned_rows]
-                ),
-            )
-        )
-    sample_sections = []
-    if tuned_rows and all(r is not None for r in refs):
-        deltas = [
-            row_score(t["output"], t["reference"], task)
-            - row_score(b["output"], b["reference"], task)
-            for b, t in zip(base_rows, tuned_rows, strict=True)
-        ]
-        order = sorted(range(len(deltas)), key=lambda i: deltas[i])
-        groups = [
-            ("Samples", list(range(min(samples, len(tuned_rows))))),
-            ("Biggest wins", order[::-1][:extremes]),
-            ("Biggest losses", order[:extremes]),
-        ]
-        metric = "chrF" if task == "translation" else "ROUGE-L"
-        for title, idx in groups:
-            cards = []
-            for i in idx:
-                b, t = base_rows[i], tuned_rows[i]
-                cards.append(
-                    f"<tr class='sample'><td>{esc(t['row'])}<br><small>Δ{metric} "
-                    f"{deltas[i]:+.1f}</small></td><td><pre>{esc(_input_of(t.get('input') or t['prompt']))}</pre>"
-                    f"</td><td>{esc(t['reference'] or '')}</td><td>{esc(b['output'])}</td>"
-                    f"<td>{esc(t['output'])}</td></tr>"
-                )
-            sample_sections.append(
-                f"<h2>{title}</h2><table class='samples'><tr><th>row</th><th>input</th>"
-                f"<th>reference</th><th>base</th><th>fine-tuned</th></tr>"
-                + "".join(cards)
-                + "</table>"
-            )
-    imgs = "".join(f"<h2>{esc(t)}</h2><img alt='{esc(t)}' src='{uri}'>" for t, uri in images)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>gentune report: {esc(str(comparison.get("model", "")))}</title>
@@ -213,11 +221,11 @@ same rows with the same prompt.</p>
 <h2>Metrics</h2>
 <table class="metrics"><tr><th>metric</th><th>base</th><th>fine-tuned</th><th>Δ</th>
 <th>95% interval of Δ (paired bootstrap)</th><th>unit</th></tr>
-{"".join(rows_html)}</table>
+{_metric_rows(comparison)}</table>
 <p><small>✔: the interval excludes 0 in the better direction. Seed {comparison.get("seed")}.
 </small></p>
-{imgs}
-{"".join(sample_sections)}
+{_images(run_dir, base_rows, tuned_rows)}
+{_samples(task, base_rows, tuned_rows, samples, extremes)}
 <script type="application/json" id="comparison">{esc(json.dumps(comparison))}</script>
 </body></html>
 """

@@ -80,8 +80,12 @@ CROSS_ATTENTION = ("crossattention", "ln_cross_attn", "enc_to_dec_proj")
 
 def family(model) -> Family:
     """The quirks entry for a model (peft-wrapped or not)."""
-    config = getattr(model, "config", None)
-    return FAMILIES.get(getattr(config, "model_type", ""), _OTHER)
+    return family_of(getattr(getattr(model, "config", None), "model_type", ""))
+
+
+def family_of(model_type: str) -> Family:
+    """The quirks entry for a config's model_type (a family not in the table: the defaults)."""
+    return FAMILIES.get(model_type, _OTHER)
 
 
 # language name: (ISO 639-1 as M2M100 writes it, mBART-50's code, NLLB-200's code)

@@ -11,12 +11,11 @@ import torch
 from gentune import DEFAULT_MODEL
 from gentune.errors import ModelError
 from gentune.models.families import (
-    _OTHER,
     CROSS_ATTENTION,
-    FAMILIES,
     UNUSED_WEIGHTS,
     WARM_START,
     family,
+    family_of,
     is_seq2seq,
 )
 from gentune.models.registry import resolve_model
@@ -37,7 +36,7 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32):
     with _loading(spec, where):
         tokenizer = load_tokenizer(where)
         config = AutoConfig.from_pretrained(where)
-        if FAMILIES.get(config.model_type, _OTHER).encoder_only:
+        if family_of(config.model_type).encoder_only:
             raise ModelError(
                 f"{spec} is an encoder-only model ({config.model_type}): it cannot generate "
                 f"text by itself; give --model {WARM_START}{spec} to add a decoder warm-started "

@@ -29,11 +29,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from gentune.config import Decoding, ServeSettings
-from gentune.data.encode import encode_prompt
 from gentune.data.records import Record
 from gentune.data.tasks import PromptTemplate, chat_template_for, prompt_record
 from gentune.errors import DataError
-from gentune.inference.generate import Generation, default_decoding
+from gentune.inference.generate import Generation, default_decoding, encode_prompts
 from gentune.inference.load import Loaded, load_for_inference, resolve_template
 from gentune.models.families import template_options
 from gentune.models.load import context_length
@@ -105,10 +104,14 @@ class Served:
         """The prompt's ids, shortened only as the run's training shortened inputs (its
         max_length, as `gentune generate` does), never to squeeze into the context (that is a
         400); a template that cannot render these messages is the request's fault (400)."""
-        limit = template.prompt_limit(10**9, decoding.max_new_tokens)
         try:
-            ids, _, shortened = encode_prompt(
-                record, template, self.loaded.tokenizer, max_length=limit
+            [(ids, _, shortened)] = encode_prompts(
+                [record],
+                template,
+                self.loaded.tokenizer,
+                self.loaded.model,
+                decoding.max_new_tokens,
+                context=10**9,  # shortened as training did, never to fit: too long is a 400
             )
         except DataError as e:
             raise RequestError(str(e).removeprefix(f"{record.where}: "), param) from None

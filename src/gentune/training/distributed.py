@@ -50,11 +50,11 @@ def launcher_settings(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def process_group_kwargs(cfg: TrainConfig):
+def process_group_kwargs(timeout_s: float):
     """accelerate's handler that sets how long a collective waits for the other processes."""
     from accelerate.utils import InitProcessGroupKwargs
 
-    return InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout))
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
 
 
 def shard(model, precision: str) -> int:

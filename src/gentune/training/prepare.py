@@ -167,6 +167,38 @@ class Prepared:
         return [r for r in self.val_records if self.template.reference(r) is not None]
 
 
+def _log_data(cfg: TrainConfig, read_reports, sources, train, val, log) -> None:
+    """What reading and encoding did: skipped rows, overlaps, the mix, the encode summaries."""
+    for rep in read_reports:
+        if rep.skipped:
+            log(
+                f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
+                f"{rep.skipped[0]}"
+            )
+    for warning in overlap_warnings(cfg, sources.fingerprints, train, val):
+        log(f"gentune: warning: {warning}")
+    for line in sources.mix.lines() if sources.mix else []:
+        log(f"gentune: {line}")
+    log(f"gentune: train: {train.report.summary()}")
+    log(f"gentune: validation: {val.report.summary()}")
+
+
+def _trainable(cfg: TrainConfig, model, log):
+    """(the model with LoRA adapters where the method is lora, trainable and all parameters)."""
+    seed_everything(cfg.seed)  # LoRA init does not depend on what loading consumed
+    if cfg.method == "lora":
+        # a warm start's cross-attention is new: trained in full, adapters on the rest
+        new = CROSS_ATTENTION if cfg.model.startswith(WARM_START) else ()
+        model = wrap_lora(
+            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, new=new
+        )
+    memory.set_checkpointing(model, cfg.gradient_checkpointing)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")
+    return model, n_trainable, n_total
+
+
 def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     """Load the model, read and encode the data (through the data cache), wrap the model for
     LoRA: all before step one."""
@@ -193,21 +225,10 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     max_length = min(cfg.max_length, context_length(model))
     train, val, read_reports, sources = load_data(cfg, template, tokenizer, max_length, log=log)
     fingerprints = sources.fingerprints
-    for rep in read_reports:
-        if rep.skipped:
-            log(
-                f"gentune: {rep.path}: skipped {len(rep.skipped)} invalid rows, e.g. "
-                f"{rep.skipped[0]}"
-            )
-    for warning in overlap_warnings(cfg, fingerprints, train, val):
-        log(f"gentune: warning: {warning}")
-    for line in sources.mix.lines() if sources.mix else []:
-        log(f"gentune: {line}")
+    _log_data(cfg, read_reports, sources, train, val, log)
     train_records, val_records = train.records, val.records
     train_ex, val_ex = train.examples, val.examples
     train_rep, val_rep = train.report, val.report
-    log(f"gentune: train: {train_rep.summary()}")
-    log(f"gentune: validation: {val_rep.summary()}")
     if not len(train_ex):
         raise TrainingError("no training examples left after encoding")
     has_references = any(template.reference(r) for r in val_records)  # (stops at the first)
@@ -230,17 +251,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
     )
     for choice in choices:
         log(f"gentune: {choice.line()}")
-    seed_everything(cfg.seed)  # LoRA init does not depend on what loading consumed
-    if cfg.method == "lora":
-        # a warm start's cross-attention is new: trained in full, adapters on the rest
-        new = CROSS_ATTENTION if cfg.model.startswith(WARM_START) else ()
-        model = wrap_lora(
-            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, new=new
-        )
-    memory.set_checkpointing(model, cfg.gradient_checkpointing)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_total = sum(p.numel() for p in model.parameters())
-    log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")
+    model, n_trainable, n_total = _trainable(cfg, model, log)
     return Prepared(
         cfg,
         choices,

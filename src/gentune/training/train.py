@@ -57,7 +57,7 @@ def accumulate_gradients(
     micro_batches: list[dict],
     accelerator=None,
     *,
-    n_step: int | None = None,
+    n_step: int,
     scale: float = 1.0,
 ) -> tuple[float, int]:
     """Backward over the micro-batches of one optimizer step; returns (Σ nll, target tokens).
@@ -66,8 +66,6 @@ def accumulate_gradients(
     processes), not per micro-batch, so accumulating k micro-batches gives the gradient of one
     batch of all their rows. `scale` undoes the averaging of gradients across processes.
     """
-    if n_step is None:
-        n_step = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro_batches)
     device = next(loss_model.parameters()).device
     inner = getattr(getattr(loss_model, "_orig_mod", loss_model), "model", None)  # (compiled)
     nll_sum = 0.0
@@ -205,7 +203,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     out = Path(cfg.out)
     cfg = distributed.launcher_settings(cfg)
     precision, reason = resolve_precision(cfg.precision)
-    accelerator = _accelerator(precision, distributed.process_group_kwargs(cfg))
+    accelerator = _accelerator(precision, distributed.process_group_kwargs(cfg.dist_timeout))
     main, world = accelerator.is_main_process, accelerator.num_processes
     if not main:
         log = lambda *_: None  # noqa: E731  (logs come from the main process only)
@@ -470,7 +468,7 @@ def loop(s: Session, started: float) -> Path:
             end_of_epoch = state.next_batch >= len(batches)
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
             if due or state.step == s.total_steps:
-                validate(cfg, s.prep, state, row, world=s.world, log=s.log)
+                validate(s.prep, state, row, world=s.world, log=s.log)
             state.history.append(row)
             run_log.write(row)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")

@@ -10,12 +10,9 @@ from collections.abc import Callable
 import torch
 
 from gentune.checkpoint import State
-from gentune.config import TrainConfig
-from gentune.data.encode import encode_prompt
 from gentune.data.tasks import get_task
-from gentune.inference.generate import default_decoding, generate
+from gentune.inference.generate import default_decoding, encode_prompts, generate
 from gentune.metrics import corpus_metric
-from gentune.models.load import context_length
 from gentune.models.loss import corpus_nll
 from gentune.tokenizer import source_pad_id
 from gentune.training.prepare import Prepared
@@ -49,12 +46,12 @@ def generation_metric(
     was_training = model.training
     model.eval()
     decoding = default_decoding(template, do_sample=False)
-    room = template.prompt_limit(context_length(model), decoding.max_new_tokens)
     pool = records if rows is None else records[:rows]
     outputs, refs, start = [], [], time.time()
     for i in range(0, len(pool), batch_size):
         chunk = pool[i : i + batch_size]
-        prompts = [encode_prompt(r, template, tokenizer, max_length=room)[0] for r in chunk]
+        encoded = encode_prompts(chunk, template, tokenizer, model, decoding.max_new_tokens)
+        prompts = [ids for ids, _, _ in encoded]
         outputs += [
             g.text for g in generate(model, tokenizer, prompts, decoding, batch_size=batch_size)
         ]
@@ -66,12 +63,12 @@ def generation_metric(
     return corpus_metric(metric, outputs, refs), len(outputs)
 
 
-def validate(
-    cfg: TrainConfig, prep: Prepared, state: State, row: dict, *, world: int, log=print
-) -> None:
+def validate(prep: Prepared, state: State, row: dict, *, world: int, log=print) -> None:
     """Validation loss and perplexity into `row`, plus the task metric on the fixed generation
     subset; updates the best value, the patience count and early stopping in `state`."""
     from accelerate.utils import broadcast_object_list
+
+    cfg = prep.cfg  # the run's settings, the automatic ones decided
 
     if not prep.val_ex:
         return
