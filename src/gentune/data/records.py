@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from gentune.errors import DataError
+from gentune.rundir import write_jsonl
 
 ROLES = ("system", "user", "assistant")
 
@@ -478,17 +479,14 @@ def fingerprint(path: str | Path) -> str:
 
 def write_records(path: str | Path, records: Iterable[Record]) -> None:
     """Write records as JSONL in gentune's own field names (with their source row)."""
-    with Path(path).open("w") as f:
-        for r in records:
-            row = {
-                k: v
-                for k, v in (
-                    ("input", r.input),
-                    ("output", r.output),
-                    ("messages", list(r.messages) if r.messages else None),
-                    ("text", r.text),
-                )
-                if v is not None
-            }
-            row["source"] = r.where
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(path, (_row(r) for r in records))
+
+
+def _row(r: Record) -> dict:
+    fields = (
+        ("input", r.input),
+        ("output", r.output),
+        ("messages", list(r.messages) if r.messages else None),
+        ("text", r.text),
+    )
+    return {**{k: v for k, v in fields if v is not None}, "source": r.where}
