@@ -356,6 +356,16 @@ def cmd_distill(a) -> None:
     distill(DistillSettings(**_given(a, DistillSettings)))
 
 
+def cmd_explain(a) -> None:
+    """gentune explain: a run against its base, per token, and what it memorised."""
+    from gentune.config import ExplainSettings
+    from gentune.trust.explain import explain
+
+    if a.out:
+        _out_dir(a.out)
+    explain(ExplainSettings(**_given(a, ExplainSettings)))
+
+
 def cmd_models(a) -> None:
     """gentune models: the embedded models, their size, licence and state."""
     from gentune.models.registry import EMBEDDED, converted_path, is_converted, is_installed
@@ -413,12 +423,45 @@ def _add_train_and_plan(sub) -> None:
         p.set_defaults(func=func)
 
 
+def _add_distill_and_explain(sub) -> None:
+    """`distill` and `explain`: their flags from their settings' fields."""
+    from gentune.config import DistillSettings, ExplainSettings
+
+    p = sub.add_parser(
+        "distill",
+        help="label unlabelled inputs with a teacher, then train a student on gold + pseudo",
+        description="A teacher (a gentune run, a model, or an OpenAI-compatible URL) labels "
+        "--inputs into OUT/labels.jsonl (resumable), the labels are filtered into "
+        "OUT/pseudo.jsonl, a student is trained on --gold mixed with them, and with --test the "
+        "base, student(s) and teacher are scored side by side (OUT/report.md).",
+    )
+    add_settings(
+        p,
+        DistillSettings,
+        extra={k: {"required": True} for k in ("task", "teacher", "inputs", "out")},
+    )
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser(
+        "explain",
+        help="what fine-tuning changed: a run against its base, per token; memorisation",
+        description="Both models teacher-forced over the run's greedy outputs and the references "
+        "of --data: the tuned token's rank under the base (shifted beyond 3), Δ log-prob, KL, "
+        "alternatives; memorisation of the training rows; OUT/explain.html and explain.json.",
+    )
+    p.add_argument("run", help="run directory (gentune train's --out)")
+    add_settings(
+        p, ExplainSettings, skip=("run",), extra={k: {"required": True} for k in ("data", "out")}
+    )
+    p.set_defaults(func=cmd_explain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="gentune", description="Fine-tune language models for text generation, offline."
     )
-    from gentune.config import DistillSettings, ServeSettings
+    from gentune.config import ServeSettings
 
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -514,20 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/data")
     p.set_defaults(func=cmd_demo_data)
 
-    p = sub.add_parser(
-        "distill",
-        help="label unlabelled inputs with a teacher, then train a student on gold + pseudo",
-        description="A teacher (a gentune run, a model, or an OpenAI-compatible URL) labels "
-        "--inputs into OUT/labels.jsonl (resumable), the labels are filtered into "
-        "OUT/pseudo.jsonl, a student is trained on --gold mixed with them, and with --test the "
-        "base, student(s) and teacher are scored side by side (OUT/report.md).",
-    )
-    add_settings(
-        p,
-        DistillSettings,
-        extra={k: {"required": True} for k in ("task", "teacher", "inputs", "out")},
-    )
-    p.set_defaults(func=cmd_distill)
+    _add_distill_and_explain(sub)
 
     p = sub.add_parser("models", help="list the embedded models: size, licence, converted or not")
     p.set_defaults(func=cmd_models)

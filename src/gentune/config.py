@@ -561,6 +561,34 @@ class DistillSettings:
             _fail("distill", problems)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExplainSettings:
+    """`gentune explain`: what fine-tuning changed, per token, and what the model memorised
+    (every field is a flag)."""
+
+    run: str  # the run directory to explain (gentune train's --out)
+    data: str  # held-out rows to explain (with references, the reference side is scored too)
+    out: str  # directory for explain.html, explain.json and the plot
+    base: str | None = None  # the model to compare with (default: the run's own base model)
+    train: str | None = None  # training rows for memorisation (default: the run's, by sha256)
+    limit: int = 32  # rows of --data, and of the training rows, explained
+    attribution: bool = False  # also gradient x input over the source, base and tuned
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # both models' weights (bf16: faster)
+    batch_size: int = 8  # rows per generation batch and teacher-forced pass
+    bootstrap: int = 1000  # bootstrap resamples for the intervals
+    seed: int = 0  # of the bootstrap and of the training rows' sample
+    progress: bool = True  # progress bars
+
+    def __post_init__(self):
+        problems = type_problems(self)
+        bad = {p.split("=")[0] for p in problems}
+        for name in ("limit", "batch_size", "bootstrap"):
+            if name not in bad and not getattr(self, name) > 0:
+                problems.append(f"{name}={getattr(self, name)}: must be > 0")
+        if problems:
+            _fail("explain", problems)
+
+
 def gentune_home() -> Path:
     """Where converted models are cached: $GENTUNE_HOME, else ~/.cache/gentune."""
     return Path(os.environ.get("GENTUNE_HOME", Path.home() / ".cache" / "gentune"))

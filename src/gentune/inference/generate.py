@@ -38,6 +38,7 @@ class Generation:
     text: str
     new_tokens: int  # tokens generated (EOS included)
     finished: bool  # True when the model stopped by itself (EOS or a stop string)
+    tokens: tuple[int, ...] = ()  # the new token ids (EOS included), as generated
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -109,7 +110,7 @@ def _finish(
     cuts = [text.find(s) for s in decoding.stop if s and text.find(s) >= 0]
     if cuts:
         text, finished = text[: min(cuts)], True
-    return Generation(text=text.strip(), new_tokens=len(new), finished=finished)
+    return Generation(text.strip(), new_tokens=len(new), finished=finished, tokens=tuple(new))
 
 
 def encode_prompts(

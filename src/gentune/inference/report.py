@@ -51,7 +51,8 @@ def loss_curve_png(history: list[dict], path: str | Path) -> Path | None:
 
 
 # ---- the evaluation report (report.html) ---------------------------------------------------
-def _png_data_uri(fig) -> str:
+def png_data_uri(fig) -> str:
+    """A figure as an inline PNG (data URI); the figure is closed."""
     import base64
     import io
 
@@ -63,7 +64,8 @@ def _png_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot without a display (imported when first needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,7 +78,7 @@ def curves_figure(history: list[dict]) -> str | None:
     """Loss and learning-rate curves of a run, as a data URI."""
     if not history:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     steps = [int(r["step"]) for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100)
     ax1.plot(steps, [float(r["loss"]) for r in history], label="train")
@@ -90,12 +92,12 @@ def curves_figure(history: list[dict]) -> str | None:
     ax2.set(title="learning rate", xlabel="step")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def lengths_figure(references: list[str], base: list[str], tuned: list[str]) -> str:
     """Histograms of output and reference lengths (words), as a data URI."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.4), dpi=100)
     data = {"reference": references, "base": base, "fine-tuned": tuned}
     lengths = {k: [len(t.split()) for t in v] for k, v in data.items() if v}
@@ -106,7 +108,7 @@ def lengths_figure(references: list[str], base: list[str], tuned: list[str]) -> 
     ax.set(title="length of outputs and references", xlabel="words", ylabel="rows")
     ax.legend()
     fig.tight_layout()
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def _metric_rows(comparison: dict) -> str:

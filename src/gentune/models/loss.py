@@ -22,33 +22,26 @@ def decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
     return shifted.masked_fill(shifted == -100, model.config.pad_token_id)
 
 
-def _seq2seq_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """token_nll of an encoder-decoder: the source into the encoder, the target's tokens shifted
-    right by the model's own rule (its decoder start token first) into the decoder."""
-    labels = batch["labels"]
-    mask = labels != -100
-    decoder_input_ids = decoder_inputs(causal_lm(model), labels)
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        decoder_input_ids=decoder_input_ids,
-        use_cache=False,
-    ).logits
-    nll = torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
-    return nll, int(mask.sum())
-
-
-def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(Σ negative log-likelihood over target tokens, number of target tokens) for a batch.
+def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, V), labels (N,)) at a batch's target positions, rows in order (row-major):
+    the prediction of each target token. An encoder-decoder reads the source and the target
+    shifted right by the model's own rule; a causal model predicts token t at position t-1.
 
     Where the family allows, the vocabulary projection runs only at target positions, so long
     prompts cost no logits: hidden (B, T, H) → selected (N, H) → logits (N, V).
     """
     if is_seq2seq(model):
-        return _seq2seq_nll(model, batch)
+        labels = batch["labels"]
+        mask = labels != -100
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=decoder_inputs(causal_lm(model), labels),
+            use_cache=False,
+        ).logits
+        return logits[mask], labels[mask]
     labels = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at position t-1
     mask = labels != -100
-    n = int(mask.sum())
     lm = causal_lm(model)
     inputs = {
         "input_ids": batch["input_ids"],
@@ -58,11 +51,15 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
     }  # (a cache would also switch off packed-sequence masking)
     if family(lm).selective_logits and not is_sharded(model):  # (FSDP gathers at the root)
         hidden = lm.base_model(**inputs).last_hidden_state  # (B, T, H)
-        logits = lm.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
-    else:
-        logits = model(**inputs).logits[:, :-1][mask]
-    nll = torch.nn.functional.cross_entropy(logits.float(), labels[mask], reduction="sum")
-    return nll, n
+        return lm.get_output_embeddings()(hidden[:, :-1][mask]), labels[mask]  # (N, V)
+    return model(**inputs).logits[:, :-1][mask], labels[mask]
+
+
+def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(Σ negative log-likelihood over target tokens, number of target tokens) for a batch."""
+    logits, labels = target_logits(model, batch)
+    nll = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+    return nll, int(labels.numel())
 
 
 @torch.no_grad()
