@@ -123,6 +123,14 @@ def test_page_json_and_the_link_from_the_run(trained_run, tmp_path):
     assert str((out / "explain.html").resolve()) in json.loads(
         (Path(trained_run) / "explanations.json").read_text()
     )
+    # the run's report links to the page
+    from gentune.inference.evaluate import evaluate
+
+    base = json.loads((Path(trained_run) / "manifest.json").read_text())["base_model"]
+    evaluate(trained_run, str(held), tmp_path / "e", compare=base, limit=2, bootstrap=20,
+             progress=False, decoding_overrides={"max_new_tokens": 4})  # fmt: skip
+    report = (tmp_path / "e" / "report.html").read_text()
+    assert "href='../x/explain.html'" in report
 
 
 def test_rows_without_references_and_long_rows_are_said(trained_run, tmp_path, capsys):

@@ -152,6 +152,27 @@ def _images(run_dir: str | None, base_rows: list[dict], tuned_rows: list[dict]) 
     return "".join(f"<h2>{esc(t)}</h2><img alt='{esc(t)}' src='{uri}'>" for t, uri in images)
 
 
+def _explanations(run_dir: str | None, report: Path) -> str:
+    """Links to the run's `gentune explain` pages (RUN/explanations.json), relative to the
+    report."""
+    import json
+    import os
+
+    if not run_dir:
+        return ""
+    try:
+        pages = json.loads((Path(run_dir) / "explanations.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    links = "".join(
+        f"<li><a href='{html.escape(os.path.relpath(p, report.resolve().parent))}'>"
+        f"{html.escape(p)}</a></li>"
+        for p in pages
+        if Path(p).exists()
+    )
+    return f"<h2>What fine-tuning changed (gentune explain)</h2><ul>{links}</ul>" if links else ""
+
+
 def _samples(task: str, base_rows, tuned_rows, samples: int, extremes: int) -> str:
     """Side-by-side samples: the first rows, the biggest wins and the biggest losses."""
     esc = html.escape
@@ -227,6 +248,7 @@ same rows with the same prompt.</p>
 <p><small>✔: the interval excludes 0 in the better direction. Seed {comparison.get("seed")}.
 </small></p>
 {_images(run_dir, base_rows, tuned_rows)}
+{_explanations(run_dir, Path(path))}
 {_samples(task, base_rows, tuned_rows, samples, extremes)}
 <script type="application/json" id="comparison">{esc(json.dumps(comparison))}</script>
 </body></html>

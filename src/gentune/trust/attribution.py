@@ -28,7 +28,7 @@ def attribution(model, examples: list[Example], pad_id: int) -> list[np.ndarray]
             emb = embed(batch["input_ids"]).detach().requires_grad_(True)  # (1, T, H)
             logp = _target_logp(model, batch, emb)
             (grad,) = torch.autograd.grad(logp, emb)
-            score = (grad * emb).sum(-1).abs()[0].float()  # (T,)
+            score = (grad * emb).sum(-1).abs()[0].float().detach()  # (T,)
             n = len(ex.input_ids) if ex.seq2seq else sum(1 for t in ex.labels if t == IGNORE)
             score = score[:n]
             total = float(score.sum())
