@@ -78,7 +78,9 @@ def test_a_model_that_memorised_its_rows_is_flagged(trained_run, tmp_path):
     assert m["exact_match"]["ci"][0] > 0.4  # the gap's interval is well above 0
     assert m["membership"]["auc"] > 0.9 and m["membership"]["ci"][0] > 0.7
     assert m["extraction"]["share_above"] >= 0.8  # p(target) > 0.1 for most training rows
-    assert m["train_rows"] == len(PAIRS) * 4 and m["heldout_in_training"] == 0
+    held_out = len((Path(trained_run) / "heldout.jsonl").read_text().splitlines())
+    assert held_out and m["train_rows"] == len(PAIRS) * 4 - held_out
+    assert m["heldout_in_training"] == 0
     assert r["tokens"]["shifted"] > 0.3  # a tiny random base disagrees with it everywhere
 
 
@@ -104,6 +106,28 @@ def test_a_fixed_first_word_is_the_shifted_position_and_the_top_gain(trained_run
     # every output begins with that token, the first piece of "Indeed"
     assert {row["tokens"][0]["text"] for row in r["rows_detail"]} == {top["token"]}
     assert top["count"] >= len(HELD)
+
+
+def test_training_rows_are_the_runs_own_less_its_validation_rows(tiny_llama, tmp_path):
+    """A run with a --val file: memorisation reads its --data rows only (the manifest names
+    each file's role), and a changed training file is said, not used."""
+    from gentune.training.train import train
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    val = write_jsonl(tmp_path / "v.jsonl", HELD[:2])
+    cfg = tiny_cfg(tiny_llama, data, tmp_path / "run", val=str(val), max_steps=2, batch_size=4)
+    run = train(cfg, log=_quiet)
+    roles = [d["role"] for d in json.loads((run / "manifest.json").read_text())["data"]]
+    assert roles == ["data", "val"]
+    held = write_jsonl(tmp_path / "held.jsonl", HELD)
+    r = _explain(run, held, tmp_path / "x", bootstrap=50)
+    assert r["memorisation"]["train_rows"] == len(PAIRS)
+    assert r["memorisation"]["heldout_in_training"] == 0
+    write_jsonl(data, PAIRS[:3])  # the training file changed since
+    lines: list[str] = []
+    r = explain(ExplainSettings(run=str(run), data=str(held), out=str(tmp_path / "y")),
+                log=lines.append)  # fmt: skip
+    assert r["memorisation"] is None and any("missing or changed" in x for x in lines)
 
 
 def test_page_json_and_the_link_from_the_run(trained_run, tmp_path):

@@ -109,11 +109,12 @@ def save_run(
     template: Saves,
     cfg,
     base_model: str,
-    data_files: dict[str, str],
+    data_files: dict[str, tuple[str, str]],
     stats: dict,
     weights: dict | None = None,
 ) -> None:
-    """Write the run directory; `data_files` maps each data file to its sha256; `weights`,
+    """Write the run directory; `data_files` maps each data file's role (data, data:2, …,
+    val) to its path and sha256; `weights`,
     where given, are the model's full weights (gathered from a sharded model)."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out))
@@ -138,7 +139,8 @@ def save_run(
             "base_model_resolved": base_model,
             "seed": cfg.seed,
             "data": [
-                {"path": str(Path(p).resolve()), "sha256": sha} for p, sha in data_files.items()
+                {"role": role, "path": str(Path(p).resolve()), "sha256": sha}
+                for role, (p, sha) in data_files.items()
             ],
             "versions": package_versions(),
             "python": sys.version.split()[0],

@@ -522,7 +522,9 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
             template=prep.template,
             cfg=cfg,
             base_model=prep.resolved,
-            data_files={prep.sources.paths[role]: sha for role, sha in prep.fingerprints.items()},
+            data_files={
+                role: (prep.sources.paths[role], sha) for role, sha in prep.fingerprints.items()
+            },
             stats={
                 "train": vars(prep.train_report),
                 "validation": vars(prep.val_report),

@@ -247,22 +247,55 @@ def _token_table(rows: list[RowTokens], tokenizer) -> tuple[list[dict], list[dic
 
 def _training_rows(s: ExplainSettings, tuned: Loaded, template, log) -> list[Record] | None:
     """The training rows memorisation is measured on: --train, else the run's own training
-    file(s) where their content is still what the run recorded (sha256); None (said) where
-    there are none."""
+    files (not its --val file) where their content is still what the run recorded (sha256),
+    less the rows it held out for validation (RUN/heldout.jsonl); None (said) where there are
+    none."""
     if s.train:
         return _rows(s.train, template, None, "--train")
+    run = Path(s.run)
     files = (tuned.manifest or {}).get("data") or []
+    val = _val_path(run)
     rows: list[Record] = []
-    for entry in files:
+    for k, entry in enumerate(files):
         path = Path(entry["path"])
+        role = entry.get("role", "val" if str(path) == val else "data" if k == 0 else "more")
+        if role == "val":
+            continue
         if not path.exists() or fingerprint(path) != entry["sha256"]:
             log(
                 f"gentune explain: note: the run's training file {path} is missing or changed "
                 "since training: memorisation is skipped (give --train FILE)"
             )
             return None
-        rows += _rows(str(path), template, None, "--train")
+        part = _rows(str(path), template, None, "--train")
+        if role == "data":  # less the rows split off it for validation, by row number
+            held = _heldout_rows(run)
+            part = [r for r in part if r.row not in held]
+        rows += part
     return rows or None
+
+
+def _heldout_rows(run: Path) -> set[int]:
+    """Row numbers of the first data file that training held out (RUN/heldout.jsonl's
+    sources, file:row)."""
+    import json
+
+    try:
+        lines = (run / "heldout.jsonl").read_text().splitlines()
+    except OSError:
+        return set()
+    return {int(json.loads(line)["source"].rsplit(":", 1)[1]) for line in lines if line.strip()}
+
+
+def _val_path(run: Path) -> str | None:
+    """The run's --val file, resolved (runs written before the manifest named roles)."""
+    import json
+
+    try:
+        val = json.loads((run / "train_config.json").read_text()).get("val")
+    except (OSError, ValueError):
+        return None
+    return str(Path(val).resolve()) if val else None
 
 
 def _memorisation(s, tuned, base, held, held_side, train, log) -> dict | None:
