@@ -143,7 +143,8 @@ def test_page_json_and_the_link_from_the_run(trained_run, tmp_path):
     att = numbers["rows_detail"][0]["attribution"]
     assert len(att["tuned"]) == len(numbers["rows_detail"][0]["input"])
     assert math.isclose(sum(att["tuned"]), 1.0, rel_tol=1e-4) and att["tuned"] != att["base"]
-    assert numbers["attribution"]["seconds"] >= 0
+    assert numbers["attribution"]["seconds"] >= 0 and "Attribution (gradient" in page
+    assert 0 <= numbers["attribution"]["copied_share_tuned"] <= 1
     assert str((out / "explain.html").resolve()) in json.loads(
         (Path(trained_run) / "explanations.json").read_text()
     )

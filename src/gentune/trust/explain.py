@@ -102,7 +102,8 @@ def _side(tuned: Loaded, base: Loaded, records: list[Record], s, log, *, outputs
     decoding = default_decoding(template, do_sample=False)
     encoded = encode_prompts(records, template, tok, model, decoding.max_new_tokens)
     prompts = [ids for ids, _, _ in encoded]
-    gens = generate(model, tok, prompts, decoding, batch_size=s.batch_size)
+    with _bar(s, len(prompts), "generate") as bar:
+        gens = generate(model, tok, prompts, decoding, batch_size=s.batch_size, progress=bar.update)
     side: dict = {
         "prompts": prompts,
         "outputs": [g.text for g in gens],
@@ -117,11 +118,18 @@ def _side(tuned: Loaded, base: Loaded, records: list[Record], s, log, *, outputs
             for p, g, r in zip(prompts, gens, records, strict=True)
         ]
         side["output_examples"] = examples
-        side["output_tokens"] = compare_rows(
-            model, base.model, examples, pad, batch_size=s.batch_size
-        )
+        with _bar(s, len(examples), "both models over the outputs") as bar:
+            side["output_tokens"] = compare_rows(
+                model, base.model, examples, pad, batch_size=s.batch_size, progress=bar.update
+            )
     side.update(_references(tuned, base, records, s))
     return side
+
+
+def _bar(s: ExplainSettings, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not s.progress, dynamic_ncols=True)
 
 
 def _references(tuned: Loaded, base: Loaded, records: list[Record], s) -> dict:
@@ -136,13 +144,15 @@ def _references(tuned: Loaded, base: Loaded, records: list[Record], s) -> dict:
     examples, report = encode_dataset(
         with_ref, template, tuned.tokenizer, max_length=max_length, skip_long_targets=True
     )
-    rows = compare_rows(
-        tuned.model,
-        base.model,
-        list(examples),
-        source_pad_id(tuned.tokenizer),
-        batch_size=s.batch_size,
-    )
+    with _bar(s, len(examples), "both models over the references") as bar:
+        rows = compare_rows(
+            tuned.model,
+            base.model,
+            list(examples),
+            source_pad_id(tuned.tokenizer),
+            batch_size=s.batch_size,
+            progress=bar.update,
+        )
     by_where = {r.where: r for r in rows}
     return {
         "reference_tokens": [by_where.get(r.where) for r in records],
@@ -340,7 +350,8 @@ def _memorisation(s, tuned, base, held, held_side, train, log) -> dict | None:
 
 
 def _attribution(tuned: Loaded, base: Loaded, side: dict, log) -> dict:
-    """Gradient × input of the tuned model's outputs over their sources, both models."""
+    """Gradient × input of the tuned model's outputs over their sources, both models, and
+    how much of it lies on source words the output copies (mean share per row)."""
     started = time.time()
     pad = source_pad_id(tuned.tokenizer)
     examples = side["output_examples"]
@@ -349,8 +360,28 @@ def _attribution(tuned: Loaded, base: Loaded, side: dict, log) -> dict:
         "base": [a.tolist() for a in attribution(base.model, examples, pad)],
     }
     result["seconds"] = round(time.time() - started, 1)
-    log(f"gentune: attribution: {len(examples)} rows x 2 models in {result['seconds']} s")
+    copied = [
+        _copied(tuned.tokenizer, side["prompts"][i], side["outputs"][i])
+        for i in range(len(examples))
+    ]
+    for who in ("tuned", "base"):
+        shares = [float(np.sum(np.array(a)[c])) for a, c in zip(result[who], copied, strict=True)]
+        result[f"copied_share_{who}"] = float(np.mean(shares)) if shares else 0.0
+    log(
+        f"gentune: attribution: {len(examples)} rows x 2 models in {result['seconds']} s; on "
+        f"words the output copies: tuned {100 * result['copied_share_tuned']:.1f} %, base "
+        f"{100 * result['copied_share_base']:.1f} %"
+    )
     return result
+
+
+def _copied(tokenizer, source: list[int], output: str) -> np.ndarray:
+    """Per source token: whether it is (part of) a word of three letters or more that the
+    output contains too."""
+    words = {w.lower() for w in output.split() if len(w.strip(".,:;!?()")) >= 3}
+    words = {w.strip(".,:;!?()") for w in words}
+    pieces = [tokenizer.decode([t]).strip().lower() for t in source]
+    return np.array([len(p) >= 3 and any(p in w for w in words) for p in pieces], dtype=bool)
 
 
 def _rows_detail(held, side, tokenizer, attributions) -> list[dict]:

@@ -87,6 +87,7 @@ def render(result: dict, *, plot_name: str | None) -> str:
         plot,
         _token_tables(t),
         _memorisation(result.get("memorisation"), result.get("reference")),
+        _attribution(result.get("attribution")),
         "<h2>Outputs</h2><p><label>colour by <select id='view'>"
         "<option value='by-shift'>shift class</option>"
         "<option value='by-delta'>Δ log-prob (green: tuned gained)</option></select></label>"
@@ -180,6 +181,17 @@ def _memorisation(m: dict | None, reference: dict | None) -> str:
         + (f" ({html.escape('; '.join(rp['examples']))})" if rp["examples"] else "")
         + ".</p>"
         + (f"<p>Secrets or personal data in outputs:</p><ul>{secrets}</ul>" if secrets else "")
+    )
+
+
+def _attribution(a: dict | None) -> str:
+    if not a:
+        return ""
+    return (
+        "<h2>Attribution (gradient × input)</h2><p>Share of each output's attribution on source "
+        f"words the output copies: tuned {100 * a['copied_share_tuned']:.1f} %, base "
+        f"{100 * a['copied_share_base']:.1f} % (mean over rows; {a['seconds']} s for both "
+        "models). Each row's input below is coloured by it (blue: more).</p>"
     )
 
 
