@@ -102,12 +102,11 @@ class EncodeReport:
     skipped_too_long: int = 0
 
     def summary(self) -> str:
-        parts = [f"{self.rows} rows -> {self.examples} examples"]
-        if self.truncated_rows:
-            parts.append(
-                f"{self.truncated_rows} rows had their input shortened "
-                f"({self.truncated_tokens} tokens removed)"
-            )
+        parts = [
+            f"{self.rows} rows -> {self.examples} examples",
+            f"{self.truncated_rows} rows had their input shortened "
+            f"({self.truncated_tokens} tokens removed; targets are never cut)",
+        ]
         if self.split_rows:
             parts.append(f"{self.split_rows} long texts split into windows")
         if self.skipped_too_long:

@@ -171,17 +171,7 @@ def _data_lines(prep, found: checks.Report) -> list[str]:
     inputs = (examples.lengths - examples.n_targets).tolist()
     lines.append(f"tokens per example, {context}: {percentiles(inputs)}")
     lines.append(f"tokens per example, {target}: {percentiles(examples.n_targets.tolist())}")
-    lines.append(
-        f"max length {prep.max_length}: {rep.truncated_rows} rows get their input "
-        f"shortened ({rep.truncated_tokens} tokens removed), targets are never cut"
-    )
-    if rep.split_rows:
-        lines.append(f"  {rep.split_rows} long texts are split into windows")
-    if rep.skipped_too_long:
-        lines.append(
-            f"  {rep.skipped_too_long} rows skipped, target too long: "
-            + ", ".join(rep.too_long[:10])
-        )
+    lines.append(f"max length {prep.max_length}: {rep.summary()}")  # (as training logs it)
     empty = int((examples.n_targets <= 1).sum())
     lines.append(f"targets with no trainable tokens besides EOS: {empty}")
     return lines
