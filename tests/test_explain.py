@@ -68,6 +68,14 @@ def test_a_model_against_itself_changes_nothing(trained_run, tmp_path):
     assert m["membership"]["auc"] == 0.5  # every score is 0: no signal at all
 
 
+def test_bf16_weights_against_themselves_change_nothing(trained_run, tmp_path):
+    held = write_jsonl(tmp_path / "held.jsonl", HELD[:3])
+    r = _explain(trained_run, held, tmp_path / "x", base=trained_run, precision="bf16",
+                 bootstrap=50)  # fmt: skip
+    assert r["precision"] == "bf16" and r["tokens"]["positions"] > 0
+    assert r["tokens"]["shifted"] == 0 and r["tokens"]["kl_mean"] < 1e-4
+
+
 def test_a_model_that_memorised_its_rows_is_flagged(trained_run, tmp_path):
     """trained_run: 300 full steps on 9 rows. Its training rows come back word for word, the
     held-out ones do not, and the membership score splits them."""
@@ -174,6 +182,8 @@ def test_bad_invocations_are_one_line(trained_run, tmp_path, capsys):
           "--base", str(tmp_path / "no-such-model")], "no such directory"),
         (["explain", str(tmp_path), "--data", str(held), "--out", str(tmp_path / "b")],
          "not a gentune run"),
+        (["explain", trained_run, "--data", str(held), "--out", str(tmp_path / "d"),
+          "--base", "nosuch-org/nosuch-model"], "not cached here"),
         (["explain", trained_run, "--data", str(held), "--out", str(tmp_path / "c"),
           "--limit", "0"], "limit=0: must be > 0"),
     ]  # fmt: skip

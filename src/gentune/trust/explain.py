@@ -432,7 +432,10 @@ def _write(s: ExplainSettings, result: dict, tokenizer, log) -> None:
         f"gentune: {t['positions']} output positions: {100 * t['shifted']:.1f} % shifted, "
         f"{100 * t['marginal']:.1f} % marginal; mean KL {t['kl_mean']:.3f} nats"
     )
-    log(f"gentune: written {out / 'explain.html'} and explain.json ({result['seconds']} s)")
+    log(
+        f"gentune: written {out / 'explain.html'} and explain.json ({result['seconds']} s, "
+        f"peak RSS {result['peak_rss_mb']} MiB)"
+    )
 
 
 def _link_from_run(run: Path, page: Path) -> None:
