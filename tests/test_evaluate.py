@@ -16,7 +16,7 @@ from gentune.models.load import context_length
 from gentune.training.prepare import prepare
 from gentune.training.train import train
 
-from .conftest import PAIRS, write_jsonl
+from .conftest import PAIRS, tiny_cfg, write_jsonl
 
 LONG = "The quick brown fox jumps over the lazy dog near the river bank today. " * 6
 
@@ -33,17 +33,14 @@ def test_training_length_limit_is_applied_at_inference(tiny_llama, tmp_path):
     the median training length, the prompt is token for token the one trained on."""
     rows = [{"input": LONG + f" #{i}", "output": "Fox jumps dog."} for i in range(6)]
     data = write_jsonl(tmp_path / "long.jsonl", rows)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(tmp_path / "run"),
-        model=tiny_llama,
+    cfg = tiny_cfg(
+        tiny_llama,
+        data,
+        tmp_path / "run",
         max_length=48,
         max_steps=1,
         batch_size=2,
         eval_generate=0,
-        progress=False,
-        tensorboard=False,
     )
     run = train(cfg, log=lambda *_: None)
     saved = json.loads((run / "template.json").read_text())

@@ -5,7 +5,7 @@ import re
 from gentune.config import TrainConfig
 from gentune.rundir import read_log
 
-from .conftest import PAIRS, write_jsonl
+from .conftest import PAIRS, tiny_cfg, write_jsonl
 
 
 def test_plan_shows_counts_spans_parameters_and_estimates(tiny_llama, tmp_path):
@@ -53,18 +53,16 @@ def test_plan_predicts_the_layout_steps_and_forward_passes_training_runs(
         for i in range(30)
     ]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(tmp_path / "r"),
-        model=tiny_llama,
+    cfg = tiny_cfg(
+        tiny_llama,
+        data,
+        tmp_path / "r",
         method="full",
         max_length=256,
         batch_size=32,
         micro_batch_size=16,
         epochs=1,
         eval_every=1000,
-        progress=False,
     )
     assert default_micro_batch_tokens() == 2048  # the CPU default is what is tested
     text = plan(cfg, measure=False)

@@ -8,11 +8,10 @@ import torch
 
 import gentune.models.load as models_mod
 import gentune.training.train as train_mod
-from gentune.config import TrainConfig
 from gentune.models.load import resolve_precision
 from gentune.training.train import train
 
-from .conftest import PAIRS, write_jsonl
+from .conftest import PAIRS, tiny_cfg, write_jsonl
 
 
 @pytest.mark.parametrize(
@@ -59,17 +58,14 @@ def test_precision_recorded_and_applied(tiny_llama, tmp_path, precision, monkeyp
 
     monkeypatch.setitem(train_mod.prepare.__globals__, "load_model", load_and_hook)
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(tmp_path / precision),
-        model=tiny_llama,
+    cfg = tiny_cfg(
+        tiny_llama,
+        data,
+        tmp_path / precision,
         max_steps=2,
         batch_size=4,
         precision=precision,
         eval_generate=0,
-        progress=False,
-        tensorboard=False,
     )
     run = train(cfg, log=lambda *_: None)
     stats = json.loads((run / "manifest.json").read_text())["stats"]

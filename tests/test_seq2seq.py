@@ -15,7 +15,7 @@ from gentune.models.load import load_model
 from gentune.models.loss import token_nll
 from gentune.tokenizer import PairTokenizer, source_pad_id, source_tokenizer
 
-from .conftest import PAIRS, build_tiny, write_jsonl
+from .conftest import PAIRS, build_tiny, tiny_cfg, write_jsonl
 from .seq2seq_models import build_seq2seq
 
 FAMILIES = ["bart", "t5", "marian", "bert2bert", "bert2gpt2"]
@@ -206,21 +206,18 @@ def test_gradient_accumulation_equals_one_big_batch(models, family):
 
 def _lora_run(tmp_path_factory, model: str, steps: int) -> str:
     """A short LoRA run of `model` on the test pairs."""
-    from gentune.config import TrainConfig
     from gentune.training.train import train
 
     tmp = tmp_path_factory.mktemp("run")
     data = write_jsonl(tmp / "d.jsonl", PAIRS * 3)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(data),
-        out=str(tmp / "run"),
-        model=model,
+    cfg = tiny_cfg(
+        model,
+        data,
+        tmp / "run",
         method="lora",
         lr=1e-2,
         batch_size=4,
         max_steps=steps,
-        progress=False,
         val_fraction=0.2,
     )
     return str(train(cfg, log=lambda *_: None))

@@ -170,7 +170,6 @@ def test_free_text_trains_with_default_validation(tiny_gpt2, tmp_path):
     """Free text has no references: validation is its loss, and the generation metric is
     skipped instead of crashing on a missing reference (a bug found by running --task text
     with its defaults); a reference metric asked for free text is refused up front."""
-    from gentune.config import TrainConfig
     from gentune.errors import TrainingError
 
     text = tmp_path / "s.txt"
@@ -210,19 +209,16 @@ def test_nan_loss_stops_with_step_and_leaves_last_checkpoint(tiny_llama, tmp_pat
         return nll, n
 
     monkeypatch.setattr(TargetLoss, "forward", poisoned)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(_data(tmp_path)),
-        out=str(tmp_path / "r"),
-        model=tiny_llama,
+    cfg = tiny_cfg(
+        tiny_llama,
+        _data(tmp_path),
+        tmp_path / "r",
         method="lora",
         batch_size=4,
         micro_batch_size=2,
         max_steps=10,
         save_every=2,
         eval_generate=0,
-        progress=False,
-        tensorboard=False,
         eval_every=100,
     )
     with pytest.raises(TrainingError, match=r"loss became nan .* at step 5.*step-00000004"):
@@ -243,19 +239,16 @@ def test_early_stopping_stops_at_the_expected_step(tiny_llama, tmp_path, monkeyp
 
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
     monkeypatch.setattr(validation_mod, "evaluate_loss", lambda *a, **k: (v := next(losses), v))
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(_data(tmp_path)),
-        out=str(tmp_path / "r"),
-        model=tiny_llama,
+    cfg = tiny_cfg(
+        tiny_llama,
+        _data(tmp_path),
+        tmp_path / "r",
         method="lora",
         batch_size=4,
         max_steps=20,
         eval_every=2,
         patience=2,
         eval_generate=0,
-        progress=False,
-        tensorboard=False,
     )
     run = train(cfg, log=lambda *_: None)
     stats = json.loads((run / "manifest.json").read_text())["stats"]
@@ -310,18 +303,15 @@ def test_packed_batch_gives_the_same_per_example_losses(request, fixture):
 
 
 def test_packing_trains(tiny_llama, tmp_path):
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(_data(tmp_path)),
-        out=str(tmp_path / "r"),
-        model=tiny_llama,
+    cfg = tiny_cfg(
+        tiny_llama,
+        _data(tmp_path),
+        tmp_path / "r",
         batch_size=2,
         max_steps=6,
         packing=True,
         lr=5e-3,
         eval_generate=0,
-        progress=False,
-        tensorboard=False,
         max_length=128,
     )
     run = train(cfg, log=lambda *_: None)
@@ -330,17 +320,14 @@ def test_packing_trains(tiny_llama, tmp_path):
 
 
 def test_run_has_loss_curve_png(tiny_gpt2, tmp_path):
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(_data(tmp_path, 8)),
-        model=tiny_gpt2,
-        out=str(tmp_path / "r"),
+    cfg = tiny_cfg(
+        tiny_gpt2,
+        _data(tmp_path, 8),
+        tmp_path / "r",
         max_steps=3,
         batch_size=2,
         eval_generate=2,
         metric="rougeL",
-        progress=False,
-        tensorboard=False,
     )
     run = train(cfg, log=lambda *_: None)
     png = (run / "loss.png").read_bytes()
@@ -359,15 +346,7 @@ def test_out_of_memory_gives_an_actionable_message(tiny_llama, tmp_path, monkeyp
         )
 
     monkeypatch.setattr(TargetLoss, "forward", no_memory)
-    cfg = TrainConfig(
-        task="summarization",
-        data=str(_data(tmp_path)),
-        out=str(tmp_path / "r"),
-        model=tiny_llama,
-        max_steps=2,
-        progress=False,
-        tensorboard=False,
-    )
+    cfg = tiny_cfg(tiny_llama, _data(tmp_path), tmp_path / "r", max_steps=2)
     with pytest.raises(
         TrainingError,
         match=r"out of memory at step 1 .*--micro-batch-size.*"
@@ -380,19 +359,16 @@ def test_out_of_memory_gives_an_actionable_message(tiny_llama, tmp_path, monkeyp
 def test_gradient_checkpointing_keeps_the_loss_curve(tiny_llama, tmp_path, method):
     curves = []
     for flag in (False, True):
-        cfg = TrainConfig(
-            task="summarization",
-            data=str(_data(tmp_path)),
+        cfg = tiny_cfg(
+            tiny_llama,
+            _data(tmp_path),
+            tmp_path / f"r{flag}",
             method=method,
-            out=str(tmp_path / f"r{flag}"),
-            model=tiny_llama,
             max_steps=4,
             batch_size=4,
             lr=5e-3,
             gradient_checkpointing=flag,
             eval_generate=0,
-            progress=False,
-            tensorboard=False,
         )
         curves.append([float(r["loss"]) for r in read_log(train(cfg, log=lambda *_: None))])
     assert curves[0] == pytest.approx(curves[1], rel=1e-5)
