@@ -107,15 +107,15 @@ def save_run(
     model,
     tokenizer,
     template: Saves,
-    cfg,
+    run: dict,
     base_model: str,
     data_files: dict[str, tuple[str, str]],
     stats: dict,
     weights: dict | None = None,
 ) -> None:
-    """Write the run directory; `data_files` maps each data file's role (data, data:2, …,
-    val) to its path and sha256; `weights`,
-    where given, are the model's full weights (gathered from a sharded model)."""
+    """Write the run directory; `run` holds its method, task, base_model (as given) and seed;
+    `data_files` maps each data file's role (data, data:2, …, val) to its path and sha256;
+    `weights`, where given, are the model's full weights (gathered from a sharded model)."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=out))
     try:
@@ -133,11 +133,11 @@ def save_run(
         {  # last: the run is complete once this exists
             "gentune_run": 1,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "method": cfg.method,
-            "task": cfg.task,
-            "base_model": cfg.model,
+            "method": run["method"],
+            "task": run["task"],
+            "base_model": run["base_model"],
             "base_model_resolved": base_model,
-            "seed": cfg.seed,
+            "seed": run["seed"],
             "data": [
                 {"role": role, "path": str(Path(p).resolve()), "sha256": sha}
                 for role, (p, sha) in data_files.items()

@@ -520,7 +520,7 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
             weights=weights,
             tokenizer=prep.tokenizer,
             template=prep.template,
-            cfg=cfg,
+            run={"method": cfg.method, "task": cfg.task, "base_model": cfg.model, "seed": cfg.seed},
             base_model=prep.resolved,
             data_files={
                 role: (prep.sources.paths[role], sha) for role, sha in prep.fingerprints.items()
