@@ -128,26 +128,25 @@ def save_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     template.save(out / "template.json")
-    write_json(
-        out / "manifest.json",
-        {  # last: the run is complete once this exists
-            "gentune_run": 1,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "method": run["method"],
-            "task": run["task"],
-            "base_model": run["base_model"],
-            "base_model_resolved": base_model,
-            "seed": run["seed"],
-            "data": [
-                {"role": role, "path": str(Path(p).resolve()), "sha256": sha}
-                for role, (p, sha) in data_files.items()
-            ],
-            "versions": package_versions(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "stats": stats,
-        },
-    )
+    manifest = {
+        "gentune_run": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "method": run["method"],
+        "task": run["task"],
+        "base_model": run["base_model"],
+        "base_model_resolved": base_model,
+        "seed": run["seed"],
+        "data": [
+            {"role": role, "path": str(Path(p).resolve()), "sha256": sha}
+            for role, (p, sha) in data_files.items()
+        ],
+        "versions": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "stats": stats,
+    }
+    assert set(manifest) == MANIFEST_KEYS  # what read_manifest accepts is what is written
+    write_json(out / "manifest.json", manifest)  # last: the run is complete once this exists
 
 
 def run_state(path: str | Path) -> str | None:
