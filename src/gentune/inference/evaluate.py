@@ -95,6 +95,12 @@ def predict(
     return rows
 
 
+def reference_length(template: PromptTemplate, model) -> int:
+    """The length limit references are encoded with at inference: the run's max_length
+    (training's default for a plain model), within the model's context."""
+    return min(template.max_length or MAX_LENGTH, context_length(model))
+
+
 @torch.no_grad()
 def corpus_perplexity(
     loaded: Loaded, template: PromptTemplate, records: list[Record], *, batch_size: int = 8
@@ -103,7 +109,7 @@ def corpus_perplexity(
 
     Rows are encoded as in training (the run's max_length; training's default for a plain model); a row
     whose target cannot fit is left out of perplexity — and named in the third value."""
-    max_length = min(template.max_length or MAX_LENGTH, context_length(loaded.model))
+    max_length = reference_length(template, loaded.model)
     examples, report = encode_dataset(
         records, template, loaded.tokenizer, max_length=max_length, skip_long_targets=True
     )

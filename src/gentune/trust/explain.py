@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from gentune.config import MAX_LENGTH, ExplainSettings
+from gentune.config import ExplainSettings
 from gentune.data.checks import leakage, whole_text
 from gentune.data.encode import encode_dataset
 from gentune.data.records import Record, fingerprint, read_records
 from gentune.data.tasks import get_task
 from gentune.errors import UsageError
+from gentune.inference.evaluate import reference_length
 from gentune.inference.generate import default_decoding, encode_prompts, generate
 from gentune.inference.load import Loaded, load_for_inference
 from gentune.models.families import is_seq2seq
-from gentune.models.load import context_length
 from gentune.rundir import is_run, write_json
 from gentune.tokenizer import source_pad_id
 from gentune.trust import memorisation as mem
@@ -140,7 +140,7 @@ def _references(tuned: Loaded, base: Loaded, records: list[Record], s) -> dict:
     with_ref = [r for r in records if template.reference(r)]
     if not with_ref:
         return {"reference_tokens": None, "references": [None] * len(records), "left_out": []}
-    max_length = min(template.max_length or MAX_LENGTH, context_length(tuned.model))
+    max_length = reference_length(template, tuned.model)
     examples, report = encode_dataset(
         with_ref, template, tuned.tokenizer, max_length=max_length, skip_long_targets=True
     )
@@ -203,16 +203,10 @@ def aggregate(rows: list[RowTokens], tokenizer) -> dict:
         "marginal": float(((ranks >= 2) & (ranks <= 3)).sum() / n),
         "shifted": float((ranks > 3).sum() / n),
         "by_position": by_pos,
-        "kl_mean": float(np.concatenate([r.kl for r in rows]).mean()) if rows else 0.0,
-        "entropy_tuned_mean": float(np.concatenate([r.entropy_tuned for r in rows]).mean())
-        if rows
-        else 0.0,
-        "entropy_base_mean": float(np.concatenate([r.entropy_base for r in rows]).mean())
-        if rows
-        else 0.0,
-        "delta_logprob_mean": float(np.concatenate([r.delta for r in rows]).mean())
-        if rows
-        else 0.0,
+        "kl_mean": _mean(rows, "kl"),
+        "entropy_tuned_mean": _mean(rows, "entropy_tuned"),
+        "entropy_base_mean": _mean(rows, "entropy_base"),
+        "delta_logprob_mean": _mean(rows, "delta"),
         "gained": gained,
         "lost": lost,
         "most_shifted_rows": [
@@ -221,6 +215,12 @@ def aggregate(rows: list[RowTokens], tokenizer) -> dict:
             if (r.base_rank > 3).any()
         ],
     }
+
+
+def _mean(rows: list[RowTokens], attr: str) -> float:
+    """The mean of a per-token number over every row's tokens (0 without tokens)."""
+    values = np.concatenate([getattr(r, attr) for r in rows]) if rows else np.zeros(0)
+    return float(values.mean()) if values.size else 0.0
 
 
 def _token_table(rows: list[RowTokens], tokenizer) -> tuple[list[dict], list[dict]]:
