@@ -1,80 +1,61 @@
-"""Data checks in `gentune plan`: leakage, duplicates, copied targets, secrets and personal data."""
+"""The checks beyond the training rows (slices, perturbations, forgetting, faithfulness,
+safety) on tiny models, with planted effects: each assertion fails without the effect."""
 
-from __future__ import annotations
+import json
 
-from gentune.data.checks import check
-from gentune.data.records import Record
+from gentune.config import ChecksSettings
+from gentune.trust.checks import evaluate_with_checks
 
-from .conftest import write_jsonl
+from .conftest import PAIRS, tiny_cfg, write_jsonl
 
-WORDS = (
-    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
-    "sigma tau upsilon phi chi psi omega"
-).split()
-
-
-def _text(i: int, n: int = 30) -> str:
-    """A sentence of n words that no other i shares (word order from i)."""
-    return " ".join(f"{WORDS[(i * 7 + k * (i % 5 + 1)) % len(WORDS)]}{i}x{k % 3}" for k in range(n))
-
-
-def _rec(src: str, row: int, input: str, output: str = "a summary.") -> Record:
-    return Record(source=src, row=row, input=input, output=output)
+HELD = [
+    {"input": "Birds sing in the morning before the sun rises.", "output": "Birds sing."},
+    {"input": "The river runs to the sea through the valley.", "output": "River to sea."},
+    {"input": "She told her brother that the cat sleeps all day.", "output": "Cat sleeps."},
+    {"input": "Rain falls on the quiet town all afternoon.", "output": "Rain falls."},
+    {"input": "A small boat crosses the lake at dawn with 3 men.", "output": "Boat crosses."},
+    {"input": "Children play football in the park after school.", "output": "Kids play."},
+]
 
 
-def test_leakage_finds_planted_duplicates_and_near_duplicates_and_nothing_else():
-    train = [_rec("train", i + 1, _text(i)) for i in range(200)]
-    words = _text(7).split()
-    near = " ".join(words[:-2] + ["changed", "words"])  # 2 of 30 words differ: Jaccard ~0.8+
-    far = " ".join(words[:12] + _text(500).split()[12:])  # shares a third: not a duplicate
-    test = [
-        _rec("test", 1, _text(3).upper() + " !"),  # exact, up to case and punctuation
-        _rec("test", 2, near),
-        _rec("test", 3, far),
-        _rec("test", 4, _text(900)),
-    ]
-    report = check(train, [("test", test)])
-    exact, close = report.leaks
-    assert (exact.count, exact.examples) == (1, ["test:1 = train:4"])
-    assert (close.count, close.examples) == (1, ["test:2 ~ train:8 (0.92)"])
-    assert report.leaked == 2
+def _quiet(*_):
+    pass
 
 
-def test_duplicates_copies_and_sensitive_data_are_counted_with_their_rows():
-    train = [
-        _rec("t", 1, "The model reads the input.", "It reads."),
-        _rec("t", 2, "the model reads the INPUT", "it reads"),  # a duplicate of row 1
-        _rec("t", 3, "Copy me exactly, please now.", "copy me exactly please now"),
-        _rec("t", 4, "Write to jane.doe@example.org today.", "Mail."),
-        _rec("t", 5, "my key is sk-abcdefghijklmnopqrstuvwxyz123456", "Key."),
-        _rec("t", 6, "Call +49 30 1234567 or (555) 123-4567.", "Phone."),
-        _rec("t", 7, "Results for 2019 2020 2021 on 1,000 rows (v 2.3.4).", "Years."),
-    ]
-    report = check(train, [])
-    found = {f.what: f for f in report.others}
-    assert found["duplicate training rows (same input and target)"].examples == ["t:2 = t:1"]
-    copies = found["training rows whose target copies the input (Jaccard >= 0.9)"]
-    assert copies.examples == ["t:3"]
-    assert found["training rows with a likely e-mail address"].examples == ["t:4 (jane…)"]
-    assert found["training rows with a likely API key or token"].examples == ["t:5 (sk-a…)"]
-    assert found["training rows with a likely phone number"].examples == ["t:6 (+49 …)"]
-    assert sum(f.count for f in report.others) == 5  # row 7 (years, numbers) is clean
+def _train(model, rows, out, **kw):
+    from gentune.training.train import train
+
+    data = write_jsonl(out.parent / f"{out.name}.jsonl", rows)
+    opts = dict(method="full", max_steps=150, batch_size=4, lr=5e-3, eval_generate=0) | kw
+    return train(tiny_cfg(model, data, out, **opts), log=_quiet)
 
 
-def test_plan_reports_the_checks_and_fail_on_leak_stops(tiny_llama, tmp_path, capsys):
-    from gentune.cli import main
+def _checked(run, base, data, out, checks="slices,perturb,forget,faithful,safety", **kw):
+    settings = ChecksSettings(checks=checks, general_rows=8, **kw)
+    return evaluate_with_checks(
+        str(run), str(data), out, compare=str(base), checks=settings, bootstrap=200,
+        progress=False, log=_quiet,
+    )  # fmt: skip
 
-    rows = [{"input": _text(i), "output": f"summary {i}."} for i in range(30)]
-    rows.append(dict(rows[5]))  # a duplicate row
-    data = write_jsonl(tmp_path / "train.jsonl", rows)
-    test = write_jsonl(tmp_path / "test.jsonl", [rows[2], {"input": _text(77), "output": "x."}])
-    args = ["plan", "--task", "summarization", "--model", tiny_llama, "--data", str(data)]
-    args += ["--val", str(test), "--out", str(tmp_path / "run"), "--method", "full"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "data checks:" in out
-    assert f"validation rows whose input is also a training input (exact): 1: {test}:1 = " in out
-    assert f"duplicate training rows (same input and target): 1: {data}:31 = {data}:6" in out
-    assert main([*args, "--test", str(test), "--fail-on-leak"]) == 2
-    err = capsys.readouterr().err
-    assert "--fail-on-leak: 2 validation or test rows are (nearly) training rows" in err
+
+def test_every_check_runs_end_to_end_and_lands_in_the_report(trained_run, tiny_llama, tmp_path):
+    held = write_jsonl(tmp_path / "held.jsonl", HELD + PAIRS[:6])
+    result = _checked(trained_run, tiny_llama, held, tmp_path / "e")
+    checks = json.loads((tmp_path / "e" / "checks.json").read_text())
+    assert set(checks["seconds"]) == {"slices", "perturb", "forget", "faithful", "safety"}
+    families = {e["family"] for e in checks["slices"]["table"]}
+    assert families == {"input length", "target length", "distance to training"}
+    # the PAIRS rows are training rows: they sit in the "near" slice, where the tuned model
+    # that memorised them scores far above its base
+    near = [e for e in checks["slices"]["table"]
+            if e["slice"].startswith("near") and e["metric"] == "rougeL"]  # fmt: skip
+    far = [e for e in checks["slices"]["table"]
+           if e["slice"].startswith("far") and e["metric"] == "rougeL"]  # fmt: skip
+    assert near[0]["difference"] > far[0]["difference"] + 20
+    points = checks["slices"]["curve"]["points"]
+    assert points[-1]["tuned"] > points[0]["tuned"]  # falls off away from the training rows
+    page = (tmp_path / "e" / "report.html").read_text()
+    for title in ("Slices", "Perturbed inputs", "Forgetting", "Faithfulness", "Safety"):
+        assert title in page
+    assert "score by distance to training" in page
+    assert result["checks"]["rows"] == len(HELD) + 6

@@ -98,6 +98,13 @@ def add_settings(
             p.add_argument(flag, type=lambda text, h=hint: coerce(h, text), **kwargs)
 
 
+def _add_checks(p: argparse.ArgumentParser) -> None:
+    """The checks beyond the training rows (`evaluate --compare`, `explain`)."""
+    from gentune.config import ChecksSettings
+
+    add_settings(p.add_argument_group("checks beyond the training rows"), ChecksSettings)
+
+
 def _add_decoding(p: argparse.ArgumentParser) -> None:
     from gentune.config import Decoding
 
@@ -249,14 +256,14 @@ def cmd_export(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    """gentune evaluate (with --compare: the report)."""
+    """gentune evaluate (with --compare: the report and the checks)."""
+    from gentune.config import ChecksSettings
     from gentune.inference.evaluate import evaluate
+    from gentune.trust.checks import evaluate_with_checks
 
     _out_dir(a.out)
-    result = evaluate(
-        a.model,
-        a.data,
-        a.out,
+    checks = ChecksSettings(**_given(a, ChecksSettings))
+    kwargs = dict(
         task=a.task,
         fields=_fields(a),
         limit=a.limit,
@@ -270,6 +277,16 @@ def cmd_evaluate(a) -> None:
         quantize=a.quantize,
         **_template_args(a),
     )
+    if a.compare and checks.selected:
+        result = evaluate_with_checks(
+            a.model, a.data, a.out, checks=checks, train=a.train, **kwargs
+        )
+    else:
+        if checks.selected and a.checks:
+            print(
+                "gentune: note: --checks compare two models: give --compare BASE", file=sys.stderr
+            )
+        result = evaluate(a.model, a.data, a.out, **kwargs)
     if "comparison" in result:
         for m in result["comparison"]["metrics"]:
             ci = m.get("ci")
@@ -280,7 +297,7 @@ def cmd_evaluate(a) -> None:
             )
         print(
             f"gentune: written {a.out}/report.html, comparison.json, metrics.json, "
-            "predictions.jsonl and base/"
+            f"predictions.jsonl{', checks.json' if 'checks' in result else ''} and base/"
         )
         return
     print(json.dumps({k: v for k, v in result.items() if k != "meta"}, indent=2))
@@ -358,12 +375,13 @@ def cmd_distill(a) -> None:
 
 def cmd_explain(a) -> None:
     """gentune explain: a run against its base, per token, and what it memorised."""
-    from gentune.config import ExplainSettings
+    from gentune.config import ChecksSettings, ExplainSettings
     from gentune.trust.explain import explain
 
     if a.out:
         _out_dir(a.out)
-    explain(ExplainSettings(**_given(a, ExplainSettings)))
+    checks = ChecksSettings(**_given(a, ChecksSettings))
+    explain(ExplainSettings(**_given(a, ExplainSettings)), checks=checks)
 
 
 def cmd_models(a) -> None:
@@ -453,6 +471,7 @@ def _add_distill_and_explain(sub) -> None:
     add_settings(
         p, ExplainSettings, skip=("run",), extra={k: {"required": True} for k in ("data", "out")}
     )
+    _add_checks(p)
     p.set_defaults(func=cmd_explain)
 
 
@@ -509,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="paired-bootstrap resamples for the intervals (seeded by --seed)",
     )
+    p.add_argument(
+        "--train",
+        metavar="FILE",
+        help="training rows for the distance-to-training slices (default: a run's own)",
+    )
+    _add_checks(p)
     _add_fields(p)
     _add_template(p)
     _add_decoding(p)

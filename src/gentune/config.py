@@ -589,6 +589,53 @@ class ExplainSettings:
             _fail("explain", problems)
 
 
+CHECKS = ("slices", "perturb", "forget", "faithful", "safety")
+PERTURBATIONS = ("typos", "case", "spaces", "mild-mix")
+
+
+@dataclass
+class ChecksSettings:
+    """The checks beyond the training rows that `evaluate --compare` and `explain` run, base
+    against tuned (every field is a flag of both)."""
+
+    checks: str = "slices,perturb,forget,faithful,safety"  # comma list of slices, perturb, forget, faithful, safety; none for no checks
+    perturb: str = (
+        "typos,case"  # perturbations for the perturb check: typos, case, spaces, mild-mix
+    )
+    general_text: str | None = (
+        None  # general text for forgetting (.txt lines or .jsonl text; default: chitchat-dataset)
+    )
+    general_rows: int = 48  # general-text passages for forgetting
+
+    def __post_init__(self):
+        problems = type_problems(self)
+        for name, allowed in (("checks", CHECKS), ("perturb", PERTURBATIONS)):
+            value = getattr(self, name)
+            if isinstance(value, str) and value != "none":
+                bad = [x for x in _items(value) if x not in allowed]
+                if bad:
+                    problems.append(
+                        f"{name}={value}: unknown {', '.join(bad)} (choose from "
+                        f"{', '.join(allowed)}{', or none' if name == 'checks' else ''})"
+                    )
+        if isinstance(self.general_rows, int) and not self.general_rows > 0:
+            problems.append(f"general_rows={self.general_rows}: must be > 0")
+        if problems:
+            _fail("checks", problems)
+
+    @property
+    def selected(self) -> list[str]:
+        return [] if self.checks == "none" else [c for c in CHECKS if c in _items(self.checks)]
+
+    @property
+    def perturbations(self) -> list[str]:
+        return [] if self.perturb == "none" else _items(self.perturb)
+
+
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def gentune_home() -> Path:
     """Where converted models are cached: $GENTUNE_HOME, else ~/.cache/gentune."""
     return Path(os.environ.get("GENTUNE_HOME", Path.home() / ".cache" / "gentune"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,7 +233,7 @@ def paired_bootstrap(
         b = rouge_rows(tuned, references)[name]
         diffs = b[idx].mean(1) - a[idx].mean(1)
         base_s, tuned_s = a[idx].mean(1), b[idx].mean(1)
-        observed = float(b.mean() - a.mean())
+        base_v, tuned_v = float(a.mean()), float(b.mean())
     else:
         base_s = np.array(
             [
@@ -247,12 +248,15 @@ def paired_bootstrap(
             ]
         )
         diffs = tuned_s - base_s
-        observed = corpus_metric(name, tuned, references) - corpus_metric(name, base, references)
+        base_v = corpus_metric(name, base, references)
+        tuned_v = corpus_metric(name, tuned, references)
     better_high = METRICS[name].higher_is_better
     p = float(np.mean(diffs <= 0) if better_high else np.mean(diffs >= 0))
     return {
         "metric": name,
-        "difference": observed,
+        "base": base_v,
+        "tuned": tuned_v,
+        "difference": tuned_v - base_v,
         "ci": [float(np.percentile(diffs, lo)), float(np.percentile(diffs, hi))],
         "base_ci": [float(np.percentile(base_s, lo)), float(np.percentile(base_s, hi))],
         "tuned_ci": [float(np.percentile(tuned_s, lo)), float(np.percentile(tuned_s, hi))],
@@ -260,4 +264,29 @@ def paired_bootstrap(
         "samples": samples,
         "seed": seed,
         "level": level,
+    }
+
+
+def bootstrap_mean_diff(
+    base: Sequence[float],
+    tuned: Sequence[float],
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Seeded paired bootstrap of mean(tuned) − mean(base) over rows of per-row values (a
+    rate is the mean of 0/1 values): both means, the difference and its interval."""
+    a, b = np.asarray(base, dtype=float), np.asarray(tuned, dtype=float)
+    if a.size == 0:
+        return {"base": None, "tuned": None, "difference": None, "ci": None, "rows": 0}
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(samples, a.size))
+    diffs = b[idx].mean(1) - a[idx].mean(1)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {
+        "base": float(a.mean()),
+        "tuned": float(b.mean()),
+        "difference": float(b.mean() - a.mean()),
+        "ci": [float(np.percentile(diffs, lo)), float(np.percentile(diffs, hi))],
+        "rows": int(a.size),
     }

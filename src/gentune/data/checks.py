@@ -141,6 +141,16 @@ def near_pairs(
     return found
 
 
+def nearest_similarity(train: Sequence[Record], held: Sequence[Record]) -> list[float]:
+    """Each held row's highest input similarity (Jaccard of word 3-grams) to any training
+    row's input, from the same index as the near-duplicate check: 0 where they share no 3-gram
+    used by at most `COMMON` training rows."""
+    found = near_pairs(
+        [shingles(source_text(r)) for r in train], [shingles(source_text(r)) for r in held], 1e-9
+    )
+    return [found[j][1] if j in found else 0.0 for j in range(len(held))]
+
+
 def leakage(train: Sequence[Record], held: Sequence[Record], name: str) -> tuple[Finding, Finding]:
     """(exact, near) duplicates of `held` rows' inputs among the training rows' inputs."""
     exact = Finding(f"{name} rows whose input is also a training input (exact)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -246,7 +246,48 @@ def labelled_records(data: str, template, fields: Fields, limit: int | None) -> 
     return records
 
 
+@dataclass
+class Evaluation:
+    """Both sides of a comparison, kept for what reads them next (the report, the checks)."""
+
+    result: dict  # the tuned model's metrics.json, with "comparison"
+    comparison: dict
+    records: list[Record]
+    rows: list[dict]  # the tuned model's predictions
+    base_rows: list[dict]
+    template: PromptTemplate
+    base_template: PromptTemplate
+    decoding: Decoding
+    loaded: Loaded | None  # None unless kept
+    base: Loaded | None
+
+
 def evaluate(
+    spec: str,
+    data: str,
+    out: str | Path,
+    *,
+    compare: str | None = None,
+    **kwargs,
+) -> dict:
+    """Score a run or model on a labelled file; writes predictions.jsonl and metrics.json.
+
+    With `compare` (a base model or another run), both are scored on the same rows with the
+    same prompt; OUT/base/ holds the base's files, OUT/comparison.json the differences with
+    bootstrap intervals, and OUT/report.html the report. Keywords: see `evaluate_models`."""
+    ev = evaluate_models(spec, data, out, compare=compare, **kwargs)
+    if compare:
+        write_report(
+            Path(out) / "report.html",
+            comparison=ev.comparison,
+            base_rows=ev.base_rows,
+            tuned_rows=ev.rows,
+            run_dir=spec if is_run(spec) else None,
+        )
+    return ev.result
+
+
+def evaluate_models(
     spec: str,
     data: str,
     out: str | Path,
@@ -263,13 +304,12 @@ def evaluate(
     decoding_overrides: dict | None = None,
     precision: str = "fp32",
     quantize: str | None = None,
+    keep: bool = False,
     **template_args,
-) -> dict:
-    """Score a run or model on a labelled file; writes predictions.jsonl and metrics.json.
-
-    With `compare` (a base model or another run), both are scored on the same rows with the
-    same prompt; OUT/base/ holds the base's files, OUT/comparison.json the differences with
-    bootstrap intervals, and OUT/report.html the report."""
+) -> Evaluation:
+    """`evaluate` but the report: predictions.jsonl, metrics.json and, with `compare`, base/ and
+    comparison.json; `keep` keeps both models loaded in the answer (else the run's model is
+    freed before the base is loaded)."""
     out = Path(out)
     loaded = loaded or load_for_inference(spec, precision=precision, quantize=quantize)
     template = resolve_template(loaded, task, **template_args)
@@ -279,47 +319,28 @@ def evaluate(
     decoding = default_decoding(template, **(decoding_overrides or {}))
     if "max_new_tokens" not in (decoding_overrides or {}):
         print(f"gentune: {template.new_tokens_note()}", file=sys.stderr)
-    result, rows = score(
-        spec,
-        loaded,
-        template,
-        records,
-        decoding,
-        out,
-        data=data,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    opts: dict = {"data": data, "batch_size": batch_size, "progress": progress}
+    result, rows = score(spec, loaded, template, records, decoding, out, **opts)
+    ev = Evaluation(result, {}, records, rows, [], template, template, decoding, None, None)
     if not compare:
-        return result
-    del loaded  # free the memory before loading the second model
+        return ev
+    if keep:
+        ev.loaded = loaded
+    del loaded  # free the memory before loading the second model (unless kept)
     base = load_for_inference(compare, precision=precision, quantize=quantize)  # as the run
     base_template = base.template or template  # a plain base gets the run's own prompt
     base_result, base_rows = score(
-        compare,
-        base,
-        base_template,
-        records,
-        decoding,
-        out / "base",
-        data=data,
-        batch_size=batch_size,
-        progress=progress,
+        compare, base, base_template, records, decoding, out / "base", **opts
     )
     comparison = compare_results(
         template.task, base_result, result, base_rows, rows, samples=bootstrap, seed=seed
     )
     comparison.update({"model": str(spec), "base": str(compare), "data": str(data)})
     write_json(out / "comparison.json", comparison)
-    write_report(
-        out / "report.html",
-        comparison=comparison,
-        base_rows=base_rows,
-        tuned_rows=rows,
-        run_dir=spec if is_run(spec) else None,
-    )
     result["comparison"] = comparison
-    return result
+    ev.comparison, ev.base_rows, ev.base_template = comparison, base_rows, base_template
+    ev.base = base if keep else None
+    return ev
 
 
 def training_overlap(loaded: Loaded, data: str, records: list[Record]) -> list[str]:

@@ -214,12 +214,13 @@ def write_report(
     base_rows: list[dict],
     tuned_rows: list[dict],
     run_dir: str | None = None,
+    sections: tuple[str, ...] = (),
     samples: int = 5,
     extremes: int = 3,
 ) -> Path:
     """A self-contained HTML page (no network): metric table with intervals, the run's loss and
     learning-rate curves, length histograms, and side-by-side samples with the biggest wins and
-    losses."""
+    losses. `sections`: more HTML, after the metrics (the checks' tables)."""
     import json
 
     esc = html.escape
@@ -247,6 +248,7 @@ same rows with the same prompt.</p>
 {_metric_rows(comparison)}</table>
 <p><small>✔: the interval excludes 0 in the better direction. Seed {comparison.get("seed")}.
 </small></p>
+{"".join(sections)}
 {_images(run_dir, base_rows, tuned_rows)}
 {_explanations(run_dir, Path(path))}
 {_samples(task, base_rows, tuned_rows, samples, extremes)}

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gentune.config import ExplainSettings
+from gentune.config import ChecksSettings, ExplainSettings
 from gentune.data.checks import leakage, whole_text
 from gentune.data.encode import encode_dataset
-from gentune.data.records import Record, fingerprint, read_records
+from gentune.data.records import Record, read_records
 from gentune.data.tasks import get_task
 from gentune.errors import UsageError
-from gentune.inference.evaluate import reference_length
+from gentune.inference.evaluate import predict, reference_length
 from gentune.inference.generate import default_decoding, encode_prompts, generate
 from gentune.inference.load import Loaded, load_for_inference
 from gentune.models.families import is_seq2seq
@@ -26,15 +26,17 @@ from gentune.rundir import is_run, write_json
 from gentune.tokenizer import source_pad_id
 from gentune.trust import memorisation as mem
 from gentune.trust.attribution import attribution
+from gentune.trust.checks import Pair, run_checks
 from gentune.trust.compare import RowTokens, compare_rows, output_example
+from gentune.trust.trainrows import training_rows
 
 POSITIONS = 32  # output positions the shift rate is shown for
 LISTED = 10  # tokens listed as most gained / lost, rows as most shifted
 
 
-def explain(s: ExplainSettings, *, log=print) -> dict:
-    """Explain run `s.run` on the rows of `s.data` (see the module); returns explain.json's
-    numbers."""
+def explain(s: ExplainSettings, *, checks: ChecksSettings | None = None, log=print) -> dict:
+    """Explain run `s.run` on the rows of `s.data` (see the module) and run `checks` (none
+    unless given); returns explain.json's numbers."""
     started = time.time()
     tuned, base, base_name = _models(s, log)
     template = tuned.template
@@ -52,13 +54,15 @@ def explain(s: ExplainSettings, *, log=print) -> dict:
         "tokens": aggregate(side["output_tokens"], tuned.tokenizer),
         "reference": _reference_summary(side),
     }
-    train = _training_rows(s, tuned, template, log)
+    train = training_rows(s.run, s.train, tuned, template, log)
     if train is None:
         result["memorisation"] = None
     else:
         result["memorisation"] = _memorisation(s, tuned, base, held, side, train, log)
     if s.attribution:
         result["attribution"] = _attribution(tuned, base, side, log)
+    if checks is not None and checks.selected:
+        result["checks"] = _checks(s, checks, tuned, base, held, side, train, log)
     result["rows_detail"] = _rows_detail(held, side, tuned.tokenizer, result.get("attribution"))
     result["seconds"] = round(time.time() - started, 1)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -161,6 +165,40 @@ def _references(tuned: Loaded, base: Loaded, records: list[Record], s) -> dict:
     }
 
 
+def _checks(s, checks: ChecksSettings, tuned, base, held, side, train, log) -> dict | None:
+    """The checks beyond the training rows on the explained rows: the base's outputs are
+    generated as the run's were (greedy, the run's prompt)."""
+    if not all(side["references"]):
+        log("gentune explain: note: the checks need a reference on every row: skipped")
+        return None
+    template = tuned.template
+    decoding = default_decoding(template, do_sample=False)
+    tuned_rows = [
+        {"output": o, "reference": r}
+        for o, r in zip(side["outputs"], side["references"], strict=True)
+    ]
+    base_rows = predict(
+        base, template, held, decoding, batch_size=s.batch_size, progress=s.progress
+    )
+    pair = Pair(
+        tuned,
+        base,
+        template,
+        template,
+        held,
+        tuned_rows,
+        base_rows,
+        decoding,
+        s.data,
+        train,
+        batch_size=s.batch_size,
+        samples=s.bootstrap,
+        seed=s.seed,
+        progress=s.progress,
+    )
+    return run_checks(pair, checks, log)
+
+
 def _reference_summary(side: dict) -> dict | None:
     rows = [r for r in side["reference_tokens"] or [] if r is not None]
     if not rows:
@@ -253,59 +291,6 @@ def _token_table(rows: list[RowTokens], tokenizer) -> tuple[list[dict], list[dic
         ]
 
     return table(gain, 1), table(loss, -1)
-
-
-def _training_rows(s: ExplainSettings, tuned: Loaded, template, log) -> list[Record] | None:
-    """The training rows memorisation is measured on: --train, else the run's own training
-    files (not its --val file) where their content is still what the run recorded (sha256),
-    less the rows it held out for validation (RUN/heldout.jsonl); None (said) where there are
-    none."""
-    if s.train:
-        return _rows(s.train, template, None, "--train")
-    run = Path(s.run)
-    files = (tuned.manifest or {}).get("data") or []
-    val = _val_path(run)
-    rows: list[Record] = []
-    for k, entry in enumerate(files):
-        path = Path(entry["path"])
-        role = entry.get("role", "val" if str(path) == val else "data" if k == 0 else "more")
-        if role == "val":
-            continue
-        if not path.exists() or fingerprint(path) != entry["sha256"]:
-            log(
-                f"gentune explain: note: the run's training file {path} is missing or changed "
-                "since training: memorisation is skipped (give --train FILE)"
-            )
-            return None
-        part = _rows(str(path), template, None, "--train")
-        if role == "data":  # less the rows split off it for validation, by row number
-            held = _heldout_rows(run)
-            part = [r for r in part if r.row not in held]
-        rows += part
-    return rows or None
-
-
-def _heldout_rows(run: Path) -> set[int]:
-    """Row numbers of the first data file that training held out (RUN/heldout.jsonl's
-    sources, file:row)."""
-    import json
-
-    try:
-        lines = (run / "heldout.jsonl").read_text().splitlines()
-    except OSError:
-        return set()
-    return {int(json.loads(line)["source"].rsplit(":", 1)[1]) for line in lines if line.strip()}
-
-
-def _val_path(run: Path) -> str | None:
-    """The run's --val file, resolved (runs written before the manifest named roles)."""
-    import json
-
-    try:
-        val = json.loads((run / "train_config.json").read_text()).get("val")
-    except (OSError, ValueError):
-        return None
-    return str(Path(val).resolve()) if val else None
 
 
 def _memorisation(s, tuned, base, held, held_side, train, log) -> dict | None:

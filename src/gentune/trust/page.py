@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from gentune.inference.report import pyplot
+from gentune.trust.page_checks import render_checks
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }
@@ -88,6 +89,7 @@ def render(result: dict, *, plot_name: str | None) -> str:
         _token_tables(t),
         _memorisation(result.get("memorisation"), result.get("reference")),
         _attribution(result.get("attribution")),
+        render_checks(result["checks"]) if result.get("checks") else "",
         "<h2>Outputs</h2><p><label>colour by <select id='view'>"
         "<option value='by-shift'>shift class</option>"
         "<option value='by-delta'>Δ log-prob (green: tuned gained)</option></select></label>"
