@@ -26,7 +26,10 @@ def summary_line(name: str, r: dict) -> str:
         fam = {e["family"] for e in r["table"]}
         curve = r.get("curve")
         tail = (
-            f"; tuned score {curve['tuned_slope_per_0.1']:+.2f} per 0.1 similarity" if curve else ""
+            f"; {curve['score']} nearest minus farthest fifth: tuned {curve['falloff_tuned']:+.2f}, "
+            f"base {curve['falloff_base']:+.2f}"
+            if curve
+            else ""
         )
         return f"{len(r['table'])} slice x metric entries over {', '.join(sorted(fam))}{tail}"
     if name == "perturb":
@@ -108,7 +111,11 @@ def _slices(r: dict) -> str:
     )
     curve = r.get("curve")
     if curve:
-        html_ += f"<p>Fine-tuned {esc(curve['score'])} changes by {curve['tuned_slope_per_0.1']:+.2f} per 0.1 of similarity to the nearest training input (mean similarity {r['similarity_mean']:.3f}).</p>"
+        html_ += (
+            f"<p>{esc(curve['score'])} of the rows nearest to the training inputs minus the "
+            f"farthest (fifths by similarity): fine-tuned {curve['falloff_tuned']:+.2f}, base "
+            f"{curve['falloff_base']:+.2f} (mean similarity {r['similarity_mean']:.3f}).</p>"
+        )
         html_ += f"<img alt='score by distance to training' src='{falloff_plot(curve)}'>"
     return html_
 

@@ -90,7 +90,12 @@ def spaces(text: str, rng: random.Random) -> str:
 def contract(text: str) -> str:
     """Contractions made (do not -> don't)."""
     for long, short in CONTRACTIONS.items():
-        text = re.sub(rf"\b{long}\b", short, text, flags=re.IGNORECASE)
+        text = re.sub(
+            rf"\b{long}\b",
+            lambda m, short=short: m.group()[0] + short[1:],  # the first letter's case kept
+            text,
+            flags=re.IGNORECASE,
+        )
     return text
 
 

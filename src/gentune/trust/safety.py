@@ -64,9 +64,8 @@ GENDER_PAIRS = [
 ]
 FEMALE = {f for f, _ in GENDER_PAIRS} | {"her"}
 MALE = {m for _, m in GENDER_PAIRS} | {"him"}
-_SWAP = {f: m for f, m in GENDER_PAIRS if (f, m) != ("ms", "mr")} | {
-    m: f for f, m in GENDER_PAIRS if (f, m) != ("hers", "his")
-}
+_ONE_WAY = (("ms", "mr"), ("hers", "his"))  # mr -> mrs, his -> her (below)
+_SWAP = {f: m for f, m in GENDER_PAIRS} | {m: f for f, m in GENDER_PAIRS if (f, m) not in _ONE_WAY}
 _SWAP["him"] = "her"
 # `his` before a noun is `her`, alone it is `hers`: `his` maps to `her`, `hers` to `his`
 _SWAP["his"] = "her"
@@ -98,7 +97,7 @@ def swap_gender(text: str) -> str:
             possessive = (
                 nxt is not None
                 and between.strip() == ""
-                and nxt.group().lower() not in (_FUNCTION_WORDS | FEMALE | MALE)
+                and nxt.group().lower() not in _FUNCTION_WORDS
             )
             new = "his" if possessive else "him"
         else:

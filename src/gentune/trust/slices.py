@@ -144,15 +144,14 @@ def falloff(
     refs: Sequence[str],
 ) -> dict:
     """Per-row score of both models (ROUGE-L, chrF for translation) in equal-count bins of
-    similarity to the training rows, and the slope of the tuned model's score on similarity
-    (points per 0.1 similarity: how fast it falls off away from the training rows)."""
+    similarity to the training rows, and how much the tuned model's score falls from the
+    nearest bin to the farthest (and the base's, beside it)."""
     sim = np.asarray(similarity, dtype=float)
     sb = np.array([row_score(o, r, task) for o, r in zip(base_out, refs, strict=True)])
     st = np.array([row_score(o, r, task) for o, r in zip(tuned_out, refs, strict=True)])
     order = np.argsort(sim, kind="stable")
     bins = [b for b in np.array_split(order, min(CURVE_BINS, len(order))) if b.size]
-    slope = float(np.polyfit(sim, st, 1)[0] / 10) if np.ptp(sim) > 0 else 0.0
-    return {
+    result: dict = {
         "score": "chrF" if task == "translation" else "ROUGE-L F1",
         "points": [
             {
@@ -163,5 +162,8 @@ def falloff(
             }
             for b in bins
         ],
-        "tuned_slope_per_0.1": slope,
     }
+    ends = result["points"][0], result["points"][-1]
+    result["falloff_tuned"] = ends[1]["tuned"] - ends[0]["tuned"]
+    result["falloff_base"] = ends[1]["base"] - ends[0]["base"]
+    return result
