@@ -593,7 +593,7 @@ CHECKS = ("slices", "perturb", "forget", "faithful", "safety")
 PERTURBATIONS = ("typos", "case", "spaces", "mild-mix")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class ChecksSettings:
     """The checks beyond the training rows that `evaluate --compare` and `explain` run, base
     against tuned (every field is a flag of both)."""

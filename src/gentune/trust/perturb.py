@@ -88,15 +88,14 @@ def spaces(text: str, rng: random.Random) -> str:
 
 
 def contract(text: str) -> str:
-    """Contractions made (do not -> don't)."""
+    """Contractions made (do not -> don't), the first letter's case kept."""
     for long, short in CONTRACTIONS.items():
-        text = re.sub(
-            rf"\b{long}\b",
-            lambda m, short=short: m.group()[0] + short[1:],  # the first letter's case kept
-            text,
-            flags=re.IGNORECASE,
-        )
+        text = re.sub(rf"\b{long}\b", _keep_case(short), text, flags=re.IGNORECASE)
     return text
+
+
+def _keep_case(short: str) -> Callable[[re.Match], str]:
+    return lambda m: m.group()[0] + short[1:]
 
 
 def mild_mix(text: str, rng: random.Random) -> str:
