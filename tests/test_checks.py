@@ -238,3 +238,17 @@ def test_flags_in_evaluate_and_explain(trained_run, tiny_llama, tmp_path, capsys
     said = capsys.readouterr()
     err = said.out + said.err
     assert "check faithful (" in err and "check safety (" in err
+
+
+def test_free_text_rows_are_scored_without_checks(tiny_llama, tmp_path):
+    """A story run has no generated outputs to check: the evaluation says so and completes."""
+    rows = [{"text": r["input"]} for r in PAIRS] * 2
+    run = _train(tiny_llama, rows, tmp_path / "story", task="text", max_steps=4)
+    data = write_jsonl(tmp_path / "held.jsonl", [{"text": h["input"]} for h in HELD])
+    lines: list[str] = []
+    settings = ChecksSettings(general_rows=4)
+    r = evaluate_with_checks(str(run), str(data), tmp_path / "e", compare=tiny_llama,
+                             checks=settings, bootstrap=50, progress=False, log=lines.append)  # fmt: skip
+    assert r["perplexity"] > 0 and "checks" not in r
+    assert any("free-text rows have none" in x for x in lines)
+    assert (tmp_path / "e" / "report.html").exists()

@@ -167,11 +167,12 @@ def check_forget(p: Pair, s: ChecksSettings) -> dict:
                 batch_size=p.batch_size,
                 samples=p.samples,
                 seed=p.seed,
+                progress=p.progress,
             )
         )
     else:
         result["note"] = "the two models' vocabularies differ: no general-text drift"
-    result["weights"] = forgetting.weight_change(p.tuned.model, p.base.model)
+    result["weights"] = forgetting.weight_change(p.tuned.model, p.base.model, progress=p.progress)
     return result
 
 
@@ -293,6 +294,16 @@ def evaluate_with_checks(
     log = log or (lambda line: print(line, file=sys.stderr))
     ev = evaluate_models(spec, data, out, compare=compare, keep=True, **kwargs)
     assert ev.loaded is not None and ev.base is not None
+    if not ev.rows:  # free text: nothing generated to check
+        log("gentune: note: the checks compare generated outputs; free-text rows have none")
+        write_report(
+            Path(out) / "report.html",
+            comparison=ev.comparison,
+            base_rows=[],
+            tuned_rows=[],
+            run_dir=spec if is_run(spec) else None,
+        )
+        return ev.result
     pair = Pair(
         ev.loaded,
         ev.base,

@@ -88,11 +88,31 @@ def general_examples(passages: list[str], tokenizer, seq2seq: bool):
     return examples
 
 
-def drift(tuned, base, tokenizer, passages: list[str], *, batch_size: int, samples: int, seed: int):
+def drift(
+    tuned,
+    base,
+    tokenizer,
+    passages: list[str],
+    *,
+    batch_size: int,
+    samples: int,
+    seed: int,
+    progress: bool = False,
+):
     """General-text perplexity of both models, the per-passage NLL difference with its
     interval, and the mean KL(tuned ‖ base) per token."""
     examples = general_examples(passages, tokenizer, is_seq2seq(tuned))
-    rows = compare_rows(tuned, base, examples, source_pad_id(tokenizer), batch_size=batch_size)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(examples), desc="general text", disable=not progress) as bar:
+        rows = compare_rows(
+            tuned,
+            base,
+            examples,
+            source_pad_id(tokenizer),
+            batch_size=batch_size,
+            progress=bar.update,
+        )
     lt = np.concatenate([r.logp_tuned for r in rows])
     lb = np.concatenate([r.logp_base for r in rows])
     kl = np.concatenate([r.kl for r in rows])
@@ -113,11 +133,14 @@ def drift(tuned, base, tokenizer, passages: list[str], *, batch_size: int, sampl
 
 
 @torch.no_grad()
-def weight_change(tuned, base) -> dict:
+def weight_change(tuned, base, *, progress: bool = False) -> dict:
     """Per matrix ‖ΔW‖/‖W‖ and intruder dimensions; totals, by module kind, the most changed."""
     base_params = dict(base.named_parameters())
     modules = []
-    for name, w in tuned.named_parameters():
+    from tqdm.auto import tqdm
+
+    named = list(tuned.named_parameters())
+    for name, w in tqdm(named, desc="weights", disable=not progress, dynamic_ncols=True):
         b = base_params.get(name)
         if b is None or b.shape != w.shape or w.dim() != 2:
             continue
