@@ -591,6 +591,7 @@ class ExplainSettings:
 
 CHECKS = ("slices", "perturb", "forget", "faithful", "safety")
 PERTURBATIONS = ("typos", "case", "spaces", "mild-mix")
+ALL_CHECKS = ",".join(CHECKS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -598,13 +599,9 @@ class ChecksSettings:
     """The checks beyond the training rows that `evaluate --compare` and `explain` run, base
     against tuned (every field is a flag of both)."""
 
-    checks: str = "slices,perturb,forget,faithful,safety"  # comma list of slices, perturb, forget, faithful, safety; none for no checks
-    perturb: str = (
-        "typos,case"  # perturbations for the perturb check: typos, case, spaces, mild-mix
-    )
-    general_text: str | None = (
-        None  # general text for forgetting (.txt lines or .jsonl text; default: chitchat-dataset)
-    )
+    checks: str = ALL_CHECKS  # slices, perturb, forget, faithful, safety (comma list), or none
+    perturb: str = "typos"  # the perturb check's: typos, case, spaces, mild-mix (comma list)
+    general_text: str | None = None  # text for forgetting, .txt or .jsonl (default: chitchat)
     general_rows: int = 48  # general-text passages for forgetting
 
     def __post_init__(self):
