@@ -13,6 +13,7 @@ distillation's labelling, export, and evaluate writing predictions. The slow tes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,7 +37,8 @@ class Command:
     args: Callable[[Path], list[str]]  # argv after `python -m`, for an output directory
     outputs: Callable[[Path], dict]  # the outputs to compare, from a finished output dir
     check: Callable[[Path], str | None]  # after a kill: what is wrong (None: nothing)
-    resume: Callable[[Path], list[str]] = lambda out: []  # extra argv for the rerun
+    # extra argv for the rerun (None: the run was complete when killed, no rerun)
+    resume: Callable[[Path], list[str] | None] = lambda out: []
     env: dict = field(default_factory=dict)
 
 
@@ -59,11 +61,27 @@ def _run(argv: list[str], env: dict, kill_after: float | None) -> tuple[int, str
             out, _ = proc.communicate(timeout=kill_after)
             return proc.returncode, out
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the command and every process it started
-            out, _ = proc.communicate()
+            _kill_tree(proc.pid)  # the command and every process it started (as a node dies)
+            out, _ = proc.communicate(timeout=60)
             return -signal.SIGKILL, out
     out, _ = proc.communicate(timeout=900)
     return proc.returncode, out
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun's workers lead sessions of their
+    own: a process-group kill would miss them), children first found, all killed at once."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        tree = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(tree, timeout=30)
 
 
 def exercise(cmd: Command, kills: int, work: Path, seed: int = 0, log=print) -> Tally:
@@ -90,7 +108,8 @@ def exercise(cmd: Command, kills: int, work: Path, seed: int = 0, log=print) -> 
             problem = cmd.check(out_dir)
             if problem:
                 tally.corrupt.append(f"{cmd.name} kill {k}: {problem}")
-        code, out = _run(cmd.args(out_dir) + cmd.resume(out_dir), env, None)
+        extra = cmd.resume(out_dir)
+        code, out = (0, "") if extra is None else _run(cmd.args(out_dir) + extra, env, None)
         if code != 0:
             tally.differ.append(f"{cmd.name} kill {k}: the rerun failed: {out[-2000:]}")
         elif cmd.outputs(out_dir) != expected:
@@ -145,7 +164,7 @@ def _train(model: str, data: Path, procs: int = 1) -> Command:
         args=lambda out: [*launch, *base, "--out", str(out)],
         outputs=lambda out: {"weights": _tensors(out / "model"), "curve": _curve(out)},
         check=_run_check,
-        resume=lambda out: ["--resume"] if _state(out) == "interrupted" else [],
+        resume=lambda out: {"interrupted": ["--resume"], "complete": None}.get(_state(out), []),
         env={"OMP_NUM_THREADS": "1"},
     )
 
