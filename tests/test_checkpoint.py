@@ -278,3 +278,48 @@ def test_saving_and_loading_in_one_process_warn_of_nothing(tiny_llama, tmp_path)
                                state={}, keep_last=1)  # fmt: skip
         checkpoint.load(path, model=model, optimizer=opt, scheduler=sched)
     assert not [w for w in seen if "torch.distributed" in str(w.message)]
+
+
+def _file_size_limit(limit: int):
+    """For a child process: writes past `limit` bytes fail with EFBIG (the signal that would
+    kill it ignored), as on a full disk."""
+    import resource
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return apply
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_training_in_one_line_and_resume_continues_exactly(
+    tiny_llama, reference, tmp_path
+):
+    """A checkpoint that cannot be written (here: over a file-size limit the test sets) ends
+    the run with one line naming the path and what was being written; the last complete
+    checkpoint stays usable, and once there is room --resume finishes as if nothing happened."""
+    data, ref = reference
+    run = tmp_path / "run"
+    code, out = _run(_args(tiny_llama, data, run), {"GENTUNE_FAULT": "kill-after:10"})
+    assert code == -signal.SIGKILL, out
+    last = checkpoint.latest(run).name  # the last complete checkpoint before the kill
+    biggest = max(p.stat().st_size for p in checkpoint.latest(run).rglob("*") if p.is_file())
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gentune", *_args(tiny_llama, data, run, "--resume")],
+        env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=_file_size_limit(biggest // 2),
+    )  # fmt: skip
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "cannot write the checkpoint of step" in err[-1], err[-1]
+    assert "over the file-size limit" in err[-1] and f"({last}) is intact" in err[-1]
+    assert "--resume" in err[-1]
+    assert checkpoint.latest(run).name == last  # nothing half-written is taken
+    code, out = _run(_args(tiny_llama, data, run, "--resume"))  # room again
+    assert code == 0, out
+    assert "resumed from" in out and f"step {int(last.split('-')[-1])}" in out
+    assert not list(checkpoint.root(run).glob(".tmp-*"))
+    _assert_same(run, ref)

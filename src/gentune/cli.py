@@ -53,6 +53,15 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _writing(out: str | None):
+    """The lock of an output directory for as long as a command writes it (none without)."""
+    from contextlib import nullcontext
+
+    from gentune.lock import locked
+
+    return locked(out) if out else nullcontext()
+
+
 def _out_dir(path: str) -> Path:
     """An output directory: may exist, must not be a file."""
     out = Path(path)
@@ -207,7 +216,6 @@ def cmd_plan(a) -> None:
 
 def cmd_generate(a) -> None:
     """gentune generate: one prompt (streamed) or a file of inputs."""
-    from gentune.inference.evaluate import generate_outputs
 
     if (a.prompt is None) == (a.data is None):
         raise UsageError("give either a prompt or --data FILE (not both)")
@@ -215,6 +223,13 @@ def cmd_generate(a) -> None:
         raise UsageError("--data needs --out DIR for predictions.jsonl")
     if a.out:
         _out_dir(a.out)
+    with _writing(a.out):
+        _generate(a)
+
+
+def _generate(a) -> None:
+    from gentune.inference.evaluate import generate_outputs
+
     generate_outputs(
         a.model,
         prompt=a.prompt,
@@ -277,16 +292,15 @@ def cmd_evaluate(a) -> None:
         quantize=a.quantize,
         **_template_args(a),
     )
-    if a.compare and checks.selected:
-        result = evaluate_with_checks(
-            a.model, a.data, a.out, checks=checks, train=a.train, **kwargs
-        )
-    else:
-        if checks.selected and a.checks:
-            print(
-                "gentune: note: --checks compare two models: give --compare BASE", file=sys.stderr
+    if checks.selected and a.checks and not a.compare:
+        print("gentune: note: --checks compare two models: give --compare BASE", file=sys.stderr)
+    with _writing(a.out):  # one writer per output directory
+        if a.compare and checks.selected:
+            result = evaluate_with_checks(
+                a.model, a.data, a.out, checks=checks, train=a.train, **kwargs
             )
-        result = evaluate(a.model, a.data, a.out, **kwargs)
+        else:
+            result = evaluate(a.model, a.data, a.out, **kwargs)
     if "comparison" in result:
         for m in result["comparison"]["metrics"]:
             ci = m.get("ci")

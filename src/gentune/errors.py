@@ -4,6 +4,8 @@ and a line asking to report it (see `cli.main`)."""
 
 from __future__ import annotations
 
+import errno
+
 
 class GentuneError(Exception):
     """A mistake the user can fix; the message names the file, row, field or flag and what to
@@ -73,3 +75,46 @@ def check_keys(path, data: dict, required, known) -> None:
             f"{path}: {'; '.join(problems)} (damaged, or written by another gentune "
             "version): train the run again (--overwrite)"
         )
+
+
+# a write that failed for lack of room or rights: a full disk, a quota, a file-size limit, a
+# read-only or forbidden directory
+DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+}
+
+
+def disk_error(e: BaseException) -> OSError | None:
+    """The OSError of a failed write inside `e` (its causes, its arguments, a distributed
+    checkpoint's per-rank failures), or None."""
+    seen: set[int] = set()
+    stack: list[object] = [e]
+    while stack:
+        x = stack.pop()
+        if not isinstance(x, BaseException) or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in DISK_ERRNOS:
+            return x
+        stack += [x.__cause__, x.__context__, getattr(x, "exception", None), *x.args]
+        failures = getattr(x, "failures", None)  # torch's CheckpointException: rank -> (e, tb)
+        if isinstance(failures, dict):
+            for v in failures.values():
+                stack += list(v) if isinstance(v, tuple) else [v]
+    return None
+
+
+def write_failed(disk: OSError, what: str, where, after: str) -> RunError:
+    """One line for a failed write: the path, what was being written, why, what to do."""
+    reason = {
+        errno.ENOSPC: "no space left on the disk",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EFBIG: "the file is over the file-size limit",
+        errno.EROFS: "the filesystem is read-only",
+    }.get(disk.errno or 0, disk.strerror or str(disk))
+    return RunError(f"{disk.filename or where}: cannot write {what}: {reason}; {after}")

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from gentune.checkpoint import latest
 from gentune.errors import RunError, check_keys, read_json_object
+from gentune.lock import LOCK_NAME
 
 # what a manifest holds; a run whose manifest lacks these (or has others) is not loaded
 MANIFEST_REQUIRED = ("gentune_run", "method", "task", "base_model")
@@ -86,12 +87,16 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_jsonl(path: str | Path, rows) -> Path:
-    """Write rows (dicts) as JSON lines, creating the folder; returns the path."""
+    """Write rows (dicts) as JSON lines, creating the folder, atomically (a temporary file
+    renamed into place: a reader never takes a half-written file for the whole); returns the
+    path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
     return path
 
 
@@ -189,7 +194,7 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool, main: bool = True) 
     first); a non-empty directory that is no run is never touched."""
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: is a file; give a directory for the run")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()):
         return
     state = run_state(out)
     if state is None:
@@ -198,8 +203,14 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool, main: bool = True) 
             "choose a new or empty directory"
         )
     if overwrite:
-        if main:
-            shutil.rmtree(out)
+        if main:  # everything but the lock this command holds
+            for p in out.iterdir():
+                if p.name == LOCK_NAME:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
         return
     if not resume:
         raise RunError(

@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 from gentune.errors import DataError
 from gentune.rundir import write_jsonl
@@ -73,6 +73,7 @@ def iter_records(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file (check the path given to --data/--val)")
+    check_readable(path)
     report = report if report is not None else ReadReport(path=str(path))
     for row_no, row in _rows(path):
         try:
@@ -296,16 +297,33 @@ def _jsonl_rows(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[
                 raise DataError(
                     f"{path}:{line_no + e.lineno - 1}: malformed JSON: {e.msg}"
                 ) from None
+            except RecursionError:
+                _too_deep(path, line_no)
+            for k, row in enumerate(data if isinstance(data, list) else [], start=1):
+                if _depth(row) > MAX_DEPTH:
+                    _too_deep(path, k, "row")
             yield from _numbered(data)
             return
         first = False
         try:
-            yield line_no, json.loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
                 f"{path}:{line_no}: malformed JSON at column {e.colno}: {e.msg} "
                 "(each line must be one JSON object)"
             ) from None
+        except RecursionError:
+            _too_deep(path, line_no)
+        if _depth(row) > MAX_DEPTH:
+            _too_deep(path, line_no)
+        yield line_no, row
+
+
+def _too_deep(path: Path, n: int, what: str = "line") -> NoReturn:
+    raise DataError(
+        f"{path}:{n}: the {what} nests JSON objects or lists more than {MAX_DEPTH} levels deep; "
+        "a row is an object of strings (or of a list of messages): fix or drop it"
+    )
 
 
 def _csv_rows(
@@ -459,12 +477,48 @@ def record_key(record: Record) -> tuple:
     )
 
 
+MAX_DEPTH = 64  # nesting of a row's JSON (objects and lists) that no data format needs
+
+
+def check_readable(path: Path) -> None:
+    """Refuse, before anything is read, what is not a regular file or a directory: a device
+    (/dev/zero never ends), a FIFO (opening it waits for a writer), a socket."""
+    import stat
+
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = (
+        "a character device" if stat.S_ISCHR(mode)
+        else "a block device" if stat.S_ISBLK(mode)
+        else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )  # fmt: skip
+    raise DataError(f"{path}: is {kind}, not a data file; give a {FILE_TYPES} file")
+
+
+def _depth(obj) -> int:
+    """How deeply JSON objects and lists nest in `obj` (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend(
+                    (x, d + 1) for x in (item.values() if isinstance(item, dict) else item)
+                )
+    return deepest
+
+
 def fingerprint(path: str | Path) -> str:
     """sha256 of a file's bytes (of a directory's files, by relative path), for the manifest
     and the resume check."""
     import hashlib
 
     path = Path(path)
+    check_readable(path)
     if not path.is_dir():
         with path.open("rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()

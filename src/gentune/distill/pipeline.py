@@ -40,6 +40,7 @@ from gentune.distill.teacher import (
     word_count,
 )
 from gentune.errors import TeacherError, UsageError
+from gentune.lock import locked
 
 
 def input_key(text: str) -> str:
@@ -288,6 +289,12 @@ def distill(s: DistillSettings, *, log: Callable[[str], None] = print) -> dict:
         raise UsageError(f"--task {s.task}: distill labels inputs with outputs (pairs tasks)")
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
+    with locked(out):  # one writer: the label cache and the students' runs are ours
+        return _distill(s, out, log)
+
+
+def _distill(s: DistillSettings, out: Path, log: Callable[[str], None]) -> dict:
+    """`distill`'s work, under the lock of OUT."""
     inputs = _records(s.inputs, "inputs")
     missing = [r.where for r in inputs if not (r.input or "").strip()]
     if missing:

@@ -18,6 +18,7 @@ from pathlib import Path
 from gentune.errors import RunError, UsageError
 from gentune.inference.generate import eos_ids
 from gentune.inference.load import load_for_inference
+from gentune.lock import locked
 from gentune.models.families import is_seq2seq
 from gentune.rundir import interrupted, run_state
 
@@ -49,6 +50,12 @@ def export(run: str | Path, out: str | Path) -> tuple[Path, str]:
             f"--out {out}: the directory is not empty and holds no gentune "
             "export; choose a new or empty directory"
         )
+    with locked(out, path=out.parent / f".{out.name}.gentune.lock"):
+        return _write_export(run, out)
+
+
+def _write_export(run: Path, out: Path) -> tuple[Path, str]:
+    """The export written beside OUT, then renamed into place (a reader never sees half)."""
     loaded = load_for_inference(str(run), merge=True)
     model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.template
     assert template is not None, "a complete run always has its template"

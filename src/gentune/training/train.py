@@ -8,6 +8,7 @@ target tokens of the whole global step, so 2 processes give the gradient of 1.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -25,8 +26,9 @@ from gentune import checkpoint, rundir
 from gentune.config import TrainConfig
 from gentune.data.encode import collate_for
 from gentune.data.records import write_records
-from gentune.errors import TrainingError
+from gentune.errors import TrainingError, disk_error, write_failed
 from gentune.inference.report import loss_curve_png
+from gentune.lock import is_main_rank, locked
 from gentune.models.load import resolve_precision
 from gentune.models.loss import TargetLoss
 from gentune.tokenizer import source_pad_id
@@ -340,6 +342,11 @@ def save_checkpoint(s: Session) -> None:
     """Checkpoint the current step (every process writes its shards), keeping the last K and
     the best."""
     state = s.state
+    with _disk_guard(s, f"the checkpoint of step {state.step}"):
+        _save(s, state)
+
+
+def _save(s: Session, state) -> None:
     checkpoint.save(
         s.out,
         state.step,
@@ -408,14 +415,15 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     backward → clip → step → schedule → log → validate → checkpoint. Under several processes,
     another one's failure ends this one with a line that says so (not a hang)."""
     started = time.time()
-    s = setup(cfg, log=log)
-    try:
-        return loop(s, started)
-    except Exception as e:
-        failure = distributed.collective_failure(e, s.cfg, s.accelerator.process_index)
-        if s.world > 1 and failure is not None:
-            raise failure from None
-        raise
+    with locked(cfg.out, enabled=is_main_rank()):  # one writer per run directory
+        s = setup(cfg, log=log)
+        try:
+            return loop(s, started)
+        except Exception as e:
+            failure = distributed.collective_failure(e, s.cfg, s.accelerator.process_index)
+            if s.world > 1 and failure is not None:
+                raise failure from None
+            raise
 
 
 def loop(s: Session, started: float) -> Path:
@@ -498,10 +506,30 @@ def loop(s: Session, started: float) -> Path:
     return finish(s, started=started, t0=t0)
 
 
+@contextlib.contextmanager
+def _disk_guard(s: Session, what: str):
+    """A write that fails for lack of room or rights ends training with one line: the path,
+    what was being written, and the complete checkpoint `--resume` continues from."""
+    try:
+        yield
+    except BaseException as e:  # torch's CheckpointException is a BaseException
+        disk = None if isinstance(e, KeyboardInterrupt | SystemExit) else disk_error(e)
+        if disk is None:
+            raise
+        last = checkpoint.latest(s.out)
+        after = (
+            f"the last complete checkpoint ({last.name}) is intact: make room, then continue "
+            f"with `{rundir.resume_hint(s.out)}`"
+            if last
+            else f"no checkpoint was complete yet: make room, then run again ({s.out})"
+        )
+        raise write_failed(disk, what, s.out, after) from None
+
+
 def finish(s: Session, *, started: float, t0: float) -> Path:
     """Write the run directory: the best (or last) weights, template, settings, loss curve, and
     the manifest last, which marks the run complete."""
-    cfg, state, prep = s.cfg, s.state, s.prep
+    cfg, state = s.cfg, s.state
     model, final_step = s.model, state.step
     if cfg.final_model == "best" and state.best_step not in (None, state.step):
         checkpoint.load(
@@ -512,57 +540,64 @@ def finish(s: Session, *, started: float, t0: float) -> Path:
     # a sharded model's full weights, gathered from every process
     weights = distributed.full_weights(model, trainable_only=cfg.method == "lora")
     if s.main:
-        loss_curve_png(state.history, s.out / "loss.png")
         val_rows = [r for r in state.history if "val_loss" in r]
-        rundir.save_run(
-            s.out,
-            model=model,
-            weights=weights,
-            tokenizer=prep.tokenizer,
-            template=prep.template,
-            run={"method": cfg.method, "task": cfg.task, "base_model": cfg.model, "seed": cfg.seed},
-            base_model=prep.resolved,
-            data_files={
-                role: (prep.sources.paths[role], sha) for role, sha in prep.fingerprints.items()
-            },
-            stats={
-                "train": vars(prep.train_report),
-                "validation": vars(prep.val_report),
-                "read": [vars(r) for r in prep.read_reports],
-                "mix": prep.sources.mix.files if prep.sources.mix else None,
-                "steps": state.step,
-                "model_step": final_step,
-                "max_length": prep.max_length,
-                "processes": s.world,
-                "target_tokens_p50": prep.template.target_tokens,
-                "target_tokens_p99": prep.template.target_p99,
-                "precision": s.precision,
-                "precision_reason": s.precision_reason,
-                "packing": cfg.packing,
-                "choices": [vars(c) for c in prep.choices],
-                "lr": cfg.lr,
-                "epochs": cfg.epochs,
-                "metric": cfg.metric,
-                "micro_batch_tokens": s.micro_tokens,
-                "gradient_checkpointing": (state.layout or {}).get(
-                    "gradient_checkpointing", cfg.gradient_checkpointing
-                ),
-                "best_checkpoint": (
-                    f"checkpoints/{checkpoint.PREFIX}{state.best_step:08d}"
-                    if state.best_step is not None
-                    else None
-                ),
-                "best_metric": {cfg.metric: state.best} if state.best is not None else None,
-                "stopped_early": state.stopped_early,
-                "trainable_parameters": prep.n_trainable,
-                "total_parameters": prep.n_total,
-                "final_train_loss": state.history[-1]["loss"] if state.history else None,
-                "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
-                "final_val_perplexity": val_rows[-1]["val_perplexity"] if val_rows else None,
-                "train_seconds": round(time.time() - t0, 2),
-                "total_seconds": round(time.time() - started, 2),
-            },
-        )
+        with _disk_guard(s, "the run's final model"):
+            loss_curve_png(state.history, s.out / "loss.png")
+            _save_run(s, model, weights, val_rows, started, t0, final_step)
         s.log(f"gentune: saved run to {s.out}")
     s.accelerator.wait_for_everyone()
     return s.out
+
+
+def _save_run(s: Session, model, weights, val_rows, started, t0, final_step) -> None:
+    """The run directory's files, the manifest last (see `finish`)."""
+    cfg, state, prep = s.cfg, s.state, s.prep
+    rundir.save_run(
+        s.out,
+        model=model,
+        weights=weights,
+        tokenizer=prep.tokenizer,
+        template=prep.template,
+        run={"method": cfg.method, "task": cfg.task, "base_model": cfg.model, "seed": cfg.seed},
+        base_model=prep.resolved,
+        data_files={
+            role: (prep.sources.paths[role], sha) for role, sha in prep.fingerprints.items()
+        },
+        stats={
+            "train": vars(prep.train_report),
+            "validation": vars(prep.val_report),
+            "read": [vars(r) for r in prep.read_reports],
+            "mix": prep.sources.mix.files if prep.sources.mix else None,
+            "steps": state.step,
+            "model_step": final_step,
+            "max_length": prep.max_length,
+            "processes": s.world,
+            "target_tokens_p50": prep.template.target_tokens,
+            "target_tokens_p99": prep.template.target_p99,
+            "precision": s.precision,
+            "precision_reason": s.precision_reason,
+            "packing": cfg.packing,
+            "choices": [vars(c) for c in prep.choices],
+            "lr": cfg.lr,
+            "epochs": cfg.epochs,
+            "metric": cfg.metric,
+            "micro_batch_tokens": s.micro_tokens,
+            "gradient_checkpointing": (state.layout or {}).get(
+                "gradient_checkpointing", cfg.gradient_checkpointing
+            ),
+            "best_checkpoint": (
+                f"checkpoints/{checkpoint.PREFIX}{state.best_step:08d}"
+                if state.best_step is not None
+                else None
+            ),
+            "best_metric": {cfg.metric: state.best} if state.best is not None else None,
+            "stopped_early": state.stopped_early,
+            "trainable_parameters": prep.n_trainable,
+            "total_parameters": prep.n_total,
+            "final_train_loss": state.history[-1]["loss"] if state.history else None,
+            "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+            "final_val_perplexity": val_rows[-1]["val_perplexity"] if val_rows else None,
+            "train_seconds": round(time.time() - t0, 2),
+            "total_seconds": round(time.time() - started, 2),
+        },
+    )
