@@ -10,7 +10,7 @@ import gentune
 SRC = Path(gentune.__file__).parent
 
 # the stages, lowest first; the flat core is below every stage, the commands above them all
-CORE = {"__init__", "config", "errors", "metrics", "tokenizer", "checkpoint", "rundir"}
+CORE = {"__init__", "config", "errors", "lock", "metrics", "tokenizer", "checkpoint", "rundir"}
 TOP = {"cli", "demo", "__main__"}
 # which stages each stage may import (itself included); anything else is an upward arrow
 ALLOWED = {

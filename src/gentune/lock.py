@@ -63,6 +63,8 @@ class DirLock:
 
     def acquire(self, log=None) -> DirLock:
         """Take the lock or raise RunError naming its holder; a dead holder's is taken over."""
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise RunError(f"{self.flag} {self.path.parent}: is a file; give a directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
