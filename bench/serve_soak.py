@@ -61,13 +61,22 @@ def body(i: int, stream: bool = False, max_tokens: int = 16) -> dict:
     }
 
 
+async def backoff(status: int, headers) -> None:
+    """What a well-behaved client does on 429: wait Retry-After seconds."""
+    if status == 429:
+        await asyncio.sleep(float(headers.get("retry-after", 1)))
+
+
 async def plain(url, c, t: Tally, stop, k):
     i = k
     while time.monotonic() < stop:
         start = time.monotonic()
         try:
             r = await c.post(f"{url}/v1/chat/completions", json=body(i))
-            t.add("plain", r.status_code, time.monotonic() - start)
+            t.add(
+                "plain", r.status_code, time.monotonic() - start if r.status_code == 200 else None
+            )
+            await backoff(r.status_code, r.headers)
         except Exception as e:  # noqa: BLE001 — no HTTP answer: counted as lost
             t.add("plain", f"lost {type(e).__name__}")
         i += 7
@@ -85,7 +94,9 @@ async def streaming(url, c, t: Tally, stop, k, disconnect: bool):
                     chunks += 1
                     if disconnect and chunks >= 2:
                         break  # leaving the block closes the connection mid-stream
-                t.add(kind, r.status_code, None if disconnect else time.monotonic() - start)
+                ok = r.status_code == 200 and not disconnect
+                t.add(kind, r.status_code, time.monotonic() - start if ok else None)
+            await backoff(r.status_code, r.headers)
         except Exception as e:  # noqa: BLE001
             t.add(kind, f"lost {type(e).__name__}")
         i += 5
@@ -126,11 +137,17 @@ async def slow_sender(port: int, t: Tally, stop, stall: float | None):
             for k in range(0, len(payload), 16):
                 writer.write(payload[k : k + 16])
                 await writer.drain()
-                await asyncio.sleep(stall if stall and k == 16 else 0.05)
+                if stall:  # one piece, then silence past the body timeout: expect 408
+                    await asyncio.sleep(stall)
+                    break
+                await asyncio.sleep(0.05)
             line = await asyncio.wait_for(reader.readline(), 300)
             status = int(line.split()[1]) if line else "lost (closed)"
-            t.add(kind, status, time.monotonic() - start if stall is None else None)
+            ok = stall is None and status == 200
+            t.add(kind, status, time.monotonic() - start if ok else None)
             writer.close()
+            if status == 429:
+                await asyncio.sleep(1)
         except Exception as e:  # noqa: BLE001
             t.add(kind, f"lost {type(e).__name__}")
         await asyncio.sleep(1)
