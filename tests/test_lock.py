@@ -82,6 +82,8 @@ def test_evaluate_generate_and_export_refuse_a_held_directory(trained_run, tmp_p
         assert f"process {holder.pid}" in capsys.readouterr().err
         assert main(["generate", trained_run, "--data", str(held), "--out", str(out)]) != 0
         assert f"process {holder.pid}" in capsys.readouterr().err
+        assert main(["explain", trained_run, "--data", str(held), "--out", str(out)]) != 0
+        assert f"process {holder.pid}" in capsys.readouterr().err
         assert not (out / "predictions.jsonl").exists()
     finally:
         holder.kill()

@@ -395,7 +395,8 @@ def cmd_explain(a) -> None:
     if a.out:
         _out_dir(a.out)
     checks = ChecksSettings(**_given(a, ChecksSettings))
-    explain(ExplainSettings(**_given(a, ExplainSettings)), checks=checks)
+    with _writing(a.out):  # one writer per output directory
+        explain(ExplainSettings(**_given(a, ExplainSettings)), checks=checks)
 
 
 def cmd_models(a) -> None:

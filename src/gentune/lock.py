@@ -1,6 +1,6 @@
 """One writer per output directory. Every command that writes a run or an output directory
-(`train`, `distill`, `export`, `evaluate` and `generate` with `--out`) holds an OS file lock
-(`flock`) on a file in it for as long as it writes, with a record of who holds it: process id,
+(`train`, `distill`, `export`, `explain`, `evaluate` and `generate` with `--out`) holds an OS
+file lock (`flock`) on a file in it for as long as it writes, with a record of who holds it: process id,
 host, start time and command. A second writer is refused with one line naming that process;
 the OS releases the lock of a process that dies, so a lock left by a killed process is simply
 taken over (with a note naming the dead holder). Readers need no lock: a run is complete only
@@ -60,11 +60,13 @@ class DirLock:
         self.flag = flag
         self.path = path or self.directory / LOCK_NAME
         self.fd: int | None = None
+        self.created = False
 
     def acquire(self, log=None) -> DirLock:
         """Take the lock or raise RunError naming its holder; a dead holder's is taken over."""
         if self.path.parent.exists() and not self.path.parent.is_dir():
             raise RunError(f"{self.flag} {self.path.parent}: is a file; give a directory")
+        self.created = not self.path.parent.exists()  # removed again if left empty
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -104,6 +106,10 @@ class DirLock:
             return
         with contextlib.suppress(OSError):
             os.ftruncate(self.fd, 0)
+            # a command refused before it wrote anything leaves nothing behind
+            if self.created and [p.name for p in self.path.parent.iterdir()] == [LOCK_NAME]:
+                self.path.unlink()
+                self.path.parent.rmdir()
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
