@@ -261,6 +261,17 @@ class Evaluation:
     loaded: Loaded | None  # None unless kept
     base: Loaded | None
 
+    def report(self, spec: str, out: str | Path, sections: tuple[str, ...] = ()) -> Path:
+        """OUT/report.html of the comparison (more HTML sections after the metrics)."""
+        return write_report(
+            Path(out) / "report.html",
+            comparison=self.comparison,
+            base_rows=self.base_rows,
+            tuned_rows=self.rows,
+            run_dir=spec if is_run(spec) else None,
+            sections=sections,
+        )
+
 
 def evaluate(
     spec: str,
@@ -277,13 +288,7 @@ def evaluate(
     bootstrap intervals, and OUT/report.html the report. Keywords: see `evaluate_models`."""
     ev = evaluate_models(spec, data, out, compare=compare, **kwargs)
     if compare:
-        write_report(
-            Path(out) / "report.html",
-            comparison=ev.comparison,
-            base_rows=ev.base_rows,
-            tuned_rows=ev.rows,
-            run_dir=spec if is_run(spec) else None,
-        )
+        ev.report(spec, out)
     return ev.result
 
 

@@ -20,7 +20,6 @@ from gentune.data.records import Record
 from gentune.data.tasks import PromptTemplate
 from gentune.inference.evaluate import evaluate_models, predict
 from gentune.inference.load import Loaded
-from gentune.inference.report import write_report
 from gentune.metrics import bootstrap_mean_diff, paired_bootstrap, row_score
 from gentune.rundir import is_run, write_json
 from gentune.trust import faithful, forgetting, safety
@@ -296,13 +295,7 @@ def evaluate_with_checks(
     assert ev.loaded is not None and ev.base is not None
     if not ev.rows:  # free text: nothing generated to check
         log("gentune: note: the checks compare generated outputs; free-text rows have none")
-        write_report(
-            Path(out) / "report.html",
-            comparison=ev.comparison,
-            base_rows=[],
-            tuned_rows=[],
-            run_dir=spec if is_run(spec) else None,
-        )
+        ev.report(spec, out)
         return ev.result
     pair = Pair(
         ev.loaded,
@@ -324,13 +317,6 @@ def evaluate_with_checks(
     write_json(Path(out) / "checks.json", result)
     from gentune.trust.page_checks import render_checks
 
-    write_report(
-        Path(out) / "report.html",
-        comparison=ev.comparison,
-        base_rows=ev.base_rows,
-        tuned_rows=ev.rows,
-        run_dir=spec if is_run(spec) else None,
-        sections=(render_checks(result),),
-    )
+    ev.report(spec, out, sections=(render_checks(result),))
     ev.result["checks"] = result
     return ev.result
