@@ -209,6 +209,12 @@ def corpus_metric(name: str, predictions: list[str], references: list[str]) -> f
     )
 
 
+def interval(samples: np.ndarray, level: float) -> list[float]:
+    """The central `level` interval of bootstrap samples, [low, high]."""
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return [float(np.percentile(samples, lo)), float(np.percentile(samples, hi))]
+
+
 def paired_bootstrap(
     name: str,
     base: list[str],
@@ -227,7 +233,6 @@ def paired_bootstrap(
     n = len(references)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(samples, n))
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     if name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):  # per-row means: vectorised
         a = rouge_rows(base, references)[name]
         b = rouge_rows(tuned, references)[name]
@@ -257,9 +262,9 @@ def paired_bootstrap(
         "base": base_v,
         "tuned": tuned_v,
         "difference": tuned_v - base_v,
-        "ci": [float(np.percentile(diffs, lo)), float(np.percentile(diffs, hi))],
-        "base_ci": [float(np.percentile(base_s, lo)), float(np.percentile(base_s, hi))],
-        "tuned_ci": [float(np.percentile(tuned_s, lo)), float(np.percentile(tuned_s, hi))],
+        "ci": interval(diffs, level),
+        "base_ci": interval(base_s, level),
+        "tuned_ci": interval(tuned_s, level),
         "p_not_better": p,
         "samples": samples,
         "seed": seed,
@@ -282,11 +287,10 @@ def bootstrap_mean_diff(
         return {"base": None, "tuned": None, "difference": None, "ci": None, "rows": 0}
     idx = np.random.default_rng(seed).integers(0, a.size, size=(samples, a.size))
     diffs = b[idx].mean(1) - a[idx].mean(1)
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {
         "base": float(a.mean()),
         "tuned": float(b.mean()),
         "difference": float(b.mean() - a.mean()),
-        "ci": [float(np.percentile(diffs, lo)), float(np.percentile(diffs, hi))],
+        "ci": interval(diffs, level),
         "rows": int(a.size),
     }
