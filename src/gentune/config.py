@@ -3,6 +3,7 @@ reported together."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -330,11 +331,22 @@ def load_recipe(path: str | Path) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+@functools.cache
 def field_docs(cls) -> dict[str, str]:
-    """The one-line comment after each field, used as command-line help."""
+    """The one-line comment after each field, used as command-line help.
+
+    Read from the module's file line by line, not with `inspect.getsource`: on Python 3.11 that
+    parses the module with `ast`, whose recursion counter is shared between threads, and a parse
+    running in another thread at the same moment made it fail ("AST constructor recursion depth
+    mismatch").
+    """
+    lines = Path(inspect.getfile(cls)).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"class {cls.__name__}\b", line))
     docs = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^#]+#\s*(.+)$", line)
+    for line in lines[start + 1 :]:
+        if line.strip() and not line[0].isspace():
+            break  # the class body ended
+        m = re.match(r"    (\w+): [^#]+#\s*(.+)$", line)
         if m:
             docs[m.group(1)] = m.group(2)
     return docs
