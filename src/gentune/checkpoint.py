@@ -3,8 +3,8 @@
     RUN/checkpoints/step-00000012/
       shards/                 the trainable parameters (LoRA adapter or all weights) and the
                               AdamW state, by parameter name, as safetensors written by
-                              torch.distributed.checkpoint: each process its own shards (one
-                              file per process; under FSDP each holds its slices)
+                              torch.distributed.checkpoint: each process its own shards, in
+                              files of about FILE_BYTES each (under FSDP each holds its slices)
       optimizer.json          AdamW's settings per parameter group
       scheduler.json          learning-rate schedule state
       rng.json + .safetensors python, numpy and torch RNG states
@@ -42,7 +42,12 @@ from gentune.config import TrainConfig
 from gentune.errors import TrainingError, read_json_object
 
 PREFIX = "step-"
-SHARDS = "shards"  # the checkpoint's folder of tensors, one file per process
+SHARDS = "shards"  # the checkpoint's folder of tensors, files of about FILE_BYTES per process
+# torch.distributed.checkpoint's safetensors writer serialises a whole file in memory before
+# writing it, so a process's shards in one file cost a transient copy of the weights and the
+# AdamW state (+2.7 GiB at SmolLM2-135M's full fine-tuning, above the training steps' own peak:
+# bench/memory.py); files of this size bound the copy.
+FILE_BYTES = 128 * 2**20
 
 
 def root(run_dir: str | Path) -> Path:
@@ -115,7 +120,9 @@ def save(
     _barrier()
     tensors, groups = _tensors(model, optimizer)
     with _one_process_is_fine():
-        writer = HuggingFaceStorageWriter(str(tmp / SHARDS), save_distributed=True)
+        writer = HuggingFaceStorageWriter(
+            str(tmp / SHARDS), fqn_to_index_mapping=_files(tensors), save_distributed=True
+        )
         dcp.save(tensors, storage_writer=writer)
     if crash_hook:
         crash_hook("save")  # tests kill the process here, mid-save
@@ -134,6 +141,18 @@ def save(
         prune(run_dir, keep_last=keep_last, keep=keep)
     _barrier()
     return final
+
+
+def _files(tensors: dict[str, Any]) -> dict[str, int]:
+    """Each tensor's file (1, 2, …): consecutive tensors in files of about FILE_BYTES, sized
+    by the whole tensor, so every process maps the same names to the same files."""
+    mapping, index, size = {}, 1, 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+        if size and size + nbytes > FILE_BYTES:
+            index, size = index + 1, 0
+        mapping[name], size = index, size + nbytes
+    return mapping
 
 
 @contextmanager

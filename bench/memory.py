@@ -1,0 +1,145 @@
+"""Where a default training run's peak RSS goes, and what each memory setting costs in time and
+loss — every variant in its own process, in one invocation.
+
+    .venv/bin/python bench/memory.py [--set aclsum-summary] [--steps 6] \\
+        [--variants default checkpointing tokens-1024 mmap-threshold]
+
+Each variant runs `gentune train` on the set's `train` rows (bench/heldout.py) for `--steps`
+optimizer steps with every default plus its own flags or environment. The table gives the
+process's peak RSS and each phase's own peak (VmHWM reset as the phase starts: loading the
+model, the training steps, validation, saving the resumable checkpoint, saving the run), the
+seconds per optimizer step (from the run's log, the first step left out), and the training loss
+of the last step, so a cut in memory is seen beside what it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import heldout  # noqa: E402
+
+# name: (gentune train flags, environment)
+VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "default": ([], {}),
+    "checkpointing": (["--gradient-checkpointing"], {}),
+    "tokens-1024": (["--micro-batch-tokens", "1024"], {}),
+    "tokens-512": (["--micro-batch-tokens", "512"], {}),
+    "mmap-threshold": ([], {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}),
+    "arena-2": ([], {"MALLOC_ARENA_MAX": "2"}),
+}
+
+
+PHASES = [
+    "loading the model",
+    "training steps",
+    "validation",
+    "saving the checkpoint",
+    "saving the run",
+]
+
+
+def _rss(field: str) -> float:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) / 1024
+
+
+def child(args: list[str]) -> dict:
+    """One `gentune train` in this process; RSS after loading, at the peak, and the log."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    a, extra = ap.parse_known_args(args)
+    import gentune.training.prepare as prepare
+    import gentune.training.train as train
+    from gentune.cli import main
+    from gentune.rundir import read_log
+    from gentune.training.memory import reset_peak_memory
+
+    phases: dict[str, float] = {}  # phase -> its own peak RSS (VmHWM reset at its start)
+
+    def traced(module, name: str, phase: str) -> None:
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            before = _rss("VmHWM")
+            phases["before"] = max(phases.get("before", 0.0), before)
+            reset_peak_memory()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                phases[phase] = max(phases.get(phase, 0.0), _rss("VmHWM"))
+                reset_peak_memory()
+
+        setattr(module, name, wrapper)
+
+    traced(prepare, "load_model", "loading the model")
+    traced(train, "optimizer_step", "training steps")
+    traced(train, "validate", "validation")
+    traced(train, "save_checkpoint", "saving the checkpoint")
+    traced(train, "_save_run", "saving the run")
+    spec = heldout.SETS[a.set]
+    argv = ["train", "--task", spec.task, *spec.flags, "--data", a.data, "--out", a.out]
+    start = time.perf_counter()
+    code = main([*argv, "--no-progress", *extra])
+    if code:
+        raise SystemExit(code)
+    log = read_log(Path(a.out))
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak": max([_rss("VmHWM"), *phases.values()]),
+        "phases": phases,
+        "log": log,
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        print(json.dumps(child(sys.argv[2:]), default=str))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--set", default="aclsum-summary")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="memory-"))
+    files = heldout.write(a.set, work / "data")
+    from gentune import DEFAULT_MODEL
+
+    print(f"{a.set}: {a.steps} optimizer steps of gentune's defaults; {DEFAULT_MODEL}")
+    print("| variant | peak RSS MiB | " + " | ".join(PHASES) + " | s / step | last loss |")
+    print("|---|---|" + "---|" * len(PHASES) + "---|---|")
+    for name in a.variants:
+        flags, env = VARIANTS[name]
+        run = work / name
+        cmd = [sys.executable, __file__, "_child", "--set", a.set, "--data", str(files["train"])]
+        cmd += ["--out", str(run), "--max-steps", str(a.steps), "--metric", "val_loss", *flags]
+        out = subprocess.run(
+            cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, **env}
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        log = r["log"]
+        times = [float(x["elapsed_s"]) for x in log if "elapsed_s" in x]
+        per_step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else float("nan")
+        print(
+            f"| {name} | {r['peak']:.0f} | "
+            + " | ".join(f"{r['phases'].get(p, float('nan')):.0f}" for p in PHASES)
+            + f" | {per_step:.2f} | {float(log[-1]['loss']):.4f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
