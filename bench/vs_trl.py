@@ -1,16 +1,21 @@
-"""gentune's defaults against TRL's SFTTrainer recipe, on the same rows, in one invocation.
+"""gentune's defaults against TRL's SFTTrainer recipe and the plain Trainer recipe, on the same
+rows, in one invocation.
 
     .venv/bin/pip install trl          # only for this bench (gentune does not depend on it)
-    .venv/bin/python bench/vs_trl.py [--sets aclsum-title de-en] [--split test]
+    .venv/bin/python bench/vs_trl.py [--sets aclsum-title de-en] [--split test] [--sides trl trainer]
 
-For each held-out set (bench/heldout.py), both sides train on its `train` rows from the embedded
-SmolLM2-135M-Instruct:
+For each held-out set (bench/heldout.py), the three sides train on its `train` rows from the
+embedded SmolLM2-135M-Instruct:
 
 - **TRL**: `SFTTrainer` as its documentation recipe runs it: prompt-completion rows (so the
   loss is on the completion only), full fine-tuning, 1 epoch, learning rate 5e-5, batch 4, and
   SFTConfig's own defaults for the rest (bf16 autocast, gradient checkpointing, max_length
   1024; on a machine without a GPU, `use_cpu=True`, as TRL's error message there asks). Its prompts are gentune's prompt text for the same rows, so
   both models are asked the same thing at training and at test time.
+- **Trainer**: the recipe the tutorial this project grew from teaches: `Trainer` +
+  `DataCollatorForLanguageModeling(mlm=False)` on prompt + target + EOS text (the loss on every
+  token, the prompt's too; the collator masks padding, and where pad = EOS that masks EOS too),
+  full fine-tuning, fp32 (the Trainer's default on a CPU), 1 epoch, lr 5e-5, batch 4.
 - **gentune**: `gentune train --task T --data train.jsonl --out RUN` with every default (it
   holds 10 % of the rows out for its own validation, as a user's run does).
 
@@ -18,7 +23,7 @@ Each side trains in its own process; "training s" is the wall time from the rows
 fine-tuned model saved on disk (model loading, tokenizing, gentune's validation pass and its
 final resumable checkpoint included; Python start-up and imports not), "peak RSS" the
 process's own. Then `gentune evaluate RUN --data SPLIT.jsonl --compare
-TRL_MODEL` scores both on the `--split` rows (test: rows no default was chosen on) with the
+MODEL` (once per peer) scores both on the `--split` rows (test: rows no default was chosen on) with the
 same prompt, greedy decoding and new-token cap, and gives paired-bootstrap intervals of the
 differences.
 """
@@ -56,37 +61,12 @@ def side_trl(args: list[str]) -> dict:
     a = ap.parse_args(args)
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from gentune import DEFAULT_MODEL
-    from gentune.cli import build_parser
-    from gentune.data.records import Record
-    from gentune.data.tasks import build_template, get_task
-    from gentune.models.registry import resolve_model
-
-    spec = heldout.SETS[a.set]
-    flags = vars(build_parser().parse_args(["train", *_train_flags(spec), "--data", a.data]))
     start = time.perf_counter()
-    path = resolve_model(DEFAULT_MODEL)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows, tokenizer, path = _prompt_rows(a.set, a.data)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    template = build_template(
-        get_task(spec.task),
-        tokenizer,
-        instruction=flags.get("instruction"),
-        source_lang=flags.get("source_lang"),
-        target_lang=flags.get("target_lang"),
-    )
-    rows = []
-    for i, line in enumerate(Path(a.data).read_text().splitlines(), start=1):
-        row = json.loads(line)
-        if "messages" in row:
-            record = Record(source=a.data, row=i, messages=tuple(row["messages"]))
-        else:
-            record = Record(source=a.data, row=i, input=row["input"], output=row["output"])
-        prompt = "".join(s.text for s in template.prompt_segments(record, tokenizer))
-        rows.append({"prompt": prompt, "completion": template.reference(record)})
     config = SFTConfig(
         output_dir=a.out + "-trainer",
         num_train_epochs=1,
@@ -114,6 +94,102 @@ def side_trl(args: list[str]) -> dict:
         "precision": str(trainer.accelerator.mixed_precision),
         "gradient_checkpointing": bool(config.gradient_checkpointing),
     }
+
+
+def side_trainer(args: list[str]) -> dict:
+    """The seed's recipe, as the tutorial this project grew from teaches it: `Trainer` +
+    `DataCollatorForLanguageModeling(mlm=False)` on prompt + target text (the loss on every
+    token, prompt included; padding masked by the collator), full fine-tuning, fp32 (the
+    Trainer's default on a CPU), 1 epoch, lr 5e-5, batch 4 as TRL's. In this process."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=42)
+    a = ap.parse_args(args)
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
+
+    start = time.perf_counter()
+    rows, tokenizer, path = _prompt_rows(a.set, a.data)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # the tutorial's line
+    texts = [r["prompt"] + r["completion"] + tokenizer.eos_token for r in rows]
+    dataset = Dataset.from_dict({"text": texts}).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=1024),
+        batched=True,
+        remove_columns=["text"],
+    )
+    config = TrainingArguments(
+        output_dir=a.out + "-trainer",
+        num_train_epochs=1,
+        learning_rate=5e-5,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+        seed=a.seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        data_collator=DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False),
+    )
+    trainer.train()
+    trainer.save_model(a.out)
+    tokenizer.save_pretrained(a.out)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "peak_rss_mib": _peak_rss_mib(),
+        "rows": len(rows),
+        "precision": "fp32",
+        "eos_is_pad": tokenizer.pad_token_id == tokenizer.eos_token_id,
+    }
+
+
+def _prompt_rows(name: str, data: str):
+    """The set's rows as {prompt, completion} in gentune's prompt text for them, the
+    tokenizer, and the embedded model's directory."""
+    from transformers import AutoTokenizer
+
+    from gentune import DEFAULT_MODEL
+    from gentune.cli import build_parser
+    from gentune.data.records import Record
+    from gentune.data.tasks import build_template, get_task
+    from gentune.models.registry import resolve_model
+
+    spec = heldout.SETS[name]
+    flags = vars(build_parser().parse_args(["train", *_train_flags(spec), "--data", data]))
+    path = resolve_model(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template = build_template(
+        get_task(spec.task),
+        tokenizer,
+        instruction=flags.get("instruction"),
+        source_lang=flags.get("source_lang"),
+        target_lang=flags.get("target_lang"),
+    )
+    rows = []
+    for i, line in enumerate(Path(data).read_text().splitlines(), start=1):
+        row = json.loads(line)
+        if "messages" in row:
+            record = Record(source=data, row=i, messages=tuple(row["messages"]))
+        else:
+            record = Record(source=data, row=i, input=row["input"], output=row["output"])
+        prompt = "".join(s.text for s in template.prompt_segments(record, tokenizer))
+        rows.append({"prompt": prompt, "completion": template.reference(record)})
+    return rows, tokenizer, path
 
 
 def _train_flags(spec) -> list[str]:
@@ -145,6 +221,7 @@ def side_gentune(args: list[str]) -> dict:
         "steps": len(log),
         "precision": manifest["stats"]["precision"],
         "method": manifest["method"],
+        "batch_size": json.loads((Path(a.out) / "train_config.json").read_text())["batch_size"],
     }
 
 
@@ -163,72 +240,95 @@ def _fmt_ci(entry: dict, key: str, value: str) -> str:
     return f"{entry[value]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{entry[value]:.2f}"
 
 
-def bench_set(name: str, split: str, work: Path, extra: list[str]) -> list[str]:
+def _compare(run: Path, other: Path, data: Path, out: Path) -> dict:
+    """`gentune evaluate RUN --compare OTHER` on `data`: {metric: entry} (tuned = the run)."""
+    subprocess.run(
+        [sys.executable, "-m", "gentune", "evaluate", str(run), "--data", str(data),
+         "--out", str(out), "--compare", str(other), "--no-progress", "--checks", "none"],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    comparison = json.loads((out / "comparison.json").read_text())
+    return {m["metric"]: m for m in comparison["metrics"]} | {"rows": comparison["rows"]}
+
+
+def bench_set(name: str, split: str, work: Path, extra: list[str], sides: list[str]) -> list[str]:
     spec = heldout.SETS[name]
     files = heldout.write(name, work / "data")
-    trl_dir, run = work / f"{name}-trl", work / f"{name}-gentune"
-    print(f"[{name}] TRL SFTTrainer ...", file=sys.stderr)
-    trl = _child("trl", "--set", name, "--data", str(files["train"]), "--out", str(trl_dir))
+    run = work / f"{name}-gentune"
+    peers = {}
+    for side in sides:
+        print(f"[{name}] {SIDES[side]} ...", file=sys.stderr)
+        out = work / f"{name}-{side}"
+        peers[side] = (
+            out,
+            _child(side, "--set", name, "--data", str(files["train"]), "--out", str(out)),
+        )
     print(f"[{name}] gentune train (defaults) ...", file=sys.stderr)
     gen = _child("gentune", "--set", name, "--data", str(files["train"]), "--out", str(run), *extra)
-    print(f"[{name}] gentune evaluate --compare ...", file=sys.stderr)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gentune",
-            "evaluate",
-            str(run),
-            "--data",
-            str(files[split]),
-            "--out",
-            str(work / f"{name}-eval"),
-            "--compare",
-            str(trl_dir),
-            "--no-progress",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    comparison = json.loads((work / f"{name}-eval" / "comparison.json").read_text())
-    by_metric = {m["metric"]: m for m in comparison["metrics"]}
-    shown = [m for m in ("rougeL", "bleu", "chrf") if m in by_metric]
+    scores = {}
+    for side, (out, _) in peers.items():
+        print(f"[{name}] gentune evaluate --compare {side} ...", file=sys.stderr)
+        scores[side] = _compare(run, out, files[split], work / f"{name}-eval-{side}")
+    first = scores[sides[0]]
+    shown = [m for m in ("rougeL", "bleu", "chrf") if m in first]
     rows = [
         f"\n{name} ({spec.task}): {sum(1 for _ in files['train'].open())} training rows, "
-        f"{comparison['rows']} {split} rows\n",
+        f"{first['rows']} {split} rows\n",
         "| side | recipe | training s | peak RSS MiB | "
         + " | ".join(f"{m} [95% CI]" for m in shown)
         + " |",
         "|---|---|---|---|" + "---|" * len(shown),
-        f"| TRL SFTTrainer | full, 1 epoch, lr 5e-5, batch 4, {trl['precision']}"
-        + (", grad. checkpointing" if trl["gradient_checkpointing"] else "")
-        + f" | {trl['seconds']:.1f} | {trl['peak_rss_mib']:.0f} | "
-        + " | ".join(_fmt_ci(by_metric[m], "base_ci", "base") for m in shown)
-        + " |",
-        f"| gentune | defaults ({gen['method']}, {gen['precision']}, {gen['steps']} steps) "
-        f"| {gen['seconds']:.1f} | {gen['peak_rss_mib']:.0f} | "
-        + " | ".join(_fmt_ci(by_metric[m], "tuned_ci", "tuned") for m in shown)
-        + " |",
-        f"| gentune − TRL | | {gen['seconds'] / trl['seconds']:.0%} of TRL's time | "
-        f"{gen['peak_rss_mib'] / trl['peak_rss_mib']:.0%} | "
-        + " | ".join(
-            f"{by_metric[m]['difference']:+.2f} [{by_metric[m]['ci'][0]:+.2f}, "
-            f"{by_metric[m]['ci'][1]:+.2f}]"
-            for m in shown
-        )
-        + " |",
     ]
+    for side, (_, r) in peers.items():
+        by = scores[side]
+        rows.append(
+            f"| {SIDES[side]} | {_recipe(side, r)} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
+            + " | ".join(_fmt_ci(by[m], "base_ci", "base") for m in shown)
+            + " |"
+        )
+    rows.append(
+        f"| gentune | defaults ({gen['method']}, {gen['precision']}, {gen['steps']} steps"
+        + (f", batch {gen['batch_size']}" if gen.get("batch_size") else "")
+        + f") | {gen['seconds']:.1f} | {gen['peak_rss_mib']:.0f} | "
+        + " | ".join(_fmt_ci(first[m], "tuned_ci", "tuned") for m in shown)
+        + " |"
+    )
+    for side, (_, r) in peers.items():
+        by = scores[side]
+        rows.append(
+            f"| gentune − {SIDES[side].split()[0]} | | {gen['seconds'] / r['seconds']:.0%} of its "
+            f"time | {gen['peak_rss_mib'] / r['peak_rss_mib']:.0%} | "
+            + " | ".join(
+                f"{by[m]['difference']:+.2f} [{by[m]['ci'][0]:+.2f}, {by[m]['ci'][1]:+.2f}]"
+                for m in shown
+            )
+            + " |"
+        )
     return rows
 
 
+SIDES = {"trl": "TRL SFTTrainer", "trainer": "Trainer + DataCollatorForLanguageModeling"}
+
+
+def _recipe(side: str, r: dict) -> str:
+    if side == "trl":
+        return f"full, 1 epoch, lr 5e-5, batch 4, {r['precision']}" + (
+            ", grad. checkpointing" if r["gradient_checkpointing"] else ""
+        )
+    return "full, 1 epoch, lr 5e-5, batch 4, fp32, loss on every token" + (
+        " (pad = EOS: EOS masked)" if r.get("eos_is_pad") else ""
+    )
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("_trl", "_gentune"):
-        side = side_trl if sys.argv[1] == "_trl" else side_gentune
-        print(json.dumps(side(sys.argv[2:])))
+    children = {"_trl": side_trl, "_trainer": side_trainer, "_gentune": side_gentune}
+    if len(sys.argv) > 1 and sys.argv[1] in children:
+        print(json.dumps(children[sys.argv[1]](sys.argv[2:])))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="+", default=["aclsum-title", "de-en"])
     ap.add_argument("--split", choices=["dev", "test"], default="test")
+    ap.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES))
     ap.add_argument("--out", default=None, help="keep runs and evaluations here")
     ap.add_argument("--gentune", nargs=argparse.REMAINDER, default=[], help="extra train flags")
     a = ap.parse_args()
@@ -239,8 +339,8 @@ def main() -> None:
     work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="vs_trl-"))
     lines = []
     for name in a.sets:
-        lines += bench_set(name, a.split, work, a.gentune)
-        print("\n".join(lines[-6:]), flush=True)
+        lines += bench_set(name, a.split, work, a.gentune, a.sides)
+        print("\n".join(lines[-(5 + 2 * len(a.sides)) :]), flush=True)
     print("\n" + "\n".join(lines))
 
 

@@ -33,16 +33,34 @@ def test_small_model_gets_full_fine_tuning_big_or_cramped_gets_lora():
 
 
 def test_epochs_follow_the_number_of_rows():
-    few, choices = _resolve(_cfg(), n_rows=20)  # 3 steps of 8: 3 passes (10 steps wanted)
+    few, choices = _resolve(_cfg(batch_size=8), n_rows=20)  # 3 steps of 8: 3 passes (10 wanted)
     assert few.epochs == 3.0 and "at least 9 steps (at most 3)" in choices[2].reason
-    some, _ = _resolve(_cfg(), n_rows=60)  # 8 steps: 2 passes
+    some, _ = _resolve(_cfg(batch_size=8), n_rows=60)  # 8 steps: 2 passes
     assert some.epochs == 2.0
-    enough, choices = _resolve(_cfg(), n_rows=90)  # 12 steps: one pass
+    enough, choices = _resolve(_cfg(batch_size=8), n_rows=90)  # 12 steps: one pass
     assert enough.epochs == 1.0 and "one pass is enough" in choices[2].reason
 
 
+def test_small_sets_get_smaller_batches_for_more_steps():
+    """One pass in batches of 8 under MIN_PASS_STEPS steps: batches of 4 (twice the steps on
+    the same tokens); enough rows keep 8; a batch the user gave is kept."""
+    small, choices = _resolve(_cfg(), n_rows=90)  # 12 steps of 8 -> 23 of 4
+    assert small.batch_size == 4 and small.epochs == 1.0
+    assert choices[1].setting == "batch_size" and "23 steps" in choices[1].reason
+    tiny, _ = _resolve(_cfg(), n_rows=20)  # 5 steps of 4: 2 passes for 10
+    assert (tiny.batch_size, tiny.epochs) == (4, 2.0)
+    large, choices = _resolve(_cfg(), n_rows=450)
+    assert large.batch_size == 8 and "57 steps of 8" in choices[1].reason
+    assert _resolve(_cfg(), n_rows=160)[0].batch_size == 8  # exactly MIN_PASS_STEPS steps
+    assert _resolve(_cfg(), n_rows=152)[0].batch_size == 4  # 19 steps
+    given, choices = _resolve(_cfg(batch_size=16), n_rows=90)
+    assert given.batch_size == 16 and all(c.setting != "batch_size" for c in choices)
+    odd, _ = _resolve(_cfg(micro_batch_size=8), n_rows=90)  # 4 is not a multiple of 8
+    assert odd.batch_size == 8
+
+
 def test_the_task_metric_picks_the_checkpoint_only_when_there_is_a_choice():
-    several, _ = _resolve(_cfg(), n_rows=20)  # 3 epochs: 3 validations
+    several, _ = _resolve(_cfg(), n_rows=20)  # 2 epochs: 2 validations
     assert several.metric == "rougeL" and several.eval_generate == recipe.EVAL_GENERATE
     assert several.higher_is_better
     one, choices = _resolve(_cfg(), n_rows=90)  # 1 epoch: 1 validation, nothing to choose
@@ -57,7 +75,9 @@ def test_the_task_metric_picks_the_checkpoint_only_when_there_is_a_choice():
 
 
 def test_settings_the_user_gave_are_kept_and_not_reported_as_choices():
-    given = _cfg(method="lora", lr=3e-4, epochs=2.0, metric="bleu", eval_generate=4)
+    given = _cfg(
+        method="lora", lr=3e-4, epochs=2.0, metric="bleu", eval_generate=4, batch_size=8
+    )
     cfg, choices = _resolve(given, n_params=10_000)
     assert (cfg.method, cfg.lr, cfg.epochs, cfg.metric, cfg.eval_generate) == (
         "lora",

@@ -53,7 +53,7 @@ class TrainConfig:
     method: Literal["auto", "lora", "full"] = "auto"  # auto: from the model size and memory
     epochs: float | None = None  # passes over the data; default: from the number of rows
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: int = 8  # examples per optimizer step (micro_batch_size × accumulation)
+    batch_size: int | None = None  # examples per optimizer step; default: from the rows (8 or 4)
     micro_batch_size: int | None = None  # examples per forward pass; default = batch_size
     micro_batch_tokens: int | None = None  # padded tokens per forward pass (CPU default 2048)
     lr: float | None = None  # peak learning rate; default 1e-3 for LoRA, 1e-4 for full
@@ -149,8 +149,15 @@ class TrainConfig:
         )
 
     @property
+    def batch(self) -> int:
+        """The batch size (chosen by recipe.resolve where it was not given)."""
+        if self.batch_size is None:
+            raise ValueError("the batch size is chosen by recipe.resolve before training")
+        return self.batch_size
+
+    @property
     def micro(self) -> int:
-        return self.micro_batch_size or self.batch_size
+        return self.micro_batch_size or self.batch
 
     @property
     def data_files(self) -> list[tuple[str, float]]:
@@ -244,14 +251,17 @@ _TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...
     ),
     (
         "batch_size",
-        lambda c: c.batch_size >= 1,
+        lambda c: c.batch_size is None or c.batch_size >= 1,
         lambda c: f"batch_size={c.batch_size}: must be >= 1",
     ),
     (
         "micro_batch_size batch_size",
         lambda c: (
             c.micro_batch_size is None
-            or (c.micro_batch_size >= 1 and c.batch_size % c.micro_batch_size == 0)
+            or (
+                c.micro_batch_size >= 1
+                and (c.batch_size is None or c.batch_size % c.micro_batch_size == 0)
+            )
         ),
         lambda c: f"micro_batch_size={c.micro_batch_size}: must divide batch_size={c.batch_size}",
     ),

@@ -189,8 +189,8 @@ def _training_lines(prep) -> list[str]:
     )
     steps = schedule.total_steps(cfg, len(prep.train_ex))
     lines.append(
-        f"optimizer steps: {steps} (batch {cfg.batch_size} = micro-batch {cfg.micro} "
-        f"x {cfg.batch_size // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}"
+        f"optimizer steps: {steps} (batch {cfg.batch} = micro-batch {cfg.micro} "
+        f"x {cfg.batch // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}"
     )
     precision, reason = resolve_precision(cfg.precision)
     lines.append(f"precision: {precision} ({reason}); master weights and optimizer in fp32")

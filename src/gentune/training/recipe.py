@@ -20,6 +20,9 @@ from gentune.data.tasks import get_task
 FULL_MAX_PARAMETERS = 1_000_000_000
 BYTES_PER_FULL_PARAMETER = 16  # fp32 weight + gradient + two AdamW moments
 LEARNING_RATE = {"full": 1e-4, "lora": 1e-3}
+BATCH_SIZE = 8  # examples per optimizer step
+SMALL_BATCH = 4  # ... where one pass in batches of 8 is fewer than MIN_PASS_STEPS steps
+MIN_PASS_STEPS = 20  # bench/results/defaults.md: aclsum-summary's 90 rows, 12 vs 23 steps
 MIN_STEPS = 10  # fewer optimizer steps than this over the data: more epochs (up to MAX_EPOCHS)
 MAX_EPOCHS = 3
 EVAL_GENERATE = 16  # validation rows generated from when the task metric picks the checkpoint
@@ -57,6 +60,21 @@ def choose_method(n_params: int, available_mb: float | None) -> tuple[str, str]:
     )
 
 
+def choose_batch_size(n_rows: int, micro_batch_size: int | None) -> tuple[int, str]:
+    """(batch size, why): 8, or 4 where one pass in 8s takes too few optimizer steps."""
+    steps = math.ceil(n_rows / BATCH_SIZE)
+    if steps >= MIN_PASS_STEPS:
+        return BATCH_SIZE, f"{n_rows} rows = {steps} steps of {BATCH_SIZE} a pass"
+    small = SMALL_BATCH if micro_batch_size is None or SMALL_BATCH % micro_batch_size == 0 else 0
+    if not small:
+        return BATCH_SIZE, f"{n_rows} rows; --micro-batch-size {micro_batch_size} keeps 8"
+    return small, (
+        f"{n_rows} rows = {steps} steps of {BATCH_SIZE} a pass, under {MIN_PASS_STEPS}: "
+        f"batches of {small} for {math.ceil(n_rows / small)} steps (small sets with long "
+        "targets need the steps; same tokens, about the same time)"
+    )
+
+
 def choose_epochs(n_rows: int, batch_size: int) -> tuple[float, str]:
     """(epochs, why): enough passes for MIN_STEPS optimizer steps, at most MAX_EPOCHS."""
     steps = math.ceil(n_rows / batch_size)
@@ -84,6 +102,10 @@ def resolve(
     if method == "auto":
         method, why = choose_method(n_params, available_mb)
         choices.append(Choice("method", method, why))
+    batch = cfg.batch_size
+    if batch is None:
+        batch, why = choose_batch_size(n_rows, cfg.micro_batch_size)
+        choices.append(Choice("batch_size", batch, why))
     lr = cfg.lr
     if lr is None:
         lr = LEARNING_RATE[method]
@@ -93,12 +115,12 @@ def resolve(
         if cfg.max_steps:
             epochs = float(MAX_EPOCHS)  # max_steps decides; epochs only bound it
         else:
-            epochs, why = choose_epochs(n_rows, cfg.batch_size)
+            epochs, why = choose_epochs(n_rows, batch)
             choices.append(Choice("epochs", epochs, why))
     validations = (
         math.ceil(epochs)
         if cfg.eval_every is None
-        else math.ceil(n_rows / cfg.batch_size * epochs) // cfg.eval_every
+        else math.ceil(n_rows / batch * epochs) // cfg.eval_every
     )
     metric, eval_generate = cfg.metric, cfg.eval_generate
     task_metric = get_task(cfg.task).validation_metric if has_references else None
@@ -121,6 +143,7 @@ def resolve(
     resolved = replace(
         cfg,
         method=cast(Literal["lora", "full"], method),
+        batch_size=batch,
         lr=lr,
         epochs=epochs,
         metric=metric,

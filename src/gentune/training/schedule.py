@@ -15,12 +15,12 @@ from gentune.training.memory import Layout
 
 def total_steps(cfg: TrainConfig, rows: int) -> int:
     """Optimizer steps of the run: --max-steps, else the epochs' worth of batches of `rows`."""
-    return cfg.max_steps or max(1, math.ceil(math.ceil(rows / cfg.batch_size) * cfg.passes))
+    return cfg.max_steps or max(1, math.ceil(math.ceil(rows / cfg.batch) * cfg.passes))
 
 
 def epoch_batches(cfg: TrainConfig, examples, epoch: int) -> list[list[int]]:
     """The micro-batches' rows of one epoch, length-grouped in the run's seeded order; an
-    optimizer step takes `cfg.batch_size // cfg.micro` of them."""
+    optimizer step takes `cfg.batch // cfg.micro` of them."""
     return length_grouped_batches(
         examples, cfg.micro, seed=cfg.seed, epoch=epoch, group=cfg.group_by_length
     )

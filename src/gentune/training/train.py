@@ -268,7 +268,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
         scheduler,
         state,
         total_steps,
-        cfg.batch_size // cfg.micro,
+        cfg.batch // cfg.micro,
         micro_tokens,
         log,
         precision,
