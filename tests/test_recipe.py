@@ -75,9 +75,7 @@ def test_the_task_metric_picks_the_checkpoint_only_when_there_is_a_choice():
 
 
 def test_settings_the_user_gave_are_kept_and_not_reported_as_choices():
-    given = _cfg(
-        method="lora", lr=3e-4, epochs=2.0, metric="bleu", eval_generate=4, batch_size=8
-    )
+    given = _cfg(method="lora", lr=3e-4, epochs=2.0, metric="bleu", eval_generate=4, batch_size=8)
     cfg, choices = _resolve(given, n_params=10_000)
     assert (cfg.method, cfg.lr, cfg.epochs, cfg.metric, cfg.eval_generate) == (
         "lora",

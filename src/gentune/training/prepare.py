@@ -4,6 +4,7 @@ split (validation that is training data is warned about), the model wrapped for 
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -248,6 +249,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
         n_rows=len(train_ex),
         available_mb=memory.available_memory_mb(),
         has_references=has_references,
+        world=int(os.environ.get("WORLD_SIZE", "1")),  # (the launcher's; 1 in one process)
     )
     for choice in choices:
         log(f"gentune: {choice.line()}")

@@ -60,14 +60,16 @@ def choose_method(n_params: int, available_mb: float | None) -> tuple[str, str]:
     )
 
 
-def choose_batch_size(n_rows: int, micro_batch_size: int | None) -> tuple[int, str]:
-    """(batch size, why): 8, or 4 where one pass in 8s takes too few optimizer steps."""
+def choose_batch_size(n_rows: int, micro_batch_size: int | None, world: int = 1) -> tuple[int, str]:
+    """(batch size, why): 8, or 4 where one pass in 8s takes too few optimizer steps (and 4
+    splits into the micro-batches, and those over the processes)."""
     steps = math.ceil(n_rows / BATCH_SIZE)
     if steps >= MIN_PASS_STEPS:
         return BATCH_SIZE, f"{n_rows} rows = {steps} steps of {BATCH_SIZE} a pass"
-    small = SMALL_BATCH if micro_batch_size is None or SMALL_BATCH % micro_batch_size == 0 else 0
+    small = SMALL_BATCH if SMALL_BATCH % (micro_batch_size or world) == 0 else 0
     if not small:
-        return BATCH_SIZE, f"{n_rows} rows; --micro-batch-size {micro_batch_size} keeps 8"
+        why = f"--micro-batch-size {micro_batch_size}" if micro_batch_size else f"{world} processes"
+        return BATCH_SIZE, f"{n_rows} rows; {why} keep batches of {BATCH_SIZE}"
     return small, (
         f"{n_rows} rows = {steps} steps of {BATCH_SIZE} a pass, under {MIN_PASS_STEPS}: "
         f"batches of {small} for {math.ceil(n_rows / small)} steps (small sets with long "
@@ -95,6 +97,7 @@ def resolve(
     n_rows: int,
     available_mb: float | None,
     has_references: bool,
+    world: int = 1,
 ) -> tuple[TrainConfig, list[Choice]]:
     """`cfg` with every automatic setting decided, and the choices made (with reasons)."""
     choices: list[Choice] = []
@@ -104,7 +107,7 @@ def resolve(
         choices.append(Choice("method", method, why))
     batch = cfg.batch_size
     if batch is None:
-        batch, why = choose_batch_size(n_rows, cfg.micro_batch_size)
+        batch, why = choose_batch_size(n_rows, cfg.micro_batch_size, world)
         choices.append(Choice("batch_size", batch, why))
     lr = cfg.lr
     if lr is None:

@@ -197,6 +197,11 @@ def _state(resume_from: Path | None, fingerprints: dict, precision: str, log) ->
     return state
 
 
+def _check_world(micro: int | None, world: int) -> None:
+    if micro and micro % world:
+        raise TrainingError(f"micro_batch_size {micro} must be a multiple of the {world} processes")
+
+
 def setup(cfg: TrainConfig, *, log=print) -> Session:
     """Everything before the first step: the run directory checked, the accelerator, data and
     model, optimizer, schedule, and the state (restored from a checkpoint on --resume)."""
@@ -209,16 +214,14 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     main, world = accelerator.is_main_process, accelerator.num_processes
     if not main:
         log = lambda *_: None  # noqa: E731  (logs come from the main process only)
-    if cfg.micro % world:
-        raise TrainingError(
-            f"micro_batch_size {cfg.micro} must be a multiple of the {world} processes"
-        )
+    _check_world(cfg.micro_batch_size, world)  # (the default batch's: once it is chosen)
     # a new run, this run continued, or an old one replaced
     rundir.prepare_out(out, resume=bool(cfg.resume), overwrite=cfg.overwrite, main=main)
     accelerator.wait_for_everyone()
     resume_from = checkpoint.resume_point(cfg, out, log)
     prep = prepare(cfg, log=log)
     given, cfg = cfg, prep.cfg  # the user's settings; and with the automatic ones decided
+    _check_world(cfg.micro, world)
     log(f"gentune: precision {precision} ({reason}); master weights and optimizer in fp32")
     if main:
         out.mkdir(parents=True, exist_ok=True)
