@@ -114,6 +114,9 @@ def _budget_cfg(model, tmp_path, rows, budget: float, **kw):
     )
 
 
+CPU = memory.CPU_MICRO_BATCH_TOKENS  # the probe's start on a CPU
+
+
 def test_training_with_a_budget_records_the_layout_and_resumes_with_it(tiny_llama, tmp_path):
     import json
 
@@ -124,11 +127,11 @@ def test_training_with_a_budget_records_the_layout_and_resumes_with_it(tiny_llam
     cfg = _budget_cfg(tiny_llama, tmp_path, PAIRS * 2, 64.0, max_steps=2, batch_size=4)
     lines: list[str] = []
     train(cfg, log=lines.append)
-    assert any("memory probe: micro-batches of <= 2048 tokens:" in x for x in lines)
-    assert any("2048 tokens (the fastest that fits --memory-budget 64 GiB)" in x for x in lines)
+    assert any(f"memory probe: micro-batches of <= {CPU} tokens:" in x for x in lines)
+    assert any(f"{CPU} tokens (the fastest that fits --memory-budget 64 GiB)" in x for x in lines)
     ckpt = latest(tmp_path / "run")
     state = json.loads((ckpt / "state.json").read_text())
-    assert state["layout"] == {"micro_batch_tokens": 2048, "gradient_checkpointing": False}
+    assert state["layout"] == {"micro_batch_tokens": CPU, "gradient_checkpointing": False}
     lines.clear()
     train(replace(cfg, max_steps=3, resume="latest"), log=lines.append)
     assert not any("memory probe" in x for x in lines)  # the run's layout, not a new probe
@@ -149,10 +152,10 @@ def test_plan_shows_the_probe_and_the_layout_for_a_budget(tiny_llama, tmp_path, 
     from gentune.training.plan import plan
 
     text = plan(_budget_cfg(tiny_llama, tmp_path, PAIRS, budget, batch_size=4), measure=False)
-    assert "memory probe: micro-batches of <= 2048 tokens:" in text
+    assert f"memory probe: micro-batches of <= {CPU} tokens:" in text
     if budget > 1:
         assert (
-            "layout: micro-batches of <= 2048 tokens (the fastest that fits --memory-budget 64 GiB)"
+            f"layout: micro-batches of <= {CPU} tokens (the fastest that fits --memory-budget 64 GiB)"
             in text
         )
     else:

@@ -57,12 +57,14 @@ def available_memory_mb() -> float | None:
     return int(found.group(1)) / 1024 if found else None
 
 
-CPU_MICRO_BATCH_TOKENS = 2048  # padded tokens per forward pass on a CPU (bench/train_throughput)
+# padded tokens per forward pass on a CPU: 1024 peaked 1 GiB below 2048 at the same speed per
+# step (bench/results/memory.md; 2048 was chosen on speed alone, bench/train_throughput.py)
+CPU_MICRO_BATCH_TOKENS = 1024
 
 
 def default_micro_batch_tokens() -> int | None:
     """Padded tokens per forward pass when --micro-batch-tokens is not given: on a CPU a
-    micro-batch of about 2k tokens is as fast per token as any (caches) and bounds the
+    micro-batch of about 1k tokens is as fast per token as any (caches) and bounds the
     activations whatever the longest rows are; on a GPU, rows as given."""
     return None if torch.cuda.is_available() else CPU_MICRO_BATCH_TOKENS
 
