@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import heldout  # noqa: E402
+from vs_trl import _side_args  # noqa: E402
 
 # name: (gentune train flags, environment)
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
@@ -56,12 +57,8 @@ def _rss(field: str) -> float:
 
 
 def child(args: list[str]) -> dict:
-    """One `gentune train` in this process; RSS after loading, at the peak, and the log."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--set", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    a, extra = ap.parse_known_args(args)
+    """One `gentune train` in this process; each phase's peak RSS, the run's peak, the log."""
+    a, extra = _side_args(args, strict=False)  # the rest: gentune train flags
     import gentune.training.prepare as prepare
     import gentune.training.train as train
     from gentune.cli import main

@@ -51,14 +51,21 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def side_trl(args: list[str]) -> dict:
-    """Train with TRL's SFTTrainer (in this process); returns seconds and peak RSS."""
+def _side_args(args: list[str], *, strict: bool) -> tuple[argparse.Namespace, list[str]]:
+    """A side's own arguments (--set, --data, --out, --seed) and, unless `strict`, the rest."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=42)
-    a = ap.parse_args(args)
+    if strict:
+        return ap.parse_args(args), []
+    return ap.parse_known_args(args)
+
+
+def side_trl(args: list[str]) -> dict:
+    """Train with TRL's SFTTrainer (in this process); returns seconds and peak RSS."""
+    a, _ = _side_args(args, strict=True)
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -101,12 +108,7 @@ def side_trainer(args: list[str]) -> dict:
     `DataCollatorForLanguageModeling(mlm=False)` on prompt + target text (the loss on every
     token, prompt included; padding masked by the collator), full fine-tuning, fp32 (the
     Trainer's default on a CPU), 1 epoch, lr 5e-5, batch 4 as TRL's. In this process."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--set", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=42)
-    a = ap.parse_args(args)
+    a, _ = _side_args(args, strict=True)
     import torch
     from datasets import Dataset
     from transformers import (
@@ -198,11 +200,7 @@ def _train_flags(spec) -> list[str]:
 
 def side_gentune(args: list[str]) -> dict:
     """`gentune train` with every default (in this process); seconds and peak RSS."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--set", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    a, extra = ap.parse_known_args(args)  # the rest: gentune train flags
+    a, extra = _side_args(args, strict=False)  # the rest: gentune train flags
     from gentune.cli import main
     from gentune.rundir import read_log
 

@@ -4,7 +4,6 @@ split (validation that is training data is warned about), the model wrapped for 
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,9 +199,10 @@ def _trainable(cfg: TrainConfig, model, log):
     return model, n_trainable, n_total
 
 
-def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
+def prepare(cfg: TrainConfig, *, log=print, world: int = 1) -> Prepared:
     """Load the model, read and encode the data (through the data cache), wrap the model for
-    LoRA: all before step one."""
+    LoRA: all before step one. `world`: the training processes (the default batch splits
+    over them)."""
     seed_everything(cfg.seed)
     task = get_task(cfg.task)
     model, tokenizer, resolved = load_model(cfg.model)
@@ -249,7 +249,7 @@ def prepare(cfg: TrainConfig, *, log=print) -> Prepared:
         n_rows=len(train_ex),
         available_mb=memory.available_memory_mb(),
         has_references=has_references,
-        world=int(os.environ.get("WORLD_SIZE", "1")),  # (the launcher's; 1 in one process)
+        world=world,
     )
     for choice in choices:
         log(f"gentune: {choice.line()}")

@@ -219,7 +219,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     rundir.prepare_out(out, resume=bool(cfg.resume), overwrite=cfg.overwrite, main=main)
     accelerator.wait_for_everyone()
     resume_from = checkpoint.resume_point(cfg, out, log)
-    prep = prepare(cfg, log=log)
+    prep = prepare(cfg, log=log, world=world)
     given, cfg = cfg, prep.cfg  # the user's settings; and with the automatic ones decided
     _check_world(cfg.micro, world)
     log(f"gentune: precision {precision} ({reason}); master weights and optimizer in fp32")
