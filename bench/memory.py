@@ -1,15 +1,16 @@
 """Where a default training run's peak RSS goes, and what each memory setting costs in time and
 loss — every variant in its own process, in one invocation.
 
-    .venv/bin/python bench/memory.py [--set aclsum-summary] [--steps 6] \\
-        [--variants default checkpointing tokens-1024 mmap-threshold]
+    .venv/bin/python bench/memory.py [--set aclsum-summary] [--steps 6 | --steps 0] \\
+        [--metric val_loss | --metric task] [--variants default kernel-cache-1024 ...]
 
 Each variant runs `gentune train` on the set's `train` rows (bench/heldout.py) for `--steps`
 optimizer steps with every default plus its own flags or environment. The table gives the
 process's peak RSS and each phase's own peak (VmHWM reset as the phase starts: loading the
 model, the training steps, validation, saving the resumable checkpoint, saving the run), the
 seconds per optimizer step (from the run's log, the first step left out), and the training loss
-of the last step, so a cut in memory is seen beside what it costs.
+of the last step, so a cut in memory is seen beside what it costs; under it, each optimizer
+step's own peak (memory that grows with the steps shows there). `--steps 0` runs the whole run.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ from vs_trl import _side_args  # noqa: E402
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "default": ([], {}),
     "checkpointing": (["--gradient-checkpointing"], {}),
-    "tokens-1024": (["--micro-batch-tokens", "1024"], {}),
+    "tokens-2048": (["--micro-batch-tokens", "2048"], {}),
     "tokens-512": (["--micro-batch-tokens", "512"], {}),
     "mmap-threshold": ([], {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}),
     "arena-2": ([], {"MALLOC_ARENA_MAX": "2"}),
+    # oneDNN's own default, before memory.ONEDNN_PRIMITIVE_CACHE bounded it
+    "kernel-cache-1024": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}),
+    "kernel-cache-128": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128"}),
 }
 
 
@@ -66,6 +70,7 @@ def child(args: list[str]) -> dict:
     from gentune.training.memory import reset_peak_memory
 
     phases: dict[str, float] = {}  # phase -> its own peak RSS (VmHWM reset at its start)
+    steps: list[int] = []  # each optimizer step's own peak
 
     def traced(module, name: str, phase: str) -> None:
         original = getattr(module, name)
@@ -78,6 +83,8 @@ def child(args: list[str]) -> dict:
                 return original(*args, **kwargs)
             finally:
                 phases[phase] = max(phases.get(phase, 0.0), _rss("VmHWM"))
+                if phase == "training steps":
+                    steps.append(round(_rss("VmHWM")))
                 reset_peak_memory()
 
         setattr(module, name, wrapper)
@@ -98,6 +105,7 @@ def child(args: list[str]) -> dict:
         "seconds": time.perf_counter() - start,
         "peak": max([_rss("VmHWM"), *phases.values()]),
         "phases": phases,
+        "steps": steps,
         "log": log,
     }
 
@@ -108,7 +116,8 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", default="aclsum-summary")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=6, help="0: the whole run")
+    ap.add_argument("--metric", default="val_loss", help="'task': the task's own (generates)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="memory-"))
@@ -122,7 +131,9 @@ def main() -> None:
         flags, env = VARIANTS[name]
         run = work / name
         cmd = [sys.executable, __file__, "_child", "--set", a.set, "--data", str(files["train"])]
-        cmd += ["--out", str(run), "--max-steps", str(a.steps), "--metric", "val_loss", *flags]
+        cmd += ["--out", str(run), *flags]
+        cmd += ["--max-steps", str(a.steps)] if a.steps else []  # 0: the whole run
+        cmd += ["--metric", a.metric] if a.metric != "task" else []
         out = subprocess.run(
             cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, **env}
         ).stdout
@@ -136,6 +147,7 @@ def main() -> None:
             + f" | {per_step:.2f} | {float(log[-1]['loss']):.4f} |",
             flush=True,
         )
+        print(f"<!-- {name}: each step's peak MiB {r['steps']} -->", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from contextlib import nullcontext
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +164,53 @@ def test_plan_shows_the_probe_and_the_layout_for_a_budget(tiny_llama, tmp_path, 
         )
     else:
         assert "layout: --memory-budget 0.0: no layout fits" in text
+
+
+_SHAPES_PROBE = """
+import re, sys, torch
+if sys.argv[1] == "gentune":
+    from gentune.training.memory import bound_kernel_cache
+    bound_kernel_cache()
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+lin = torch.nn.Linear(576, 1536)
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    lin(torch.randn(8, 576)).sum().backward()
+start = rss()
+for rows in range(300, 700, 2):  # a micro-batch of new length each time, as in training
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lin(torch.randn(rows, 576, requires_grad=True)).sum().backward()
+print(rss() - start)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS")
+def test_the_kernel_cache_is_bounded_so_new_shapes_do_not_grow_memory():
+    """oneDNN keeps a primitive per shape (1024 by default): 200 bf16 matmul shapes grow the
+    process by hundreds of MiB; with gentune's bound it grows far less. (Training's memory grew
+    with its steps this way: bench/results/memory.md.)"""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+
+    def growth(mode: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", _SHAPES_PROBE, mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return float(out.stdout.strip().splitlines()[-1])
+
+    unbounded, bounded = growth("torch"), growth("gentune")
+    assert bounded < unbounded - 150, (unbounded, bounded)
+
+
+def test_every_command_bounds_the_kernel_cache_and_a_users_setting_wins(monkeypatch):
+    from gentune.cli import main
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert main(["train", "--help"]) == 0
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(memory.ONEDNN_PRIMITIVE_CACHE)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    memory.bound_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"

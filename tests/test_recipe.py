@@ -15,9 +15,16 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**{"task": "summarization", "data": "d.jsonl", "out": "o"} | kw)
 
 
-def _resolve(cfg, *, n_params=135_000_000, n_rows=90, available_mb=16_000.0, refs=True):
+def _resolve(
+    cfg, *, n_params=135_000_000, n_rows=90, target=100.0, available_mb=16_000.0, refs=True
+):
     return recipe.resolve(
-        cfg, n_params=n_params, n_rows=n_rows, available_mb=available_mb, has_references=refs
+        cfg,
+        n_params=n_params,
+        n_rows=n_rows,
+        median_target=target,
+        available_mb=available_mb,
+        has_references=refs,
     )
 
 
@@ -57,6 +64,15 @@ def test_small_sets_get_smaller_batches_for_more_steps():
     assert given.batch_size == 16 and all(c.setting != "batch_size" for c in choices)
     odd, _ = _resolve(_cfg(micro_batch_size=8), n_rows=90)  # 4 is not a multiple of 8
     assert odd.batch_size == 8
+
+
+def test_short_targets_keep_batches_of_8():
+    """On the dev rows batches of 4 won only where targets were long (summaries, ~100 tokens)
+    and tied on titles (~15): a small set of short targets keeps 8, saying why."""
+    short, choices = _resolve(_cfg(), n_rows=90, target=15)
+    assert short.batch_size == 8 and "under 32" in choices[1].reason
+    assert _resolve(_cfg(), n_rows=90, target=recipe.LONG_TARGET)[0].batch_size == 4
+    assert _resolve(_cfg(), n_rows=90, target=recipe.LONG_TARGET - 1)[0].batch_size == 8
 
 
 def test_the_task_metric_picks_the_checkpoint_only_when_there_is_a_choice():

@@ -8,6 +8,7 @@ what a layout needs; on a GPU it is the allocator's peak.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,20 @@ def available_memory_mb() -> float | None:
 # padded tokens per forward pass on a CPU: 1024 peaked 1 GiB below 2048 at the same speed per
 # step (bench/results/memory.md; 2048 was chosen on speed alone, bench/train_throughput.py)
 CPU_MICRO_BATCH_TOKENS = 1024
+
+
+# oneDNN (the CPU's bf16 matmul kernels) keeps a compiled primitive per operator shape, up to
+# 1024 of them; micro-batches of new lengths bring new shapes every step, so a run's memory grew
+# with its steps (aclsum-summary, 23 steps: 4.2 -> 5.0 GiB). 64 holds a step's own shapes (the
+# layers reuse them) and cut the run's peak by 0.5-0.65 GiB at the same speed
+# (bench/results/memory.md).
+ONEDNN_PRIMITIVE_CACHE = 64
+
+
+def bound_kernel_cache() -> None:
+    """Bound oneDNN's primitive cache, unless the user set ONEDNN_PRIMITIVE_CACHE_CAPACITY. It
+    is read when the process creates its first primitive: call this before any CPU matmul."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE))
 
 
 def default_micro_batch_tokens() -> int | None:

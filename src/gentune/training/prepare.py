@@ -239,6 +239,7 @@ def prepare(cfg: TrainConfig, *, log=print, world: int = 1) -> Prepared:
             "no validation row has one (free text): use --metric val_loss"
         )
     template = with_length_limit(template, max_length, train_ex)  # the same limit at inference
+    median_target = float(np.median(train_ex.n_targets))  # (of the rows, before packing)
     if cfg.packing:
         n = len(train_ex)
         train_ex = pack_examples(train_ex, max_length)  # (its `.examples`: the unpacked ones)
@@ -247,6 +248,7 @@ def prepare(cfg: TrainConfig, *, log=print, world: int = 1) -> Prepared:
         cfg,
         n_params=sum(p.numel() for p in model.parameters()),
         n_rows=len(train_ex),
+        median_target=median_target,
         available_mb=memory.available_memory_mb(),
         has_references=has_references,
         world=world,

@@ -23,6 +23,10 @@ LEARNING_RATE = {"full": 1e-4, "lora": 1e-3}
 BATCH_SIZE = 8  # examples per optimizer step
 SMALL_BATCH = 4  # ... where one pass in batches of 8 is fewer than MIN_PASS_STEPS steps
 MIN_PASS_STEPS = 20  # bench/results/defaults.md: aclsum-summary's 90 rows, 12 vs 23 steps
+# ... and whose median target is at least this many tokens: on the dev rows batches of 4 won
+# on ACLSum summaries (~100-token targets, +4.5 ROUGE-L) and tied on its titles (~15 tokens,
+# -0.14), where a batch of 4 holds some 60 target tokens (docs/benchmarks.md)
+LONG_TARGET = 32
 MIN_STEPS = 10  # fewer optimizer steps than this over the data: more epochs (up to MAX_EPOCHS)
 MAX_EPOCHS = 3
 EVAL_GENERATE = 16  # validation rows generated from when the task metric picks the checkpoint
@@ -60,20 +64,29 @@ def choose_method(n_params: int, available_mb: float | None) -> tuple[str, str]:
     )
 
 
-def choose_batch_size(n_rows: int, micro_batch_size: int | None, world: int = 1) -> tuple[int, str]:
-    """(batch size, why): 8, or 4 where one pass in 8s takes too few optimizer steps (and 4
-    splits into the micro-batches, and those over the processes)."""
+def choose_batch_size(
+    n_rows: int, median_target: float, micro_batch_size: int | None, world: int = 1
+) -> tuple[int, str]:
+    """(batch size, why): 8, or 4 where one pass in 8s takes too few optimizer steps and the
+    targets are long (and 4 splits into the micro-batches, and those over the processes)."""
     steps = math.ceil(n_rows / BATCH_SIZE)
     if steps >= MIN_PASS_STEPS:
         return BATCH_SIZE, f"{n_rows} rows = {steps} steps of {BATCH_SIZE} a pass"
+    if median_target < LONG_TARGET:
+        return BATCH_SIZE, (
+            f"{n_rows} rows = {steps} steps of {BATCH_SIZE} a pass; targets of "
+            f"{median_target:g} tokens (median), under {LONG_TARGET}: smaller batches gained "
+            "nothing on short targets"
+        )
     small = SMALL_BATCH if SMALL_BATCH % (micro_batch_size or world) == 0 else 0
     if not small:
         why = f"--micro-batch-size {micro_batch_size}" if micro_batch_size else f"{world} processes"
         return BATCH_SIZE, f"{n_rows} rows; {why} keep batches of {BATCH_SIZE}"
     return small, (
-        f"{n_rows} rows = {steps} steps of {BATCH_SIZE} a pass, under {MIN_PASS_STEPS}: "
-        f"batches of {small} for {math.ceil(n_rows / small)} steps (small sets with long "
-        "targets need the steps; same tokens, about the same time)"
+        f"{n_rows} rows = {steps} steps of {BATCH_SIZE} a pass, under {MIN_PASS_STEPS}, with "
+        f"targets of {median_target:g} tokens (median): batches of {small} for "
+        f"{math.ceil(n_rows / small)} steps (small sets with long targets need the steps; "
+        "same tokens, about the same time)"
     )
 
 
@@ -95,6 +108,7 @@ def resolve(
     *,
     n_params: int,
     n_rows: int,
+    median_target: float,
     available_mb: float | None,
     has_references: bool,
     world: int = 1,
@@ -107,7 +121,7 @@ def resolve(
         choices.append(Choice("method", method, why))
     batch = cfg.batch_size
     if batch is None:
-        batch, why = choose_batch_size(n_rows, cfg.micro_batch_size, world)
+        batch, why = choose_batch_size(n_rows, median_target, cfg.micro_batch_size, world)
         choices.append(Choice("batch_size", batch, why))
     lr = cfg.lr
     if lr is None:

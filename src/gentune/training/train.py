@@ -207,6 +207,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     model, optimizer, schedule, and the state (restored from a checkpoint on --resume)."""
     from transformers import get_scheduler
 
+    memory.bound_kernel_cache()  # before the first matmul
     out = Path(cfg.out)
     cfg = distributed.launcher_settings(cfg)
     precision, reason = resolve_precision(cfg.precision)
