@@ -94,6 +94,8 @@ def _weights(run):
 
 def _assert_same(run_a, run_b):
     assert _curve(run_a) == _curve(run_b)
+    # the outputs sampled at every validation too (a resumed run's come from its checkpoint)
+    assert (run_a / "samples.jsonl").read_text() == (run_b / "samples.jsonl").read_text()
     a, b = _weights(run_a), _weights(run_b)
     assert a.keys() == b.keys()
     for k in a:

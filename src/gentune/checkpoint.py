@@ -383,6 +383,7 @@ class State:
     data_sha256: dict = field(default_factory=dict)  # the data trained on, checked on resume
     precision: str | None = None  # fp32 | bf16 | fp16: exact resume holds within one
     layout: dict | None = None  # micro-batch and checkpointing chosen for --memory-budget
+    samples: list[dict] = field(default_factory=list)  # outputs at each validation (samples.py)
 
 
 # settings that may differ between a run and its resumption: they change neither the data
@@ -402,6 +403,7 @@ RESUMABLE = {
     "tensorboard",
     "patience",
     "eval_budget_s",
+    "samples",  # generated in no_grad, greedy: neither the data order nor the weights change
     "fsdp",  # sharded or not, the checkpoint loads on any number of processes
     "dist_timeout",
 }

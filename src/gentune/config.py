@@ -84,6 +84,7 @@ class TrainConfig:
         None  # rows generated per validation (default 16 when the metric needs them; 0 = none)
     )
     eval_budget_s: float = 60.0  # seconds the first generation pass may take; sizes the subset
+    samples: int = 4  # fixed validation rows generated at each validation (samples.jsonl); 0: none
     metric: str = (
         "auto"  # picks the best checkpoint, early stopping: auto, val_loss, rougeL, bleu, ter…
     )
@@ -302,6 +303,7 @@ _TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...
     ),
     ("keep_last", lambda c: c.keep_last >= 1, lambda c: f"keep_last={c.keep_last}: must be >= 1"),
     _at_least("eval_generate", 0),
+    _at_least("samples", 0),
     (
         "metric",
         lambda c: c.metric in _METRIC_CHOICES,

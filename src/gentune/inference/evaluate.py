@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,18 +71,9 @@ def predict(
     rows = []
     for i, (rec, text, short) in enumerate(zip(records, texts, shortened, strict=True)):
         group = outs[i * n : (i + 1) * n]
-        user = (
-            rec.input
-            if rec.input is not None
-            else rec.text
-            if rec.text is not None
-            else next(
-                (m["content"] for m in reversed(rec.messages or ()) if m["role"] == "user"), ""
-            )
-        )
-        row = {
+        row: dict[str, Any] = {
             "row": rec.where,
-            "input": user,
+            "input": user_text(rec),
             "prompt": text,
             "output": group[0].text,
             "reference": template.reference(rec),
@@ -93,6 +85,15 @@ def predict(
             row["outputs"] = [g.text for g in group]
         rows.append(row)
     return rows
+
+
+def user_text(rec) -> str:
+    """What the user gave for a record: its input, its text, or its last user turn."""
+    if rec.input is not None:
+        return rec.input
+    if rec.text is not None:
+        return rec.text
+    return next((m["content"] for m in reversed(rec.messages or ()) if m["role"] == "user"), "")
 
 
 def reference_length(template: PromptTemplate, model) -> int:

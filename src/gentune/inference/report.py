@@ -173,6 +173,49 @@ def _explanations(run_dir: str | None, report: Path) -> str:
     return f"<h2>What fine-tuning changed (gentune explain)</h2><ul>{links}</ul>" if links else ""
 
 
+def _by_row(samples: list[dict]) -> list[dict]:
+    """Per sampled row, its outputs from the first validation to the last:
+    [{row, input, reference, steps: [(step, output, score), ...]}], rows in order."""
+    by_row: dict[int, dict] = {}
+    for s in sorted(samples, key=lambda s: (s["row"], s["step"])):
+        entry = by_row.setdefault(
+            s["row"],
+            {"row": s["row"], "input": s["input"], "reference": s["reference"], "steps": []},
+        )
+        entry["steps"].append((s["step"], s["output"], s["score"]))
+    return list(by_row.values())
+
+
+def _changes(run_dir: str | None) -> str:
+    """How the outputs changed: the run's samples (RUN/samples.jsonl, written at each
+    validation) from the first validation to the last."""
+    import json
+
+    if not run_dir:
+        return ""
+    try:
+        lines = (Path(run_dir) / "samples.jsonl").read_text().splitlines()
+        samples = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return ""
+    esc, tables = html.escape, []
+    for entry in _by_row(samples):
+        steps = "".join(
+            f"<tr><td>{step}</td><td>{esc(output)}</td>"
+            f"<td>{'' if score is None else f'{score:.1f}'}</td></tr>"
+            for step, output, score in entry["steps"]
+        )
+        tables.append(
+            f"<h3>row {entry['row']}</h3><pre>{esc(entry['input'])}</pre>"
+            f"<p>reference: {esc(entry['reference'] or '')}</p>"
+            f"<table class='changes'><tr><th>step</th><th>output</th>"
+            f"<th>{esc(samples[0]['metric'])}</th></tr>{steps}</table>"
+        )
+    if not tables:
+        return ""
+    return "<h2>How the outputs changed during training</h2>" + "".join(tables)
+
+
 def _samples(task: str, base_rows, tuned_rows, samples: int, extremes: int) -> str:
     """Side-by-side samples: the first rows, the biggest wins and the biggest losses."""
     esc = html.escape
@@ -251,6 +294,7 @@ same rows with the same prompt.</p>
 {"".join(sections)}
 {_images(run_dir, base_rows, tuned_rows)}
 {_explanations(run_dir, Path(path))}
+{_changes(run_dir)}
 {_samples(task, base_rows, tuned_rows, samples, extremes)}
 <script type="application/json" id="comparison">{esc(json.dumps(comparison))}</script>
 </body></html>

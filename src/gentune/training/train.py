@@ -310,6 +310,7 @@ class RunLog:
 
     def __init__(self, out: Path, history: list[dict], *, enabled: bool, tensorboard: bool):
         self.file = self.writer = self.tb = None
+        self.out = out
         if not enabled:
             return
         self.file = (out / "metrics.csv").open("w", newline="")
@@ -334,6 +335,21 @@ class RunLog:
             for k in self.SCALARS:
                 if k in row:
                     self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+
+    def samples(self, samples: list[dict], step: int) -> None:
+        """RUN/samples.jsonl with every validation's samples so far (rewritten whole: atomic,
+        and a resumed run's file is its checkpoint's); this step's as TensorBoard text."""
+        if self.writer is None or not samples:
+            return
+        rundir.write_jsonl(self.out / "samples.jsonl", samples)
+        if self.tb:
+            for s in samples:
+                if s["step"] == step:
+                    self.tb.add_text(
+                        f"samples/row {s['row']}",
+                        f"**output:** {s['output']}\n\n**reference:** {s['reference']}",
+                        step,
+                    )
 
     def close(self) -> None:
         if self.file:
@@ -481,6 +497,7 @@ def loop(s: Session, started: float) -> Path:
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
             if due or state.step == s.total_steps:
                 validate(s.prep, state, row, world=s.world, log=s.log)
+                run_log.samples(state.samples, state.step)
             state.history.append(row)
             run_log.write(row)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")

@@ -16,6 +16,7 @@ from gentune.metrics import corpus_metric
 from gentune.models.loss import corpus_nll
 from gentune.tokenizer import source_pad_id
 from gentune.training.prepare import Prepared
+from gentune.training.samples import generate_samples, sample_indices
 
 
 def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, float]:
@@ -112,5 +113,18 @@ def validate(prep: Prepared, state: State, row: dict, *, world: int, log=print) 
         )
         + (" (best)" if improved else f" (no improvement {state.bad_evals}x)")
     )
+    if cfg.samples and prep.scored_val:
+        rows, seconds = generate_samples(
+            prep.model,
+            prep.tokenizer,
+            prep.template,
+            prep.scored_val,
+            sample_indices(len(prep.scored_val), cfg.samples, cfg.seed),
+            step=state.step,
+            task=cfg.task,
+            batch_size=cfg.micro,
+        )
+        state.samples += rows
+        log(f"gentune: step {state.step}: {len(rows)} samples generated in {seconds:.1f} s")
     if cfg.patience and state.bad_evals >= cfg.patience:
         state.stopped_early = True
