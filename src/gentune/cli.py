@@ -399,6 +399,29 @@ def cmd_explain(a) -> None:
         explain(ExplainSettings(**_given(a, ExplainSettings)), checks=checks)
 
 
+def cmd_runs(a) -> None:
+    """gentune runs [DIR…]: the runs under directories; gentune runs compare RUN RUN… --out DIR."""
+    from gentune.inference import runs
+
+    if a.paths[:1] == ["compare"]:
+        if not a.out:
+            raise UsageError("runs compare: give --out DIR for the page")
+        _out_dir(a.out)
+        with _writing(a.out):
+            page = runs.compare(
+                a.paths[1:], a.out, data=a.data, bootstrap=a.bootstrap, progress=not a.no_progress
+            )
+        print(f"gentune: the comparison is in {page}")
+        return
+    if a.out or a.data:
+        raise UsageError("runs: --out and --data belong to `gentune runs compare`")
+    found = runs.find_runs(a.paths or ["runs"])
+    if not found:
+        print(f"gentune: no runs under {', '.join(a.paths or ['runs'])}")
+        return
+    print(runs.table([runs.summary(p) for p in found]))
+
+
 def cmd_models(a) -> None:
     """gentune models: the embedded models, their size, licence and state."""
     from gentune.models.registry import EMBEDDED, converted_path, is_converted, is_installed
@@ -598,6 +621,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_data)
 
     _add_distill_and_explain(sub)
+
+    p = sub.add_parser(
+        "runs",
+        help="list the runs under directories (default runs/); `runs compare RUN RUN… --out DIR`",
+        description="gentune runs [DIR…]: a table of the runs under each directory. "
+        "gentune runs compare RUN RUN… --out DIR [--data FILE]: one page with their curves "
+        "overlaid, the settings that differ, their metrics on FILE with paired intervals "
+        "against the first run, and their samples at the same rows.",
+    )
+    p.add_argument("paths", nargs="*", help="directories to list; or: compare RUN RUN…")
+    p.add_argument("--out", help="runs compare: the directory for compare.html and compare.json")
+    p.add_argument("--data", help="runs compare: a labelled file to score every run on")
+    p.add_argument("--bootstrap", type=int, default=1000, help="runs compare: resamples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("models", help="list the embedded models: size, licence, converted or not")
     p.set_defaults(func=cmd_models)
