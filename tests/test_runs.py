@@ -60,8 +60,10 @@ def test_compare_shows_the_differing_settings_metrics_with_intervals_and_samples
     rouge = next(m for m in result["metrics"]["metrics"] if m["metric"] == "rougeL")
     assert rouge["vs_first"][0] is None
     delta = rouge["vs_first"][1]
-    assert delta["delta"] == pytest.approx(rouge["values"][1] - rouge["values"][0], abs=0.01)
-    assert delta["ci"][0] <= delta["delta"] <= delta["ci"][1]
+    assert delta["difference"] == pytest.approx(rouge["values"][1] - rouge["values"][0], abs=0.01)
+    assert delta["ci"][0] <= delta["difference"] <= delta["ci"][1]
+    page = (out / "compare.html").read_text()
+    assert f"{delta['difference']:+.2f} [{delta['ci'][0]:+.2f}, {delta['ci'][1]:+.2f}]" in page
     lines = result["curves"]  # both runs' curves, drawn on the page's image
     assert [len(lines[n]["loss"]) for n in ("1: slow", "2: fast")] == [6, 6]
     assert [len(lines[n]["val_loss"]) for n in ("1: slow", "2: fast")] == [2, 2]

@@ -226,7 +226,7 @@ def _metrics_html(result: dict, names: list[str]) -> str:
             value = "" if v is None else f"{v:.2f}"
             if d is not None:
                 lo, hi = d["ci"]
-                value += f"<br><small>{d['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]</small>"
+                value += f"<br><small>{d['difference']:+.2f} [{lo:+.2f}, {hi:+.2f}]</small>"
             cells.append(f"<td>{value}</td>")
         lines.append(f"<tr><td>{esc(m['metric'])}</td>{''.join(cells)}</tr>")
     return (
