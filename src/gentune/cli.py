@@ -622,6 +622,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_distill_and_explain(sub)
 
+    _add_runs(sub)
+
+    p = sub.add_parser("models", help="list the embedded models: size, licence, converted or not")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def _add_runs(sub) -> None:
+    """gentune runs [DIR…] and gentune runs compare RUN RUN… --out DIR."""
     p = sub.add_parser(
         "runs",
         help="list the runs under directories (default runs/); `runs compare RUN RUN… --out DIR`",
@@ -636,10 +645,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="runs compare: resamples")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_runs)
-
-    p = sub.add_parser("models", help="list the embedded models: size, licence, converted or not")
-    p.set_defaults(func=cmd_models)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
