@@ -1,99 +1,144 @@
-"""gentune runs: the runs under a directory, and `runs compare` of several on one page."""
-
-from __future__ import annotations
-
-import json
+"""The run directory is never mixed or mistaken: an existing run is continued only with
+--resume and replaced only with --overwrite; a run is complete only once its last file is
+written, and nothing loads an interrupted one."""
 
 import pytest
+import torch
 
+from gentune import checkpoint
 from gentune.cli import main
+from gentune.config import TrainConfig
+from gentune.errors import RunError, UsageError
+from gentune.inference.load import load_for_inference
+from gentune.rundir import run_state
 from gentune.training.train import train
 
 from .conftest import PAIRS, tiny_cfg, write_jsonl
-from .test_playground_e2e import browser  # noqa: F401  (the fixture; skips without chromium)
 
 
-@pytest.fixture(scope="module")
-def two_runs(tiny_llama, tmp_path_factory):
-    """Two tiny runs on the same rows that differ in their learning rate, and an interrupted
-    one beside them."""
-    tmp = tmp_path_factory.mktemp("runs")
-    rows = [{**p, "input": f"{p['input']} #{i}"} for i, p in enumerate(PAIRS * 4)]
-    data = write_jsonl(tmp / "d.jsonl", rows)
-    made = []
-    for name, lr in (("slow", 1e-4), ("fast", 5e-3)):
-        cfg = tiny_cfg(tiny_llama, data, tmp / "all" / name, method="full", max_steps=6,
-                       eval_every=3, batch_size=4, lr=lr, samples=2)  # fmt: skip
-        made.append(train(cfg, log=lambda *_: None))
-    (tmp / "all" / "broken").mkdir()
-    (tmp / "all" / "broken" / "train_config.json").write_text(json.dumps({"task": "summarization"}))
-    return tmp, made, data
+def _cfg(model, data, out, **kw) -> TrainConfig:
+    base = dict(batch_size=4, eval_generate=0, max_steps=2, save_every=1, keep_last=5)
+    return tiny_cfg(model, data, out, **{**base, **kw})
 
 
-def test_runs_lists_every_run_under_a_directory(two_runs, capsys):
-    tmp, (slow, fast), _ = two_runs
-    assert main(["runs", str(tmp / "all")]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| run | status | task | model | method | data | steps")
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in lines[2:]}
-    assert set(rows) == {str(tmp / "all" / n) for n in ("broken", "fast", "slow")}
-    assert rows[str(slow)][1:5] == ["complete", "summarization", rows[str(slow)][3], "full"]
-    assert rows[str(slow)][5:7] == ["d.jsonl", "6"]
-    [(metric, best)] = json.loads((slow / "manifest.json").read_text())["stats"][
-        "best_metric"
-    ].items()
-    assert rows[str(slow)][8] == f"{metric} {best:.4g} |"
-    assert rows[str(tmp / "all" / "broken")][1] == "interrupted"
-    assert main(["runs", str(tmp / "nowhere")]) == 2
-    assert "no such directory" in capsys.readouterr().err
+def _quiet(*_):
+    pass
 
 
-def test_compare_shows_the_differing_settings_metrics_with_intervals_and_samples(
-    two_runs, tmp_path
-):
-    _, (slow, fast), data = two_runs
-    out = tmp_path / "cmp"
-    args = ["runs", "compare", str(slow), str(fast), "--out", str(out), "--data", str(data)]
-    assert main([*args, "--bootstrap", "50", "--no-progress"]) == 0
-    result = json.loads((out / "compare.json").read_text())
-    assert result["differing_settings"] == {"lr": [1e-4, 5e-3]}  # nothing else differs
-    rouge = next(m for m in result["metrics"]["metrics"] if m["metric"] == "rougeL")
-    assert rouge["vs_first"][0] is None
-    delta = rouge["vs_first"][1]
-    assert delta["difference"] == pytest.approx(rouge["values"][1] - rouge["values"][0], abs=0.01)
-    assert delta["ci"][0] <= delta["difference"] <= delta["ci"][1]
-    page = (out / "compare.html").read_text()
-    assert f"{delta['difference']:+.2f} [{delta['ci'][0]:+.2f}, {delta['ci'][1]:+.2f}]" in page
-    lines = result["curves"]  # both runs' curves, drawn on the page's image
-    assert [len(lines[n]["loss"]) for n in ("1: slow", "2: fast")] == [6, 6]
-    assert [len(lines[n]["val_loss"]) for n in ("1: slow", "2: fast")] == [2, 2]
-    samples = result["samples"]
-    assert len(samples) == 2 and all(None not in s["outputs"] for s in samples.values())
+def test_existing_run_needs_resume_or_overwrite(tiny_gpt2, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    out = tmp_path / "run"
+    train(_cfg(tiny_gpt2, data, out), log=_quiet)
+    assert run_state(out) == "complete"
+    assert [p.name for p in checkpoint.complete(out)] == ["step-00000001", "step-00000002"]
+    with pytest.raises(
+        RunError,
+        match="already holds a complete run; add --resume to continue it, --overwrite to delete it",
+    ):
+        train(_cfg(tiny_gpt2, data, out), log=_quiet)
+    (out / "stray.txt").write_text("from the old run")
+    train(_cfg(tiny_gpt2, data, out, max_steps=1, overwrite=True), log=_quiet)
+    assert not (out / "stray.txt").exists()  # the old run is gone, not mixed in
+    assert [p.name for p in checkpoint.complete(out)] == ["step-00000001"]
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header + one step
 
 
-def test_compare_refuses_what_it_cannot_compare(two_runs, tmp_path, capsys):
-    tmp, (slow, _), _ = two_runs
-    broken = str(tmp / "all" / "broken")
-    assert main(["runs", "compare", str(slow), broken, "--out", str(tmp_path / "x")]) == 2
-    assert "an interrupted run" in capsys.readouterr().err
-    assert main(["runs", "compare", str(slow), "--out", str(tmp_path / "x")]) == 2
-    assert "at least two runs" in capsys.readouterr().err
-    assert main(["runs", "compare", str(slow), str(tmp_path), "--out", str(tmp_path / "x")]) == 2
-    assert "not a gentune run directory" in capsys.readouterr().err
-    assert main(["runs", "compare", str(slow), str(slow)]) == 2
-    assert "--out" in capsys.readouterr().err
+def test_a_directory_that_is_no_run_is_never_deleted(tiny_gpt2, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    mine = tmp_path / "my-files"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    for extra in ({}, {"overwrite": True}, {"resume": "latest"}):
+        with pytest.raises(RunError, match="not empty and holds no gentune run"):
+            train(_cfg(tiny_gpt2, data, mine, **extra), log=_quiet)
+    assert (mine / "thesis.tex").read_text() == "precious"
 
 
-@pytest.mark.slow
-def test_the_compare_page_renders_both_curves_and_the_settings(two_runs, tmp_path, browser):  # noqa: F811
-    _, (slow, fast), _ = two_runs
-    assert main(["runs", "compare", str(slow), str(fast), "--out", str(tmp_path / "c")]) == 0
-    browser.get((tmp_path / "c" / "compare.html").as_uri())
-    image = browser.find_element("id", "curves")
-    assert browser.execute_script("return arguments[0].naturalWidth", image) > 500
-    settings = browser.find_elements("css selector", "tr.setting")
-    assert [r.text.split()[0] for r in settings] == ["lr"]
-    headers = browser.find_elements("css selector", "table.runs td")
-    assert {"1: slow", "2: fast"} <= {h.text for h in headers}
-    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-    assert not errors, errors
+def test_a_continued_run_is_interrupted_until_it_is_complete(tiny_gpt2, tmp_path, monkeypatch):
+    """Continuing a finished run marks it unfinished first: a crash mid-way leaves an
+    interrupted run that nothing loads (never the older model), then --resume finishes it."""
+    import gentune.training.train as train_mod
+
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    out = tmp_path / "run"
+    train(_cfg(tiny_gpt2, data, out), log=_quiet)
+    load_for_inference(str(out))  # complete: loads
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "accumulate_gradients", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_gpt2, data, out, max_steps=4, resume="latest"), log=_quiet)
+    assert run_state(out) == "interrupted"
+    with pytest.raises(
+        RunError,
+        match=r"interrupted run \(last checkpoint: step 2\) — continue "
+        r"it with `gentune train --config .*train_config.json "
+        r"--resume`",
+    ):
+        load_for_inference(str(out))
+    monkeypatch.undo()
+    # the command the message gives continues the run
+    assert main(["train", "--config", str(out / "train_config.json"), "--resume"]) == 0
+    assert run_state(out) == "complete"
+    assert checkpoint.latest(out).name == "step-00000004"
+
+
+def test_incomplete_run_and_long_prompts(tiny_llama, lora_run, tmp_path):
+    from gentune.errors import RunError
+    from gentune.inference.evaluate import evaluate
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{}")
+    with pytest.raises(RunError, match="missing keys gentune_run, method, task, base_model"):
+        load_for_inference(str(broken))
+    data = write_jsonl(
+        tmp_path / "long.jsonl",
+        [{"input": "word " * 400, "output": "w"}, {"input": "short", "output": "s"}],
+    )
+    result = evaluate(
+        tiny_llama,
+        str(data),
+        tmp_path / "e",
+        task="summarization",
+        progress=False,
+        decoding_overrides={"max_new_tokens": 4},
+    )
+    assert result["meta"]["prompts_shortened"] == 1  # context 256: reported and counted
+
+
+def test_int8_quantization_stores_linear_weights_in_int8_and_still_generates(trained_run):
+    from gentune.config import Decoding
+    from gentune.data.encode import encode_prompt
+    from gentune.data.tasks import prompt_record
+    from gentune.inference.generate import generate
+
+    plain = load_for_inference(trained_run)
+    quant = load_for_inference(trained_run, quantize="int8")
+    weight = quant.model.model.layers[0].mlp.up_proj.weight
+    assert type(weight).__name__ != "Parameter" or weight.dtype != torch.float32
+    inner = [t for t in vars(weight).values() if isinstance(t, torch.Tensor)]
+    assert any(t.dtype == torch.int8 for t in inner), type(weight)
+    record = prompt_record(plain.template, PAIRS[0]["input"])
+    ids = encode_prompt(record, plain.template, plain.tokenizer, max_length=200)[0]
+    decoding = Decoding(max_new_tokens=8)
+    a = generate(plain.model, plain.tokenizer, [ids], decoding)[0].text
+    b = generate(quant.model, quant.tokenizer, [ids], decoding)[0].text
+    assert a == PAIRS[0]["output"] and b  # the trained answer, and int8 still answers
+
+
+def test_int8_without_torchao_says_how_to_install_it(trained_run, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_torchao(name, *a, **k):
+        if name.startswith("torchao"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    with pytest.raises(UsageError, match=r"--quantize int8 needs torchao: pip install torchao"):
+        load_for_inference(trained_run, quantize="int8")
