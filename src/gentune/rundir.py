@@ -232,6 +232,18 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+SAMPLES = "samples.jsonl"  # the outputs at every validation (training/samples.py)
+
+
+def read_samples(run_dir: str | Path) -> list[dict]:
+    """The run's samples.jsonl rows ([] where it has none or the file is unreadable)."""
+    try:
+        lines = (Path(run_dir) / SAMPLES).read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
 def read_log(run_dir: str | Path) -> list[dict]:
     """The run's metrics.csv: one dict per optimizer step (values as strings)."""
     with (Path(run_dir) / "metrics.csv").open() as f:

@@ -130,6 +130,14 @@ def encode_prompts(
     return [encode_prompt(r, template, tokenizer, max_length=room) for r in records]
 
 
+def greedy_texts(model, tokenizer, template: PromptTemplate, records, batch_size: int) -> list[str]:
+    """Greedy outputs for records with the run's own prompt and decoding (validation's)."""
+    decoding = default_decoding(template, do_sample=False)
+    encoded = encode_prompts(records, template, tokenizer, model, decoding.max_new_tokens)
+    prompts = [ids for ids, _, _ in encoded]
+    return [g.text for g in generate(model, tokenizer, prompts, decoding, batch_size=batch_size)]
+
+
 def shared_prefix(prompts: list[list[int]]) -> int:
     """Length of the token prefix all prompts share, leaving every prompt at least one token of
     its own (the chat template's system turn and the task instruction, typically)."""

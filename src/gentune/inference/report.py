@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 
 from gentune.metrics import row_score
-from gentune.rundir import read_log
+from gentune.rundir import read_log, read_samples
 
 
 def loss_curve_png(history: list[dict], path: str | Path) -> Path | None:
@@ -189,15 +189,7 @@ def _by_row(samples: list[dict]) -> list[dict]:
 def _changes(run_dir: str | None) -> str:
     """How the outputs changed: the run's samples (RUN/samples.jsonl, written at each
     validation) from the first validation to the last."""
-    import json
-
-    if not run_dir:
-        return ""
-    try:
-        lines = (Path(run_dir) / "samples.jsonl").read_text().splitlines()
-        samples = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError):
-        return ""
+    samples = read_samples(run_dir) if run_dir else []
     esc, tables = html.escape, []
     for entry in _by_row(samples):
         steps = "".join(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gentune.errors import RunError
-from gentune.rundir import is_run, read_log, run_state, write_json
+from gentune.rundir import is_run, read_log, read_samples, run_state, write_json
 
 # settings a run records that say nothing about how it was trained
 _NOT_SETTINGS = {"out", "progress", "tensorboard", "resume", "overwrite", "samples"}
@@ -161,11 +161,7 @@ def _samples(runs: list[Path]) -> dict[int, dict]:
     """Each sampled row's last output per run: row -> {input, reference, outputs: [...]}."""
     by_row: dict[int, dict] = {}
     for i, run in enumerate(runs):
-        try:
-            lines = (run / "samples.jsonl").read_text().splitlines()
-        except OSError:
-            continue
-        rows = [json.loads(line) for line in lines if line.strip()]
+        rows = read_samples(run)
         last = max((s["step"] for s in rows), default=None)
         for s in rows:
             if s["step"] != last:
@@ -258,26 +254,26 @@ def compare(
     result = scores(paths, data, out, bootstrap=bootstrap, progress=progress) if data else None
     samples = _samples(paths)
     lines = curves(paths, names)
+    summaries = [summary(p) for p in paths]
     write_json(
         out / "compare.json",
         {
             "runs": [str(p) for p in paths],
-            "summaries": [summary(p) for p in paths],
+            "summaries": summaries,
             "differing_settings": diffs,
             "curves": lines,
             "metrics": result,
             "samples": {str(k): v for k, v in samples.items()},
         },
     )
-    page = _page(paths, names, diffs, result, samples, curves_figure(lines))
+    page = _page(summaries, names, diffs, result, samples, curves_figure(lines))
     (out / "compare.html").write_text(page)
     return out / "compare.html"
 
 
-def _page(paths, names, diffs, result, samples, curves) -> str:
+def _page(summaries, names, diffs, result, samples, curves) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
-    summaries = [summary(p) for p in paths]
     status = "".join(
         f"<tr><td>{esc(n)}</td><td><code>{esc(s['run'])}</code></td><td>{esc(s['status'])}</td>"
         f"<td>{s['steps']}</td><td>{_time(s)}</td><td>{esc(_best(s))}</td></tr>"

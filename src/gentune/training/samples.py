@@ -13,7 +13,7 @@ import torch
 
 from gentune.data.tasks import get_task
 from gentune.inference.evaluate import user_text
-from gentune.inference.generate import default_decoding, encode_prompts, generate
+from gentune.inference.generate import greedy_texts
 from gentune.metrics import corpus_metric
 
 
@@ -39,11 +39,7 @@ def generate_samples(
     was_training = model.training
     model.eval()
     chosen = [records[i] for i in indices]
-    decoding = default_decoding(template, do_sample=False)
-    encoded = encode_prompts(chosen, template, tokenizer, model, decoding.max_new_tokens)
-    outputs = generate(
-        model, tokenizer, [ids for ids, _, _ in encoded], decoding, batch_size=batch_size
-    )
+    outputs = greedy_texts(model, tokenizer, template, chosen, batch_size)
     model.train(was_training)
     metric = get_task(task).validation_metric
     rows = []
@@ -55,10 +51,10 @@ def generate_samples(
                 "row": i,
                 "input": user_text(record),
                 "reference": reference,
-                "output": out.text,
+                "output": out,
                 "metric": metric,
                 "score": (
-                    round(corpus_metric(metric, [out.text], [reference]), 4)
+                    round(corpus_metric(metric, [out], [reference]), 4)
                     if reference is not None
                     else None
                 ),

@@ -341,7 +341,7 @@ class RunLog:
         and a resumed run's file is its checkpoint's); this step's as TensorBoard text."""
         if self.writer is None or not samples:
             return
-        rundir.write_jsonl(self.out / "samples.jsonl", samples)
+        rundir.write_jsonl(self.out / rundir.SAMPLES, samples)
         if self.tb:
             for s in samples:
                 if s["step"] == step:

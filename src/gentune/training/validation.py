@@ -11,7 +11,7 @@ import torch
 
 from gentune.checkpoint import State
 from gentune.data.tasks import get_task
-from gentune.inference.generate import default_decoding, encode_prompts, generate
+from gentune.inference.generate import greedy_texts
 from gentune.metrics import corpus_metric
 from gentune.models.loss import corpus_nll
 from gentune.tokenizer import source_pad_id
@@ -46,16 +46,11 @@ def generation_metric(
 
     was_training = model.training
     model.eval()
-    decoding = default_decoding(template, do_sample=False)
     pool = records if rows is None else records[:rows]
     outputs, refs, start = [], [], time.time()
     for i in range(0, len(pool), batch_size):
         chunk = pool[i : i + batch_size]
-        encoded = encode_prompts(chunk, template, tokenizer, model, decoding.max_new_tokens)
-        prompts = [ids for ids, _, _ in encoded]
-        outputs += [
-            g.text for g in generate(model, tokenizer, prompts, decoding, batch_size=batch_size)
-        ]
+        outputs += greedy_texts(model, tokenizer, template, chunk, batch_size)
         refs += [template.reference(r) for r in chunk]
         spent = rows is None and time.time() - start > budget_s
         if agree(spent) if agree is not None else spent:
