@@ -205,6 +205,11 @@ def cmd_plan(a) -> None:
     """gentune plan."""
     from gentune.training.plan import plan
 
+    if getattr(a, "space", None):
+        from gentune.runs.sweep import plan_sweep
+
+        print(plan_sweep(_train_config(a), a.space, a.trials, a.workers))
+        return
     print(
         plan(
             _train_config(a),
@@ -401,7 +406,7 @@ def cmd_explain(a) -> None:
 
 def cmd_runs(a) -> None:
     """gentune runs [DIR…]: the runs under directories; gentune runs compare RUN RUN… --out DIR."""
-    from gentune.inference import runs
+    from gentune.runs import compare as runs
 
     if a.paths[:1] == ["compare"]:
         if not a.out:
@@ -420,6 +425,19 @@ def cmd_runs(a) -> None:
         print(f"gentune: no runs under {', '.join(a.paths or ['runs'])}")
         return
     print(runs.table([runs.summary(p) for p in found]))
+
+
+def cmd_sweep(a) -> None:
+    """gentune sweep: an Optuna study over training settings; or one worker of it (--worker)."""
+    from gentune.config import SweepSettings
+    from gentune.runs import sweep
+
+    settings = SweepSettings(**_given(a, SweepSettings))
+    _out_dir(settings.out)
+    if a.worker is not None:  # (its share of the threads came as OMP_NUM_THREADS)
+        sweep.work(settings, a.worker)
+        return
+    print(sweep.sweep(settings))
 
 
 def cmd_models(a) -> None:
@@ -470,6 +488,9 @@ def _add_train_and_plan(sub) -> None:
                 action="store_true",
                 help="stop with an error when validation or test rows are (nearly) training rows",
             )
+            p.add_argument("--space", help="a sweep's space (YAML): its trials' estimated time")
+            p.add_argument("--trials", type=_positive(int), default=8, help="with --space")
+            p.add_argument("--workers", type=_positive(int), default=1, help="with --space")
         p.add_argument(
             "overrides",
             nargs="*",
@@ -645,6 +666,22 @@ def _add_runs(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="runs compare: resamples")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_runs)
+
+    from gentune.config import SweepSettings
+
+    p = sub.add_parser(
+        "sweep",
+        help="search training settings with Optuna: each trial a run, the best as a recipe",
+        description="An Optuna study (TPE, median pruning on each validation) over the settings "
+        "of --space, each trial a run of --config with them under OUT/trials/; workers on this "
+        "machine (--workers) or other machines (--storage URL) share the study. Writes "
+        "OUT/trials.csv, OUT/best.yaml (gentune train --config takes it) and OUT/compare/.",
+    )
+    add_settings(
+        p, SweepSettings, extra={k: {"required": True} for k in ("config", "space", "out")}
+    )
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a process of --workers
+    p.set_defaults(func=cmd_sweep)
 
 
 def main(argv: list[str] | None = None) -> int:

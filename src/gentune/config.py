@@ -67,6 +67,9 @@ class TrainConfig:
     seed: int = 42  # seeds data order, split, init and dropout
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scaling numerator
+    lora_targets: str = (
+        "auto"  # modules LoRA adapts: auto (the family's), all-linear, or names (q_proj,v_proj)
+    )
     lora_dropout: float = (
         0.0  # dropout on LoRA inputs (peft's default; 0.05 costs ~15 % of CPU step time)
     )
@@ -611,6 +614,36 @@ class ExplainSettings:
                 problems.append(f"{name}={getattr(self, name)}: must be > 0")
         if problems:
             _fail("explain", problems)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSettings:
+    """`gentune sweep`: an Optuna study over training settings, each trial an ordinary run
+    (every field is a flag)."""
+
+    config: str  # the base recipe (YAML) every trial starts from
+    space: str  # the search space (YAML): setting: [choices] or {low: L, high: H, log: true}
+    out: str  # the sweep's directory: trials/, study.journal, trials.csv, best.yaml, compare/
+    trials: int = 8  # trials in all, over every worker (a pruned trial counts, a failed one not)
+    time_budget: float | None = None  # seconds after which this worker starts no new trial
+    workers: int = 1  # worker processes on this machine, the CPU threads shared between them
+    storage: str | None = None  # Optuna storage URL (several machines); default OUT/study.journal
+    study: str = "gentune"  # the study's name in the storage
+    seed: int = 0  # the TPE sampler's seed (worker k uses seed + k)
+    prune: bool = True  # median pruning on each validation's value, at the same epoch
+    top: int = 3  # the best trials put side by side in OUT/compare (runs compare)
+
+    def __post_init__(self):
+        problems = type_problems(self)
+        bad = {p.split("=")[0] for p in problems}
+        for name in ("trials", "workers", "top", "time_budget"):
+            value = getattr(self, name)
+            if name not in bad and value is not None and not value > 0:
+                problems.append(f"{name}={value}: must be > 0")
+        if "seed" not in bad and self.seed < 0:
+            problems.append(f"seed={self.seed}: must be >= 0")
+        if problems:
+            _fail("sweep", problems)
 
 
 CHECKS = ("slices", "perturb", "forget", "faithful", "safety")

@@ -31,7 +31,8 @@ def _holder(fd: int) -> dict:
         return {}
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -81,7 +82,7 @@ class DirLock:
             ) from None
         previous = _holder(fd)
         if previous:  # a record the last holder never cleared: it did not end normally
-            gone = previous.get("host") == socket.gethostname() and not _alive(
+            gone = previous.get("host") == socket.gethostname() and not alive(
                 int(previous.get("pid", 0))
             )
             (log or _note)(

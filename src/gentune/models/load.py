@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from gentune import DEFAULT_MODEL
-from gentune.errors import ModelError
+from gentune.errors import ConfigError, ModelError
 from gentune.models.families import (
     CROSS_ATTENTION,
     UNUSED_WEIGHTS,
@@ -184,20 +184,25 @@ def context_length(model) -> int:
     return 2048
 
 
-def wrap_lora(model, *, r: int, alpha: int, dropout: float, new: tuple[str, ...] = ()):
-    """The model with LoRA adapters on its family's target modules (peft). Modules named by
-    `new` (a warm start's cross-attention, which starts random) are trained in full instead
-    (peft's modules_to_save): adapters on random weights would leave them random."""
+def wrap_lora(
+    model, *, r: int, alpha: int, dropout: float, new: tuple[str, ...] = (), targets: str = "auto"
+):
+    """The model with LoRA adapters on `targets`: "auto" (the family's target modules),
+    "all-linear" or module names, comma-separated (peft). Modules named by `new` (a warm
+    start's cross-attention, which starts random) are trained in full instead (peft's
+    modules_to_save): adapters on random weights would leave them random."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     fam = family(model)
-    targets: str | list[str] = (
+    modules: str | list[str] = (
         fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
     )
+    if targets != "auto":
+        modules = lora_target_names(model, targets)
     if new:  # every linear layer but the new ones and the output head, by full name
         head = model.get_output_embeddings()
-        targets = [
+        modules = [
             name
             for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear | Conv1D)
@@ -209,7 +214,7 @@ def wrap_lora(model, *, r: int, alpha: int, dropout: float, new: tuple[str, ...]
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=targets,
+        target_modules=modules,
         fan_in_fan_out=fam.fan_in_fan_out,
         modules_to_save=list(new) or None,
     )
@@ -218,6 +223,30 @@ def wrap_lora(model, *, r: int, alpha: int, dropout: float, new: tuple[str, ...]
     with warnings.catch_warnings():  # peft sets fan_in_fan_out per layer (GPT-2's Conv1D)
         warnings.filterwarnings("ignore", message="fan_in_fan_out is set")
         return get_peft_model(model, config)
+
+
+def lora_target_names(model, targets: str) -> str | list[str]:
+    """--lora-targets as peft's target_modules: "all-linear", or the comma list of module
+    names, each of which must name a linear layer of the model (else a ConfigError that lists
+    the names there are)."""
+    from transformers.pytorch_utils import Conv1D
+
+    if targets == "all-linear":
+        return targets
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear | Conv1D)
+        and module is not model.get_output_embeddings()
+    }
+    unknown = [n for n in names if n not in linear]
+    if unknown or not names:
+        raise ConfigError(
+            f"lora_targets={targets!r}: {', '.join(unknown) or 'no names'} not among the model's "
+            f"linear layers ({', '.join(sorted(linear))}), all-linear or auto"
+        )
+    return names
 
 
 # ---- precision ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ per epoch estimated from a short measured probe (two optimizer-free steps on rea
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -198,26 +199,45 @@ def _training_lines(prep) -> list[str]:
     return lines
 
 
+def _layout(prep, lines: list[str]):
+    """(the layout training will choose, why): `schedule.choose_layout`, a --memory-budget
+    probe included, its lines appended to `lines`; checkpointing set as the layout says."""
+    cfg = prep.cfg
+    with torch.enable_grad():
+        layout, why = schedule.choose_layout(
+            cfg,
+            prep,
+            saved=None,
+            autocast=lambda: training_autocast(cfg),
+            first_step=True,
+            world=1,
+            log=lambda line: lines.append(line.removeprefix("gentune: ")),
+        )
+    if layout:
+        memory.set_checkpointing(prep.model, layout.gradient_checkpointing)
+    return layout, why
+
+
+def measure(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
+    """The settings as training resolves them, and a probe of the layout training will use:
+    seconds and optimizer steps per epoch, tokens/s, peak memory (`gentune plan` for a sweep)."""
+    prep = prepare(cfg, log=lambda *_: None)
+    layout, _ = _layout(prep, [])
+    with torch.enable_grad():
+        p = probe(prep, prep.cfg, layout.micro_batch_tokens if layout else None)
+    p["steps_per_epoch"] = math.ceil(len(prep.train_ex) / prep.cfg.batch)
+    return prep.cfg, p
+
+
 def _layout_lines(prep, measure: bool) -> list[str]:
-    """The layout training will choose (`schedule.choose_layout`, a --memory-budget probe
-    included), its forward passes per epoch, and (measure) the probe's time and memory."""
-    cfg, lines = prep.cfg, []
+    """The layout training will choose, its forward passes per epoch, and (measure) the
+    probe's time and memory."""
+    cfg, lines = prep.cfg, list[str]()
     try:
-        with torch.enable_grad():
-            layout, why = schedule.choose_layout(
-                cfg,
-                prep,
-                saved=None,
-                autocast=lambda: training_autocast(cfg),
-                first_step=True,
-                world=1,
-                log=lambda line: lines.append(line.removeprefix("gentune: ")),
-            )
+        layout, why = _layout(prep, lines)
     except TrainingError as e:
         return [*lines, f"layout: {e}"]
     tokens = layout.micro_batch_tokens if layout else None
-    if layout:
-        memory.set_checkpointing(prep.model, layout.gradient_checkpointing)
     passes = schedule.passes_per_epoch(cfg, prep.train_ex, tokens)
     lines.append(
         f"layout: {layout.describe() if layout else 'micro-batches as given'} ({why}); "

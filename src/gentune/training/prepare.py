@@ -190,7 +190,12 @@ def _trainable(cfg: TrainConfig, model, log):
         # a warm start's cross-attention is new: trained in full, adapters on the rest
         new = CROSS_ATTENTION if cfg.model.startswith(WARM_START) else ()
         model = wrap_lora(
-            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, new=new
+            model,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            new=new,
+            targets=cfg.lora_targets,
         )
     memory.set_checkpointing(model, cfg.gradient_checkpointing)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -430,7 +430,12 @@ def optimizer_step(s: Session, group: list[list[int]]) -> tuple[float, float, in
     return loss, grad_norm, n_step
 
 
-def train(cfg: TrainConfig, *, log=print) -> Path:
+# called after each validation with (the step's log row: step, epoch…; the value the best
+# checkpoint is chosen by); True stops the run there as early stopping does (a sweep's pruner)
+OnValidation = Callable[[dict, float], bool]
+
+
+def train(cfg: TrainConfig, *, log=print, on_validation: OnValidation | None = None) -> Path:
     """Fine-tune per `cfg`; returns the run directory. The loop: batch → forward → loss →
     backward → clip → step → schedule → log → validate → checkpoint. Under several processes,
     another one's failure ends this one with a line that says so (not a hang)."""
@@ -438,7 +443,7 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
     with locked(cfg.out, enabled=is_main_rank()):  # one writer per run directory
         s = setup(cfg, log=log)
         try:
-            return loop(s, started)
+            return loop(s, started, on_validation)
         except Exception as e:
             failure = distributed.collective_failure(e, s.cfg, s.accelerator.process_index)
             if s.world > 1 and failure is not None:
@@ -446,25 +451,17 @@ def train(cfg: TrainConfig, *, log=print) -> Path:
             raise
 
 
-def loop(s: Session, started: float) -> Path:
+def loop(s: Session, started: float, on_validation: OnValidation | None = None) -> Path:
     """The training loop over a set-up session, then the run directory written."""
-    from tqdm.auto import tqdm
-
     cfg = s.cfg  # with the automatic settings decided
     state, train_ex = s.state, s.prep.train_ex
     run_log = RunLog(s.out, state.history, enabled=s.main, tensorboard=cfg.tensorboard)
-    bar = tqdm(
-        total=s.total_steps,
-        initial=state.step,
-        desc="train",
-        unit="step",
-        disable=not (cfg.progress and s.main),
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(s)
     saved_step = state.step or None  # a resumed run's step is saved already
     t0 = time.time() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
     tokens_done = sum(r["tokens"] for r in state.history)
     targets_done = sum(r["target_tokens"] for r in state.history)
+    stopped_by = None
     while state.step < s.total_steps and not state.stopped_early:
         batches = schedule.epoch_batches(cfg, train_ex, state.epoch)
         while (
@@ -496,8 +493,10 @@ def loop(s: Session, started: float) -> Path:
             end_of_epoch = state.next_batch >= len(batches)
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
             if due or state.step == s.total_steps:
-                validate(s.prep, state, row, world=s.world, log=s.log)
+                value = validate(s.prep, state, row, world=s.world, log=s.log)
                 run_log.samples(state.samples, state.step)
+                if on_validation and value is not None and on_validation(row, value):
+                    state.stopped_early, stopped_by = True, "the sweep's pruner"
             state.history.append(row)
             run_log.write(row)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -518,13 +517,28 @@ def loop(s: Session, started: float) -> Path:
     bar.close()
     run_log.close()
     if state.stopped_early:
-        s.log(
-            f"gentune: early stop at step {state.step}: {cfg.patience} validations without "
-            f"improvement; best {cfg.metric} {state.best:.4f} at step {state.best_step}"
-        )
+        why = stopped_by or f"{cfg.patience} validations without improvement"
+        s.log(f"gentune: early stop at step {state.step}: {why}; best {_best(s)}")
     if saved_step != state.step:  # e.g. resumed from the final checkpoint
         save_checkpoint(s)
     return finish(s, started=started, t0=t0)
+
+
+def _progress_bar(s: Session):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=s.total_steps,
+        initial=s.state.step,
+        desc="train",
+        unit="step",
+        disable=not (s.cfg.progress and s.main),
+        dynamic_ncols=True,
+    )
+
+
+def _best(s: Session) -> str:
+    return f"{s.cfg.metric} {s.state.best:.4f} at step {s.state.best_step}"
 
 
 @contextlib.contextmanager

@@ -59,15 +59,16 @@ def generation_metric(
     return corpus_metric(metric, outputs, refs), len(outputs)
 
 
-def validate(prep: Prepared, state: State, row: dict, *, world: int, log=print) -> None:
+def validate(prep: Prepared, state: State, row: dict, *, world: int, log=print) -> float | None:
     """Validation loss and perplexity into `row`, plus the task metric on the fixed generation
-    subset; updates the best value, the patience count and early stopping in `state`."""
+    subset; updates the best value, the patience count and early stopping in `state`. Returns
+    the value the best checkpoint is chosen by (None: no validation rows)."""
     from accelerate.utils import broadcast_object_list
 
     cfg = prep.cfg  # the run's settings, the automatic ones decided
 
     if not prep.val_ex:
-        return
+        return None
     row["val_loss"], row["val_perplexity"] = evaluate_loss(
         prep.model, prep.val_ex, source_pad_id(prep.tokenizer), cfg.micro
     )
@@ -123,3 +124,4 @@ def validate(prep: Prepared, state: State, row: dict, *, world: int, log=print) 
         log(f"gentune: step {state.step}: {len(rows)} samples generated in {seconds:.1f} s")
     if cfg.patience and state.bad_evals >= cfg.patience:
         state.stopped_early = True
+    return value

@@ -152,7 +152,8 @@ def curves_figure(data: dict[str, dict[str, list]]) -> str | None:
                 ax.plot(*zip(*c[key], strict=True), "-" if key == "loss" else "o-", label=name)
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # (a curve no run has: an empty panel)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return png_data_uri(fig)
 

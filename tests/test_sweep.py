@@ -1,0 +1,157 @@
+"""gentune sweep: an Optuna study over training settings, each trial an ordinary run; workers
+sharing one study, a killed sweep resumed, pruning, the best settings as a recipe."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from gentune.cli import main
+from gentune.config import SweepSettings
+from gentune.runs import sweep
+
+from .conftest import PAIRS, write_jsonl
+
+
+@pytest.fixture
+def recipe(tiny_llama, tmp_path):
+    """A base recipe for short tiny-model trials (validation loss picks, two validations) and
+    a space over the learning rate and the batch size."""
+    rows = [{**p, "input": f"{p['input']} #{i}"} for i, p in enumerate(PAIRS * 4)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = {
+        "task": "summarization",
+        "model": tiny_llama,
+        "data": str(data),
+        "out": str(tmp_path / "unused"),
+        "method": "full",
+        "max_steps": 4,
+        "eval_every": 2,
+        "batch_size": 4,
+        "metric": "val_loss",
+        "eval_generate": 0,
+        "samples": 0,
+        "tensorboard": False,
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "space.yaml").write_text(
+        yaml.safe_dump({"lr": {"low": 1e-8, "high": 1e-2, "log": True}, "lora_r": [4, 8]})
+    )
+    return tmp_path
+
+
+def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gentune", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def _trials(out) -> list[dict]:
+    with (out / "trials.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_two_workers_a_kill_and_a_resume_end_with_the_asked_trials(recipe):
+    out = recipe / "sweep"
+    common = ["--config", str(recipe / "base.yaml"), "--space", str(recipe / "space.yaml")]
+    common += ["--out", str(out), "--no-prune"]  # (pruning: the test below)
+    first = _run(["sweep", *common, "--trials", "2", "--workers", "2"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "[worker 0]" in first.stdout and "[worker 1]" in first.stdout
+    done = _trials(out)
+    assert [r["state"] for r in done] == ["complete", "complete"]
+    assert {r["run"] for r in done} == {str(out / "trials" / f"trial-00{n}") for n in (0, 1)}
+    finished = {n: (out / "trials" / f"trial-00{n}" / "manifest.json").stat().st_mtime_ns
+                for n in (0, 1)}  # fmt: skip
+
+    # a sweep killed in the middle of its next trial (the process dies at step 2)
+    killed = _run(["sweep", *common, "--trials", "4"], env={"GENTUNE_FAULT": "kill-after:2"})
+    assert killed.returncode == -9
+    assert not (out / "trials" / "trial-002" / "manifest.json").exists()
+
+    resumed = _run(["sweep", *common, "--trials", "4", "--workers", "2"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "trial 2 was left running by process" in resumed.stdout
+    rows = _trials(out)
+    states = {int(r["trial"]): r["state"] for r in rows}
+    assert states == {0: "complete", 1: "complete", 2: "fail", 3: "complete", 4: "complete"}
+    assert len({r["lr"] for r in rows if r["state"] == "complete"}) == 4  # four distinct trials
+    for n, mtime in finished.items():  # the finished trials were not run again
+        assert (out / "trials" / f"trial-00{n}" / "manifest.json").stat().st_mtime_ns == mtime
+    assert "trial 0 starts" not in resumed.stdout and "trial 1 starts" not in resumed.stdout
+
+    # the best trial's settings, as a recipe that trains
+    result = json.loads((out / "sweep.json").read_text())
+    complete = [r for r in rows if r["state"] == "complete"]
+    best = min(complete, key=lambda r: float(r["value"]))
+    assert result["best"]["trial"] == int(best["trial"])
+    recipe_ = yaml.safe_load((out / "best.yaml").read_text())
+    assert recipe_["lr"] == pytest.approx(float(best["lr"]))
+    assert recipe_["lora_r"] == int(best["lora_r"])
+    assert main(["train", "--config", str(out / "best.yaml"), "--no-progress"]) == 0
+    assert (out / "best-run" / "manifest.json").exists()
+    assert (out / "compare" / "compare.html").exists()  # the top trials side by side
+
+
+def test_pruning_stops_a_trial_far_behind(recipe):
+    """Two good trials, then one planted with a learning rate too small to learn anything: the
+    median pruner stops it at its first validation."""
+    settings = SweepSettings(
+        config=str(recipe / "base.yaml"), space=str(recipe / "space.yaml"),
+        out=str(recipe / "sweep"), trials=3,
+    )  # fmt: skip
+    base, _ = sweep._base(settings)
+    study = sweep.open_study(settings, base, seed=0)
+    for lr in (5e-3, 4e-3, 1e-8):
+        study.enqueue_trial({"lr": lr, "lora_r": 8})
+    lines = []
+    sweep.work(settings, log=lines.append)
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"], lines
+    planted = recipe / "sweep" / "trials" / "trial-002"
+    with (planted / "metrics.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]  # stopped at step 2 of 4
+    assert any("trial 2 pruned at epoch" in line for line in lines)
+    assert any("the sweep's pruner" in line for line in lines)
+
+
+def test_a_broken_space_is_one_line_naming_the_file_and_setting(recipe, capsys):
+    (recipe / "bad.yaml").write_text("lr: {low: 1, high: 0.1}\nseed: [1, 2]\nlr_x: [1]\n")
+    args = ["sweep", "--config", str(recipe / "base.yaml"), "--space", str(recipe / "bad.yaml")]
+    assert main([*args, "--out", str(recipe / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(recipe / "bad.yaml") in err
+    assert "lr: need numbers low < high" in err
+    assert "seed: fixed in a sweep" in err
+    assert "lr_x: not a training setting" in err
+    assert not (recipe / "s" / "trials").exists()
+
+
+def test_plan_for_a_sweep_prints_trials_times_time_per_trial(recipe, capsys):
+    args = ["plan", "--config", str(recipe / "base.yaml"), "--space", str(recipe / "space.yaml")]
+    assert main([*args, "--trials", "6", "--workers", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "sweep: 6 trials over 2 worker process(es); objective val_loss" in text
+    assert "lr log-uniform [1e-08, 0.01]" in text and "lora_r {4, 8}" in text
+    assert "training time per epoch (measured probe): full " in text
+    assert "per trial: about " in text and "in all: about " in text
+
+
+def test_worker_command_carries_every_setting():
+    s = SweepSettings(config="b.yaml", space="s.yaml", out="o", trials=5, prune=False, workers=2)
+    cmd = sweep.worker_command(s, 1)
+    assert cmd[1:6] == ["-m", "gentune", "sweep", "--worker", "1"]
+    assert "--no-prune" in cmd and cmd[cmd.index("--trials") + 1] == "5"
+    assert "--workers" not in cmd
