@@ -401,6 +401,9 @@ RESUMABLE = {
     "save_every",
     "keep_last",
     "tensorboard",
+    "report_to",  # where the numbers are also sent, not what they are
+    "tracker_dir",
+    "tracker_project",
     "patience",
     "eval_budget_s",
     "samples",  # generated in no_grad, greedy: neither the data order nor the weights change

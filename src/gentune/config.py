@@ -108,6 +108,11 @@ class TrainConfig:
         "auto"  # autocast; auto = bf16 where the GPU or CPU has it
     )
     tensorboard: bool = True  # also log to TensorBoard when it is installed
+    report_to: str = "none"  # also log to trackers: trackio, mlflow (comma list), or none
+    tracker_dir: str | None = (
+        None  # the trackers' store: a folder, or an MLflow URI (default: theirs)
+    )
+    tracker_project: str = "gentune"  # the Trackio project / MLflow experiment of the run
     progress: bool = True  # progress bar
 
     def __post_init__(self):
@@ -235,6 +240,7 @@ def _at_least(name: str, low: int) -> tuple:
 
 
 _METRIC_CHOICES = ("auto", "val_loss", *REFERENCE_METRICS)
+_TRACKER_NAMES = ("trackio", "mlflow")  # training/trackers.py
 # TrainConfig's value checks: (the fields it reads, what holds, the problem otherwise); all are
 # checked together, each one only where its fields are well typed
 _TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...] = (
@@ -307,6 +313,14 @@ _TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...
     ("keep_last", lambda c: c.keep_last >= 1, lambda c: f"keep_last={c.keep_last}: must be >= 1"),
     _at_least("eval_generate", 0),
     _at_least("samples", 0),
+    (
+        "report_to",
+        lambda c: (
+            c.report_to == "none"
+            or all(t.strip() in _TRACKER_NAMES for t in c.report_to.split(","))
+        ),
+        lambda c: f"report_to={c.report_to!r}: choose trackio, mlflow (comma list) or none",
+    ),
     (
         "metric",
         lambda c: c.metric in _METRIC_CHOICES,

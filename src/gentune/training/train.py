@@ -34,6 +34,7 @@ from gentune.models.loss import TargetLoss
 from gentune.tokenizer import source_pad_id
 from gentune.training import distributed, memory, schedule
 from gentune.training.prepare import Prepared, prepare
+from gentune.training.trackers import Trackers
 from gentune.training.validation import validate
 
 LOG_FIELDS = [
@@ -308,10 +309,19 @@ class RunLog:
 
     SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "val_metric")
 
-    def __init__(self, out: Path, history: list[dict], *, enabled: bool, tensorboard: bool):
+    def __init__(
+        self,
+        out: Path,
+        history: list[dict],
+        *,
+        enabled: bool,
+        tensorboard: bool,
+        trackers: Trackers | None = None,
+    ):
         self.file = self.writer = self.tb = None
-        self.out = out
+        self.out, self.trackers = out, trackers
         if not enabled:
+            self.trackers = None
             return
         self.file = (out / "metrics.csv").open("w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
@@ -331,6 +341,8 @@ class RunLog:
             return
         self.writer.writerow(row)
         self.file.flush()
+        if self.trackers:
+            self.trackers.write(row)
         if self.tb:
             for k in self.SCALARS:
                 if k in row:
@@ -342,6 +354,8 @@ class RunLog:
         if self.writer is None or not samples:
             return
         rundir.write_jsonl(self.out / rundir.SAMPLES, samples)
+        if self.trackers:
+            self.trackers.samples([s for s in samples if s["step"] == step], step)
         if self.tb:
             for s in samples:
                 if s["step"] == step:
@@ -352,6 +366,8 @@ class RunLog:
                     )
 
     def close(self) -> None:
+        if self.trackers:
+            self.trackers.close()
         if self.file:
             self.file.close()
         if self.tb:
@@ -455,7 +471,9 @@ def loop(s: Session, started: float, on_validation: OnValidation | None = None) 
     """The training loop over a set-up session, then the run directory written."""
     cfg = s.cfg  # with the automatic settings decided
     state, train_ex = s.state, s.prep.train_ex
-    run_log = RunLog(s.out, state.history, enabled=s.main, tensorboard=cfg.tensorboard)
+    run_log = RunLog(
+        s.out, state.history, enabled=s.main, tensorboard=cfg.tensorboard, trackers=_trackers(s)
+    )
     bar = _progress_bar(s)
     saved_step = state.step or None  # a resumed run's step is saved already
     t0 = time.time() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
@@ -522,6 +540,18 @@ def loop(s: Session, started: float, on_validation: OnValidation | None = None) 
     if saved_step != state.step:  # e.g. resumed from the final checkpoint
         save_checkpoint(s)
     return finish(s, started=started, t0=t0)
+
+
+def _trackers(s: Session) -> Trackers | None:
+    """--report-to's trackers, started with the run's settings (the main process only)."""
+    names = [t.strip() for t in s.cfg.report_to.split(",") if t.strip() not in ("", "none")]
+    if not names or not s.main:
+        return None
+    trackers = Trackers(
+        names, out=s.out, project=s.cfg.tracker_project, directory=s.cfg.tracker_dir, log=s.log
+    )
+    trackers.start({**s.cfg.run_settings(), "decided": [c.line() for c in s.prep.choices]})
+    return trackers
 
 
 def _progress_bar(s: Session):
