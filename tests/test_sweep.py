@@ -155,3 +155,37 @@ def test_worker_command_carries_every_setting():
     assert cmd[1:6] == ["-m", "gentune", "sweep", "--worker", "1"]
     assert "--no-prune" in cmd and cmd[cmd.index("--trials") + 1] == "5"
     assert "--workers" not in cmd
+
+
+def test_mixing_weights_are_a_dimension_of_the_space(tmp_path):
+    """data_weights: each --data file of the base recipe gets its trial's weight."""
+    for name in ("a.jsonl", "b.jsonl"):
+        write_jsonl(tmp_path / name, PAIRS)
+    a, b = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    (tmp_path / "space.yaml").write_text(
+        yaml.safe_dump({"data_weights": {a: {"low": 0.5, "high": 2.0}}, "lr": [1e-4]})
+    )
+    dims = sweep.load_space(tmp_path / "space.yaml")
+    assert [d.describe() for d in dims] == [f"weight:{a} uniform [0.5, 2]", "lr {0.0001}"]
+    base = {"task": "summarization", "data": [a, f"{b}:3"], "out": "x"}
+    settings = sweep.trial_settings(base, {f"weight:{a}": 1.5, "lr": 1e-4}, tmp_path / "t")
+    assert settings["data"] == [f"{a}:1.5", f"{b}:3.0"]
+    assert settings["lr"] == 1e-4 and settings["out"] == str(tmp_path / "t")
+    assert settings["metric"] == "rougeL"  # the task's metric: every trial chooses by it
+    assert settings["eval_generate"] == sweep.OBJECTIVE_ROWS  # every validation row
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"data_weights": [1, 2]}))
+    with pytest.raises(Exception, match="data_weights: a mapping of --data file"):
+        sweep.load_space(tmp_path / "bad.yaml")
+
+
+def test_lora_targets_adapt_only_the_named_layers(tiny_llama):
+    from gentune.errors import ConfigError
+    from gentune.models.load import load_model, wrap_lora
+
+    model = wrap_lora(load_model(tiny_llama)[0], r=4, alpha=8, dropout=0.0, targets="q_proj,v_proj")
+    adapted = {
+        n.split(".lora_A")[0].split(".")[-1] for n, _ in model.named_parameters() if "lora_A" in n
+    }
+    assert adapted == {"q_proj", "v_proj"}
+    with pytest.raises(ConfigError, match="lora_targets='qq': qq not among the model's linear"):
+        wrap_lora(load_model(tiny_llama)[0], r=4, alpha=8, dropout=0.0, targets="qq")
