@@ -189,3 +189,15 @@ def test_lora_targets_adapt_only_the_named_layers(tiny_llama):
     assert adapted == {"q_proj", "v_proj"}
     with pytest.raises(ConfigError, match="lora_targets='qq': qq not among the model's linear"):
         wrap_lora(load_model(tiny_llama)[0], r=4, alpha=8, dropout=0.0, targets="qq")
+
+
+def test_the_time_budget_stops_new_trials_not_the_running_one(recipe):
+    settings = SweepSettings(
+        config=str(recipe / "base.yaml"), space=str(recipe / "space.yaml"),
+        out=str(recipe / "sweep"), trials=4, time_budget=1.0, prune=False,
+    )  # fmt: skip
+    lines = []
+    sweep.work(settings, log=lines.append)
+    study = sweep.open_study(settings, sweep._base(settings)[0], seed=0)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]  # it ran to its end
+    assert lines[-1] == "gentune: sweep: the time budget (1 s) is spent"
