@@ -217,7 +217,7 @@ class Trackers:
                 continue
             self.live.append(KINDS[name](project, run_name(out), directory))
 
-    def _each(self, what: str, call) -> None:
+    def _each(self, what: str, call, after: str = "training goes on without it") -> None:
         for tracker in list(self.live):
             try:
                 call(tracker)
@@ -226,7 +226,7 @@ class Trackers:
                 text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 self.log(
                     f"gentune: --report-to {tracker.name}: could not {what} ({text}); "
-                    "training goes on without it, metrics.csv has every number"
+                    f"{after}, metrics.csv has every number"
                 )
 
     def start(self, config: dict) -> None:
@@ -242,4 +242,4 @@ class Trackers:
         self._each("log the samples", lambda t: t.samples(rows, step))
 
     def close(self) -> None:
-        self._each("keep what it was sent", lambda t: t.finish())
+        self._each("keep what it was sent", lambda t: t.finish(), after="the run is complete")
