@@ -97,3 +97,20 @@ def test_the_compare_page_renders_both_curves_and_the_settings(two_runs, tmp_pat
     assert {"1: slow", "2: fast"} <= {h.text for h in headers}
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+
+def test_a_run_being_trained_is_running_not_interrupted(two_runs, capsys):
+    """A run whose directory a live process holds the lock of (a sweep's current trial)."""
+    from gentune.lock import locked
+
+    tmp, (slow, _), _ = two_runs
+    broken = tmp / "all" / "broken"
+    with locked(broken):
+        assert main(["runs", str(tmp / "all")]) == 0
+        rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in
+                capsys.readouterr().out.splitlines()[2:]}  # fmt: skip
+        assert rows[str(broken)][1] == "running"
+        assert main(["runs", "compare", str(slow), str(broken), "--out", str(tmp / "c")]) == 2
+        assert "still being trained (process" in capsys.readouterr().err
+    assert main(["runs", str(tmp / "all")]) == 0
+    assert "| interrupted |" in capsys.readouterr().out  # the lock released: interrupted again

@@ -42,6 +42,25 @@ def alive(pid: int) -> bool:
     return True
 
 
+def writer(directory: str | Path) -> dict | None:
+    """The record of the process writing `directory` now ({} if it left none), or None where
+    no process holds its lock (readers use it: a run being trained is not interrupted)."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def describe(holder: dict) -> str:
     """'process 1234 on host h, started 2026-12-06 18:40:02 (gentune train ...)'."""
     if not holder:

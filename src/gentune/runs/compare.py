@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gentune.errors import RunError
+from gentune.lock import describe, writer
 from gentune.rundir import is_run, read_log, read_samples, run_state, write_json
 
 # settings a run records that say nothing about how it was trained
@@ -77,7 +78,7 @@ def summary(run: Path) -> dict:
     files = data if isinstance(data, list) else [data]
     return {
         "run": str(run),
-        "status": run_state(run) or "not a run",
+        "status": _status(run),
         "task": manifest.get("task") or given.get("task", ""),
         "model": manifest.get("base_model") or given.get("model", ""),
         "method": manifest.get("method") or given.get("method", ""),
@@ -87,6 +88,12 @@ def summary(run: Path) -> dict:
         "best": None if best is None else float(best),
         "metric": metric or "",
     }
+
+
+def _status(run: Path) -> str:
+    """complete, running (a process holds its lock: being trained now), interrupted."""
+    state = run_state(run) or "not a run"
+    return "running" if state == "interrupted" and writer(run) is not None else state
 
 
 def table(rows: list[dict]) -> str:
@@ -245,6 +252,8 @@ def compare(
     paths = [Path(r) for r in runs]
     for p in paths:
         if run_state(p) == "interrupted":
+            if (holder := writer(p)) is not None:
+                raise RunError(f"{p}: still being trained ({describe(holder)}); compare it later")
             raise RunError(f"{p}: an interrupted run; compare complete runs")
         if not is_run(p):
             raise RunError(f"{p}: not a gentune run directory")
