@@ -643,7 +643,7 @@ class SweepSettings:
     workers: int = 1  # worker processes on this machine, the CPU threads shared between them
     storage: str | None = None  # Optuna storage URL (several machines); default OUT/study.journal
     study: str = "gentune"  # the study's name in the storage
-    seed: int = 0  # the TPE sampler's seed (worker k uses seed + k)
+    seed: int = 0  # the TPE sampler's seed (each worker mixes in its index and the trials so far)
     prune: bool = True  # median pruning on each validation's value, at the same epoch
     top: int = 3  # the best trials put side by side in OUT/compare (runs compare)
 
