@@ -201,3 +201,18 @@ def test_the_time_budget_stops_new_trials_not_the_running_one(recipe):
     study = sweep.open_study(settings, sweep._base(settings)[0], seed=0)
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]  # it ran to its end
     assert lines[-1] == "gentune: sweep: the time budget (1 s) is spent"
+
+
+def test_a_database_storage_is_shared_like_the_journal(recipe):
+    """--storage URL (what several machines share): a SQLite database here, with Optuna's
+    heartbeats on; a second invocation joins the study and only adds what is missing."""
+    db = f"sqlite:///{recipe / 'study.db'}"
+    common = dict(config=str(recipe / "base.yaml"), space=str(recipe / "space.yaml"),
+                  out=str(recipe / "sweep"), storage=db, prune=False)  # fmt: skip
+    sweep.work(SweepSettings(**common, trials=1), log=lambda *_: None)
+    lines = []
+    sweep.work(SweepSettings(**common, trials=2), log=lines.append)
+    study = sweep.open_study(SweepSettings(**common), sweep._base(SweepSettings(**common))[0], 0)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
+    assert sum("starts" in line for line in lines) == 1  # the first trial was not run again
+    assert not (recipe / "sweep" / "study.journal").exists()  # the database holds the study

@@ -177,9 +177,13 @@ def open_study(settings: SweepSettings, base: dict, seed: int):
         Path(settings.out).mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(str(Path(settings.out) / "study.journal")))
     else:  # a database URL: heartbeats let other machines see a trial whose worker died
-        storage = optuna.storages.RDBStorage(
-            settings.storage, heartbeat_interval=60, grace_period=300
-        )
+        # (each trial runs in the heartbeat thread as optimize runs it: its warning does not apply)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                settings.storage, heartbeat_interval=60, grace_period=300
+            )
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER, n_warmup_steps=0)
         if settings.prune
