@@ -216,3 +216,16 @@ def test_a_database_storage_is_shared_like_the_journal(recipe):
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
     assert sum("starts" in line for line in lines) == 1  # the first trial was not run again
     assert not (recipe / "sweep" / "study.journal").exists()  # the database holds the study
+
+
+def test_the_example_sweep_loads(tmp_path):
+    """examples/sweep: the base is a valid recipe with every first choice of the space."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "examples" / "sweep"
+    settings = SweepSettings(config=str(root / "base.yaml"), space=str(root / "space.yaml"),
+                             out=str(tmp_path))  # fmt: skip
+    base, dims = sweep._base(settings)
+    assert base["val"].endswith("aclsum-title-val.jsonl")
+    assert {d.name for d in dims} == {"method", "lr", "epochs", "batch_size", "lora_r",
+                                      "lora_alpha", "lora_targets"}  # fmt: skip
