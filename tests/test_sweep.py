@@ -229,3 +229,15 @@ def test_the_example_sweep_loads(tmp_path):
     assert base["val"].endswith("aclsum-title-val.jsonl")
     assert {d.name for d in dims} == {"method", "lr", "epochs", "batch_size", "lora_r",
                                       "lora_alpha", "lora_targets"}  # fmt: skip
+
+
+def test_without_optuna_the_sweep_is_one_line(recipe, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "optuna" else real(n, *a))  # fmt: skip
+    args = ["sweep", "--config", str(recipe / "base.yaml"), "--space", str(recipe / "space.yaml")]
+    assert main([*args, "--out", str(recipe / "s")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gentune sweep: error: Optuna is not installed: pip install 'gentune[sweep]'"
+    )

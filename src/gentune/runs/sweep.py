@@ -159,7 +159,7 @@ def require_optuna() -> None:
     import importlib.util
 
     if importlib.util.find_spec("optuna") is None:
-        raise UsageError("gentune sweep needs Optuna: pip install 'gentune[sweep]'")
+        raise UsageError("Optuna is not installed: pip install 'gentune[sweep]'")
 
 
 # ---- the study ------------------------------------------------------------------------------
