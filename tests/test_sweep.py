@@ -191,16 +191,23 @@ def test_lora_targets_adapt_only_the_named_layers(tiny_llama):
         wrap_lora(load_model(tiny_llama)[0], r=4, alpha=8, dropout=0.0, targets="qq")
 
 
-def test_the_time_budget_stops_new_trials_not_the_running_one(recipe):
+def test_the_time_budget_stops_new_trials_not_the_running_one(recipe, monkeypatch):
+    """The sweep's clock (only the sweep's) moves 10 s a reading: the first claim is inside a
+    15 s budget, the next one, after a trial, outside it."""
+    import itertools
+    import types
+
+    clock = itertools.count(0.0, 10.0)
+    monkeypatch.setattr(sweep, "time", types.SimpleNamespace(time=lambda: next(clock)))
     settings = SweepSettings(
         config=str(recipe / "base.yaml"), space=str(recipe / "space.yaml"),
-        out=str(recipe / "sweep"), trials=4, time_budget=1.0, prune=False,
+        out=str(recipe / "sweep"), trials=4, time_budget=15.0, prune=False,
     )  # fmt: skip
     lines = []
     sweep.work(settings, log=lines.append)
     study = sweep.open_study(settings, sweep._base(settings)[0], seed=0)
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]  # it ran to its end
-    assert lines[-1] == "gentune: sweep: the time budget (1 s) is spent"
+    assert lines[-1] == "gentune: sweep: the time budget (15 s) is spent"
 
 
 def test_a_database_storage_is_shared_like_the_journal(recipe):
