@@ -14,7 +14,7 @@ import yaml
 
 from gentune.cli import main
 from gentune.config import SweepSettings
-from gentune.runs import sweep
+from gentune.runs import space, sweep
 
 from .conftest import PAIRS, write_jsonl
 
@@ -165,17 +165,17 @@ def test_mixing_weights_are_a_dimension_of_the_space(tmp_path):
     (tmp_path / "space.yaml").write_text(
         yaml.safe_dump({"data_weights": {a: {"low": 0.5, "high": 2.0}}, "lr": [1e-4]})
     )
-    dims = sweep.load_space(tmp_path / "space.yaml")
+    dims = space.load_space(tmp_path / "space.yaml")
     assert [d.describe() for d in dims] == [f"weight:{a} uniform [0.5, 2]", "lr {0.0001}"]
     base = {"task": "summarization", "data": [a, f"{b}:3"], "out": "x"}
-    settings = sweep.trial_settings(base, {f"weight:{a}": 1.5, "lr": 1e-4}, tmp_path / "t")
+    settings = space.trial_settings(base, {f"weight:{a}": 1.5, "lr": 1e-4}, tmp_path / "t")
     assert settings["data"] == [f"{a}:1.5", f"{b}:3.0"]
     assert settings["lr"] == 1e-4 and settings["out"] == str(tmp_path / "t")
     assert settings["metric"] == "rougeL"  # the task's metric: every trial chooses by it
-    assert settings["eval_generate"] == sweep.OBJECTIVE_ROWS  # every validation row
+    assert settings["eval_generate"] == space.OBJECTIVE_ROWS  # every validation row
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"data_weights": [1, 2]}))
     with pytest.raises(Exception, match="data_weights: a mapping of --data file"):
-        sweep.load_space(tmp_path / "bad.yaml")
+        space.load_space(tmp_path / "bad.yaml")
 
 
 def test_lora_targets_adapt_only_the_named_layers(tiny_llama):
