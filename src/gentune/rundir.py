@@ -76,14 +76,20 @@ def strict(obj):
     return obj
 
 
-def write_json(path: Path, obj) -> None:
-    """Write strict JSON (no NaN: undefined values are null) atomically (a temporary file
-    renamed into place)."""
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (a temporary file renamed into place): a reader never
+    takes a half-written file for the whole."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(
-        json.dumps(strict(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
-    )
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    """Write strict JSON (no NaN: undefined values are null) atomically."""
+    write_text(
+        path,
+        json.dumps(strict(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n",
+    )
 
 
 def write_jsonl(path: str | Path, rows) -> Path:

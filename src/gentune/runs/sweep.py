@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import io
 import math
 import os
 import socket
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -145,10 +147,9 @@ def _next_trial(study, settings: SweepSettings, started: float, log):
     running), this worker's time budget is spent, or as many trials failed as were asked."""
     with _claim(Path(settings.out)):
         fail_stale(study, log)
-        taken = len(study.get_trials(deepcopy=False, states=_states("COMPLETE", "PRUNED")))
-        running = len(study.get_trials(deepcopy=False, states=_states("RUNNING")))
-        failed = len(study.get_trials(deepcopy=False, states=_states("FAIL")))
-        if taken + running >= settings.trials:
+        states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+        taken, failed = states["COMPLETE"] + states["PRUNED"], states["FAIL"]
+        if taken + states["RUNNING"] >= settings.trials:
             return None
         if settings.time_budget and time.time() - started > settings.time_budget:
             log(f"gentune: sweep: the time budget ({settings.time_budget:g} s) is spent")
@@ -330,20 +331,18 @@ def trial_rows(study) -> list[dict]:
 def results(settings: SweepSettings, *, log=print) -> Path:
     """OUT/trials.csv and sweep.json, the table printed, OUT/best.yaml, and the top trials
     side by side in OUT/compare."""
-    from gentune.rundir import write_json
+    from gentune.rundir import write_json, write_text
 
     base, dims = _base(settings)
     study = open_study(settings, base, seed=settings.seed)
     metric, direction = objective(base)
     rows = trial_rows(study)
     out = Path(settings.out)
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = out / ".trials.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "trials.csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "trials.csv", text.getvalue())
     log(table(rows, metric))
     done = study.get_trials(deepcopy=False, states=_states("COMPLETE"))
     if not done:
@@ -397,15 +396,15 @@ def write_best(path: Path, base: dict, best, metric: str, n: int) -> Path:
     """The base recipe with the best trial's settings: `gentune train --config` takes it."""
     import yaml
 
+    from gentune.rundir import write_text
+
     settings = trial_settings(base, best.params, path.parent / "best-run")
     settings = {k: v for k, v in settings.items() if k not in ("resume", "overwrite", "progress")}
     head = (
         f"# gentune sweep: the best of {n} trials (trial {best.number}: {metric} "
         f"{best.value:.4f} on the validation rows)\n"
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(head + yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
-    os.replace(tmp, path)
+    write_text(path, head + yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
     return path
 
 

@@ -204,11 +204,11 @@ class Trackers:
     """The run's trackers, each dropped with one line at its first failure."""
 
     def __init__(self, names: list[str], *, out: Path, project: str, directory, log):
+        import importlib.util
+
         self.log, self.live = log, list[Trackio | MLflow]()
         for name in names:
             module = PACKAGES[name]
-            import importlib.util
-
             if importlib.util.find_spec(module) is None:
                 log(
                     f"gentune: --report-to {name}: {module} is not installed (pip install "
