@@ -107,6 +107,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = (
         "auto"  # autocast; auto = bf16 where the GPU or CPU has it
     )
+    master_weights: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # the trained weights, gradients and AdamW moments: fp32, or bf16 (half their memory; updates rounded stochastically); auto = bf16 for full fine-tuning in bf16 on a CPU, one process
+    )
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     report_to: str = "none"  # also log to trackers: trackio, mlflow (comma list), or none
     tracker_dir: str | None = (
@@ -277,6 +280,11 @@ _TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...
     ),
     ("lr", lambda c: c.lr is None or 0 < c.lr < 1, lambda c: f"lr={c.lr}: must be in (0, 1)"),
     (
+        "master_weights fsdp",
+        lambda c: not (c.master_weights == "bf16" and c.fsdp),
+        lambda c: "master_weights=bf16 with --fsdp: FSDP keeps fp32 shards; drop one of them",
+    ),
+    (
         "warmup_ratio",
         lambda c: 0 <= c.warmup_ratio < 1,
         lambda c: f"warmup_ratio={c.warmup_ratio}: must be in [0, 1)",
@@ -371,13 +379,17 @@ def field_docs(cls) -> dict[str, str]:
     """
     lines = Path(inspect.getfile(cls)).read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if re.match(rf"class {cls.__name__}\b", line))
-    docs = {}
+    docs, wrapped = {}, None
     for line in lines[start + 1 :]:
         if line.strip() and not line[0].isspace():
             break  # the class body ended
         m = re.match(r"    (\w+): [^#]+#\s*(.+)$", line)
         if m:
             docs[m.group(1)] = m.group(2)
+        elif wrapped and (m := re.match(r"        [^#]+#\s*(.+)$", line)):
+            docs[wrapped] = m.group(1)  # a default wrapped in parentheses: its comment below
+        m = re.match(r"    (\w+): .*= \($", line)
+        wrapped = m.group(1) if m else None
     return docs
 
 

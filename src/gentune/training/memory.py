@@ -135,9 +135,10 @@ def candidate_layouts(tokens: int, checkpointing: bool, longest: int) -> list[La
     return layouts
 
 
-def optimizer_state_mb(trainable: int) -> float:
-    """AdamW's two fp32 moments, allocated at the first step (not there during a probe)."""
-    return trainable * 8 / 2**20
+def optimizer_state_mb(trainable: int, master: str = "fp32") -> float:
+    """AdamW's two moments (fp32, or bf16 with bf16 master weights), allocated at the first
+    step (not there during a probe)."""
+    return trainable * (4 if master == "bf16" else 8) / 2**20
 
 
 def fit_layout(measure, layouts: list[Layout], budget_mb: float, extra_mb: float, log) -> Layout:

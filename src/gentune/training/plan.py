@@ -25,6 +25,7 @@ from gentune.models.loss import TargetLoss
 from gentune.tokenizer import source_pad_id, source_tokenizer
 from gentune.training import memory, schedule
 from gentune.training.memory import peak_memory_mb
+from gentune.training.optim import weights_line
 from gentune.training.prepare import data_fields, prepare
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"  # around trained spans in the rendered example
@@ -194,7 +195,7 @@ def _training_lines(prep) -> list[str]:
         f"x {cfg.batch // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}"
     )
     precision, reason = resolve_precision(cfg.precision)
-    lines.append(f"precision: {precision} ({reason}); master weights and optimizer in fp32")
+    lines.append(f"precision: {precision} ({reason}); {weights_line(cfg.master_weights)}")
     lines += [f"chosen: {choice.line()}" for choice in prep.choices]
     return lines
 

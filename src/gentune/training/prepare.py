@@ -25,7 +25,7 @@ from gentune.models.families import (
     set_languages,
     template_options,
 )
-from gentune.models.load import context_length, load_model, wrap_lora
+from gentune.models.load import context_length, load_model, resolve_precision, wrap_lora
 from gentune.training import memory, recipe
 
 
@@ -198,6 +198,8 @@ def _trainable(cfg: TrainConfig, model, log):
             targets=cfg.lora_targets,
         )
     memory.set_checkpointing(model, cfg.gradient_checkpointing)
+    if cfg.master_weights == "bf16":
+        model.to(torch.bfloat16)  # trained in bf16 (training/optim.py rounds its updates)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     log(f"gentune: {cfg.method}: {n_trainable:,} trainable of {n_total:,} parameters")
@@ -257,6 +259,8 @@ def prepare(cfg: TrainConfig, *, log=print, world: int = 1) -> Prepared:
         available_mb=memory.available_memory_mb(),
         has_references=has_references,
         world=world,
+        precision=resolve_precision(cfg.precision)[0],
+        gpu=torch.cuda.is_available(),
     )
     for choice in choices:
         log(f"gentune: {choice.line()}")

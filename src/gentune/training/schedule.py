@@ -65,7 +65,9 @@ def choose_layout(
             tokens=memory.probe_start(cfg, prep.train_ex),
             pad_id=source_pad_id(prep.tokenizer),
             autocast=autocast,
-            pending_mb=memory.optimizer_state_mb(prep.n_trainable) if first_step else 0.0,
+            pending_mb=memory.optimizer_state_mb(prep.n_trainable, cfg.master_weights)
+            if first_step
+            else 0.0,
             log=log,
             world=world,
         )

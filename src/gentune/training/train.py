@@ -33,6 +33,7 @@ from gentune.models.load import resolve_precision
 from gentune.models.loss import TargetLoss
 from gentune.tokenizer import source_pad_id
 from gentune.training import distributed, memory, schedule
+from gentune.training.optim import adamw, weights_line
 from gentune.training.prepare import Prepared, prepare
 from gentune.training.trackers import Trackers
 from gentune.training.validation import validate
@@ -150,15 +151,6 @@ class Session:
         return self.accelerator.unwrap_model(self.loss_model).model
 
 
-def adamw(params: list, **kw) -> torch.optim.Optimizer:
-    """AdamW, fused where torch has the kernel (CPU and CUDA): one pass over each tensor
-    instead of a dozen — about 4x faster steps on a CPU, which full fine-tuning feels."""
-    try:
-        return torch.optim.AdamW(params, fused=True, **kw)
-    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.AdamW(params, **kw)
-
-
 def _accelerator(precision: str, process_group):
     """The accelerator for a run in `precision` (autocast unless fp32)."""
     from accelerate import Accelerator
@@ -198,6 +190,18 @@ def _state(resume_from: Path | None, fingerprints: dict, precision: str, log) ->
     return state
 
 
+def _check_master(state: checkpoint.State, master: str) -> None:
+    """A run continues with the master weights it was trained with (its checkpoint's dtype)."""
+    if state.master_weights is None:  # a new run (or one from before the setting)
+        state.master_weights = master
+    elif state.master_weights != master:
+        raise TrainingError(
+            f"--resume: the run was trained with --master-weights {state.master_weights}, "
+            f"and this one would continue in {master}; give --master-weights "
+            f"{state.master_weights} to continue it"
+        )
+
+
 def _check_world(micro: int | None, world: int) -> None:
     if micro and micro % world:
         raise TrainingError(f"micro_batch_size {micro} must be a multiple of the {world} processes")
@@ -206,7 +210,6 @@ def _check_world(micro: int | None, world: int) -> None:
 def setup(cfg: TrainConfig, *, log=print) -> Session:
     """Everything before the first step: the run directory checked, the accelerator, data and
     model, optimizer, schedule, and the state (restored from a checkpoint on --resume)."""
-    from transformers import get_scheduler
 
     memory.bound_kernel_cache()  # before the first matmul
     out = Path(cfg.out)
@@ -224,7 +227,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     prep = prepare(cfg, log=log, world=world)
     given, cfg = cfg, prep.cfg  # the user's settings; and with the automatic ones decided
     _check_world(cfg.micro, world)
-    log(f"gentune: precision {precision} ({reason}); master weights and optimizer in fp32")
+    log(f"gentune: precision {precision} ({reason}); {weights_line(cfg.master_weights)}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         # not complete until the end: nothing loads an older model from here meanwhile
@@ -235,6 +238,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
 
     total_steps = schedule.total_steps(cfg, len(prep.train_ex))
     state = _state(resume_from, prep.fingerprints, precision, log)
+    _check_master(state, cfg.master_weights)
     prep.model.to(accelerator.device)  # before the memory probe, which measures the device's
     micro_tokens = fit_memory(cfg, prep, state, accelerator, log)
     if cfg.fsdp:
@@ -244,14 +248,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
             n = distributed.shard(prep.model, precision)
             log(f"gentune: FSDP2 over {world} processes: {n} layers sharded one by one")
     # the optimizer after sharding: FSDP replaces the parameters by their shards
-    trainable = [p for p in prep.model.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
+    optimizer, scheduler = _optimizer(cfg, prep.model, total_steps)
     if resume_from:
         checkpoint.load(resume_from, model=prep.model, optimizer=optimizer, scheduler=scheduler)
         log(f"gentune: resumed from {resume_from} (step {state.step})")
@@ -279,6 +276,27 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
         precision,
         reason,
     )
+
+
+def _optimizer(cfg: TrainConfig, model, total_steps: int):
+    """(AdamW over the trainable parameters, in the run's master weights; its schedule)."""
+    from transformers import get_scheduler
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = adamw(
+        trainable,
+        master=cfg.master_weights,
+        seed=cfg.seed,
+        lr=cfg.peak_lr,
+        weight_decay=cfg.weight_decay,
+    )
+    scheduler = get_scheduler(
+        "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return optimizer, scheduler
 
 
 def fit_memory(

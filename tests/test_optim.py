@@ -1,0 +1,130 @@
+"""bf16 master weights: StochasticAdamW is AdamW (exactly, on fp32), keeps updates that plain
+bf16 AdamW loses, is deterministic and resumes exactly; the default chooses it where measured;
+a bf16 run trains, saves bf16 weights and resumes bit for bit."""
+
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gentune.config import TrainConfig
+from gentune.errors import ConfigError
+from gentune.training.optim import StochasticAdamW, adamw, random_bits, round_to_bf16
+from gentune.training.recipe import choose_master_weights
+
+from .conftest import _data
+from .test_checkpoint import _args, _curve, _run
+
+
+def _steps(opt, param, grads):
+    for g in grads:
+        param.grad = g.clone()
+        opt.step()
+
+
+def test_on_fp32_weights_it_is_torch_adamw_exactly():
+    torch.manual_seed(0)
+    start = torch.randn(300, 70)
+    grads = [torch.randn_like(start) for _ in range(6)]
+    a, b = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    _steps(torch.optim.AdamW([a], lr=3e-3, weight_decay=0.1), a, grads)
+    _steps(StochasticAdamW([b], lr=3e-3, weight_decay=0.1), b, grads)
+    assert torch.equal(a, b)
+    assert torch.equal(b.grad, grads[-1])  # the gradient is read, not changed
+
+
+def test_bf16_updates_below_its_precision_are_kept_in_expectation():
+    """bf16 has 8 mantissa bits: -1e-4 steps on weights of 1.0 round back to 1.0 with plain
+    AdamW (every update lost); stochastic rounding moves the mean by the updates' sum."""
+    n = 1 << 18
+    plain = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
+    rounded = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
+    ones = [torch.ones(n, dtype=torch.bfloat16)] * 20
+    _steps(torch.optim.AdamW([plain], lr=1e-4), plain, ones)
+    _steps(StochasticAdamW([rounded], lr=1e-4), rounded, ones)
+    assert torch.equal(plain, torch.ones_like(plain))
+    assert rounded.dtype == torch.bfloat16
+    assert abs(rounded.float().mean().item() - (1 - 20 * 1e-4)) < 2e-5
+    assert len(rounded.unique()) > 1  # rounded up or down, element by element
+
+
+def test_stochastic_rounding_is_unbiased_and_on_the_bf16_grid():
+    x = torch.full((1 << 20,), 1.0 + 2**-10)  # a quarter of the way to the next bf16 (1+2**-7)
+    y = round_to_bf16(x.clone(), key=7)
+    assert set(y.float().unique().tolist()) == {1.0, 1.0 + 2**-7}
+    assert abs((y.float() == 1.0 + 2**-7).float().mean().item() - 0.125) < 0.002
+    bits = random_bits(1 << 20, key=3).float() / 65536
+    assert abs(bits.mean().item() - 0.5) < 0.002 and abs(bits.std().item() - 0.2887) < 0.002
+    assert not torch.equal(random_bits(1000, 1), random_bits(1000, 2))
+
+
+def test_it_is_deterministic_by_seed_and_resumes_exactly_from_its_state():
+    torch.manual_seed(1)
+    start = (torch.randn(64, 64) * 0.05).bfloat16()
+    grads = [(torch.randn(64, 64) * 1e-2).bfloat16() for _ in range(6)]
+
+    def run(seed, grads, state=None, weights=start):
+        p = torch.nn.Parameter(weights.clone())
+        opt = StochasticAdamW([p], lr=1e-4, seed=seed)
+        if state:
+            opt.load_state_dict(state)
+        _steps(opt, p, grads)
+        return p, opt
+
+    whole, _ = run(0, grads)
+    assert torch.equal(whole, run(0, grads)[0])
+    assert not torch.equal(whole, run(1, grads)[0])
+    half, opt = run(0, grads[:3])
+    resumed, _ = run(0, grads[3:], state=opt.state_dict(), weights=half.detach())
+    assert torch.equal(whole, resumed)
+
+
+def test_the_default_is_bf16_only_where_it_was_measured():
+    def choose(**kw):
+        base = dict(method="full", precision="bf16", world=1, fsdp=False, gpu=False)
+        return choose_master_weights(**{**base, **kw})[0]
+
+    assert choose() == "bf16"
+    assert choose(method="lora") == "fp32"
+    assert choose(precision="fp32") == "fp32"
+    assert choose(world=2) == "fp32"
+    assert choose(fsdp=True) == "fp32"
+    assert choose(gpu=True) == "fp32"
+    assert isinstance(adamw([torch.nn.Parameter(torch.ones(2))], master="bf16"), StochasticAdamW)
+
+
+def test_bf16_master_weights_with_fsdp_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="master_weights=bf16 with --fsdp"):
+        TrainConfig(task="summarization", data="d.jsonl", out="o", master_weights="bf16", fsdp=True)
+
+
+def _full_bf16(model, data, out, *extra):
+    return _args(model, data, out, "--method", "full", "--master-weights", "bf16", *extra)
+
+
+@pytest.mark.slow
+def test_a_bf16_run_trains_saves_bf16_and_resumes_bit_for_bit(tiny_llama, tmp_path):
+    data = _data(tmp_path)
+    code, out = _run(_full_bf16(tiny_llama, data, tmp_path / "ref"))
+    assert code == 0, out
+    assert "weights, gradients and AdamW moments in bf16" in out
+    curve = _curve(tmp_path / "ref")
+    code, out = _run(_full_bf16(tiny_llama, data, tmp_path / "fp32", "--master-weights", "fp32"))
+    assert code == 0, out
+    fp32 = [float(r["loss"]) for r in _curve(tmp_path / "fp32")]
+    bf16 = [float(r["loss"]) for r in curve]
+    assert bf16[-1] < 0.7 * bf16[0]  # it learns, as fast as with fp32 master weights
+    assert all(abs(a - b) < 0.01 * a for a, b in zip(fp32, bf16, strict=True))
+    weights = load_file(tmp_path / "ref" / "model" / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+    run = tmp_path / "run"
+    code, out = _run(_full_bf16(tiny_llama, data, run), {"GENTUNE_FAULT": "kill-after:17"})
+    assert code == -signal.SIGKILL, out
+    code, out = _run(_full_bf16(tiny_llama, data, run, "--resume", "--master-weights", "fp32"))
+    assert code != 0 and "master_weights" in out.strip().splitlines()[-1], out
+    code, out = _run(_full_bf16(tiny_llama, data, run, "--resume"))
+    assert code == 0 and "resumed from" in out, out
+    assert _curve(run) == curve
+    resumed = load_file(run / "model" / "model.safetensors")
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
