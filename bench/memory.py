@@ -72,6 +72,7 @@ def child(args: list[str]) -> dict:
     from gentune.training.memory import reset_peak_memory
 
     phases: dict[str, float] = {}  # phase -> its own peak RSS (VmHWM reset at its start)
+    seconds: dict[str, float] = {}  # phase -> its seconds, summed over its calls
     steps: list[int] = []  # each optimizer step's own peak
 
     def traced(module, name: str, phase: str) -> None:
@@ -81,9 +82,11 @@ def child(args: list[str]) -> dict:
             before = _rss("VmHWM")
             phases["before"] = max(phases.get("before", 0.0), before)
             reset_peak_memory()
+            start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
+                seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
                 phases[phase] = max(phases.get(phase, 0.0), _rss("VmHWM"))
                 if phase == "training steps":
                     steps.append(round(_rss("VmHWM")))
@@ -107,6 +110,7 @@ def child(args: list[str]) -> dict:
         "seconds": time.perf_counter() - start,
         "peak": max([_rss("VmHWM"), *phases.values()]),
         "phases": phases,
+        "phase_seconds": seconds,
         "steps": steps,
         "log": log,
     }
@@ -150,6 +154,8 @@ def main() -> None:
             flush=True,
         )
         print(f"<!-- {name}: each step's peak MiB {r['steps']} -->", flush=True)
+        spent = ", ".join(f"{p} {r['phase_seconds'].get(p, 0.0):.1f}" for p in PHASES)
+        print(f"<!-- {name}: {r['seconds']:.1f} s in all; seconds by phase: {spent} -->")
 
 
 if __name__ == "__main__":
