@@ -21,9 +21,32 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
 
 import heldout  # noqa: E402
 from vs_trl import _child  # noqa: E402
+
+
+def _outputs(run: Path) -> tuple[list[str], list[str]]:
+    rows = [json.loads(line) for line in (run / "dev-eval" / "predictions.jsonl").open()]
+    return [r["output"] for r in rows], [r["reference"] for r in rows]
+
+
+def _against_first(name: str, runs: list[Path], candidates: list[str]) -> list[str]:
+    """Each later candidate minus the first on the same dev rows: the headline metric's paired
+    bootstrap difference and 95 % interval (1000 resamples, seed 0)."""
+    from gentune.metrics import paired_bootstrap
+
+    metric = "bleu" if heldout.SETS[name].task == "translation" else "rougeL"
+    first, refs = _outputs(runs[0])
+    lines = [f"\n| candidate − `{candidates[0] or 'defaults'}` | {metric} [95% CI] |", "|---|---|"]
+    for run, flags in zip(runs[1:], candidates[1:], strict=True):
+        r = paired_bootstrap(metric, first, _outputs(run)[0], refs)
+        lines.append(
+            f"| `{flags or 'defaults'}` | {r['difference']:+.2f} "
+            f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -63,6 +86,9 @@ def main() -> None:
                 + " |"
             )
             print(lines[-1], flush=True)
+        lines += _against_first(name, [work / f"{name}-{i}" for i in range(len(a.candidates))],
+                                a.candidates)  # fmt: skip
+        print("\n".join(lines[-len(a.candidates) :]), flush=True)
         tables += lines
     print("\n".join(tables))
 

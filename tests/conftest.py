@@ -141,12 +141,7 @@ def tiny_cfg(model: str, data, out, **kw):
     no TensorBoard); `kw` sets the rest."""
     from gentune.config import TrainConfig
 
-    # fp32 master weights: these tests' learned behaviours were set at fp32 (test_optim.py
-    # covers bf16's, which `auto` chooses for full fine-tuning on a bf16 CPU)
-    base = dict(
-        task="summarization", model=model, progress=False, tensorboard=False,
-        master_weights="fp32",
-    )  # fmt: skip
+    base = dict(task="summarization", model=model, progress=False, tensorboard=False)
     return TrainConfig(**{**base, "data": str(data), "out": str(out), **kw})
 
 

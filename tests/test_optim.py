@@ -1,6 +1,6 @@
-"""bf16 master weights: StochasticAdamW is AdamW (exactly, on fp32), keeps updates that plain
-bf16 AdamW loses, is deterministic and resumes exactly; the default chooses it where measured;
-a bf16 run trains, saves bf16 weights and resumes bit for bit."""
+"""bf16 master weights (--master-weights bf16): StochasticAdamW is AdamW (exactly, on fp32),
+keeps updates that plain bf16 AdamW loses, is deterministic and resumes exactly; a bf16 run
+learns as fast as fp32's, saves bf16 weights and resumes bit for bit."""
 
 import signal
 
@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 from gentune.config import TrainConfig
 from gentune.errors import ConfigError
 from gentune.training.optim import StochasticAdamW, adamw, random_bits, round_to_bf16
-from gentune.training.recipe import choose_master_weights
 
 from .conftest import _data
 from .test_checkpoint import _args, _curve, _run
@@ -80,18 +79,10 @@ def test_it_is_deterministic_by_seed_and_resumes_exactly_from_its_state():
     assert torch.equal(whole, resumed)
 
 
-def test_the_default_is_bf16_only_where_it_was_measured():
-    def choose(**kw):
-        base = dict(method="full", precision="bf16", world=1, fsdp=False, gpu=False)
-        return choose_master_weights(**{**base, **kw})[0]
-
-    assert choose() == "bf16"
-    assert choose(method="lora") == "fp32"
-    assert choose(precision="fp32") == "fp32"
-    assert choose(world=2) == "fp32"
-    assert choose(fsdp=True) == "fp32"
-    assert choose(gpu=True) == "fp32"
-    assert isinstance(adamw([torch.nn.Parameter(torch.ones(2))], master="bf16"), StochasticAdamW)
+def test_the_optimizer_follows_the_master_weights():
+    one = [torch.nn.Parameter(torch.ones(2))]
+    assert isinstance(adamw(one, master="bf16"), StochasticAdamW)
+    assert type(adamw(one)) is torch.optim.AdamW and adamw(one).defaults["fused"]
 
 
 def test_bf16_master_weights_with_fsdp_are_refused_in_one_line(tmp_path):

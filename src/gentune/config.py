@@ -107,8 +107,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = (
         "auto"  # autocast; auto = bf16 where the GPU or CPU has it
     )
-    master_weights: Literal["auto", "fp32", "bf16"] = (
-        "auto"  # the trained weights, gradients and AdamW moments: fp32, or bf16 (half their memory; updates rounded stochastically); auto = bf16 for full fine-tuning in bf16 on a CPU, one process
+    master_weights: Literal["fp32", "bf16"] = (
+        "fp32"  # the trained weights, gradients and AdamW moments: bf16 halves their memory (updates rounded stochastically; lost quality on dev rows: bench/results/defaults.md)
     )
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     report_to: str = "none"  # also log to trackers: trackio, mlflow (comma list), or none

@@ -25,7 +25,7 @@ from gentune.models.families import (
     set_languages,
     template_options,
 )
-from gentune.models.load import context_length, load_model, resolve_precision, wrap_lora
+from gentune.models.load import context_length, load_model, wrap_lora
 from gentune.training import memory, recipe
 
 
@@ -259,8 +259,6 @@ def prepare(cfg: TrainConfig, *, log=print, world: int = 1) -> Prepared:
         available_mb=memory.available_memory_mb(),
         has_references=has_references,
         world=world,
-        precision=resolve_precision(cfg.precision)[0],
-        gpu=torch.cuda.is_available(),
     )
     for choice in choices:
         log(f"gentune: {choice.line()}")

@@ -103,27 +103,6 @@ def choose_epochs(n_rows: int, batch_size: int) -> tuple[float, str]:
     )
 
 
-def choose_master_weights(
-    method: str, precision: str, *, world: int, fsdp: bool, gpu: bool
-) -> tuple[str, str]:
-    """(fp32 | bf16, why) for the trained weights, their gradients and AdamW's moments.
-    bf16 (stochastically rounded updates, training/optim.py) for full fine-tuning in bf16 on
-    one CPU process: there it cut the peak RSS by about 1 GiB on SmolLM2-135M at about the
-    same speed and the same dev-row quality (bench/results/memory.md, defaults.md)."""
-    if precision != "bf16":
-        return "fp32", f"precision {precision}: fp32 master weights under autocast"
-    if method != "full":
-        return "fp32", "LoRA: the adapters are small; they stay fp32"
-    if gpu:
-        return "fp32", "on a GPU: bf16 weights not measured there yet"
-    if world > 1 or fsdp:
-        return "fp32", f"{world} processes: gradients are reduced in fp32"
-    return "bf16", (
-        "full fine-tuning in bf16 on a CPU: weights, gradients and AdamW moments in bf16, "
-        "updates rounded stochastically (half their memory, about the same speed and quality)"
-    )
-
-
 def resolve(
     cfg: TrainConfig,
     *,
@@ -133,8 +112,6 @@ def resolve(
     available_mb: float | None,
     has_references: bool,
     world: int = 1,
-    precision: str = "fp32",
-    gpu: bool = False,
 ) -> tuple[TrainConfig, list[Choice]]:
     """`cfg` with every automatic setting decided, and the choices made (with reasons)."""
     choices: list[Choice] = []
@@ -142,10 +119,6 @@ def resolve(
     if method == "auto":
         method, why = choose_method(n_params, available_mb)
         choices.append(Choice("method", method, why))
-    master = str(cfg.master_weights)
-    if master == "auto":
-        master, why = choose_master_weights(method, precision, world=world, fsdp=cfg.fsdp, gpu=gpu)
-        choices.append(Choice("master_weights", master, why))
     batch = cfg.batch_size
     if batch is None:
         batch, why = choose_batch_size(n_rows, median_target, cfg.micro_batch_size, world)
@@ -187,7 +160,6 @@ def resolve(
     resolved = replace(
         cfg,
         method=cast(Literal["lora", "full"], method),
-        master_weights=cast(Literal["fp32", "bf16"], master),
         batch_size=batch,
         lr=lr,
         epochs=epochs,
