@@ -113,7 +113,7 @@ def test_a_bf16_run_trains_saves_bf16_and_resumes_bit_for_bit(tiny_llama, tmp_pa
     code, out = _run(_full_bf16(tiny_llama, data, run), {"GENTUNE_FAULT": "kill-after:17"})
     assert code == -signal.SIGKILL, out
     code, out = _run(_full_bf16(tiny_llama, data, run, "--resume", "--master-weights", "fp32"))
-    assert code != 0 and "master_weights" in out.strip().splitlines()[-1], out
+    assert code != 0 and "master_weights" in out.strip().splitlines()[-1], out  # (settings)
     code, out = _run(_full_bf16(tiny_llama, data, run, "--resume"))
     assert code == 0 and "resumed from" in out, out
     assert _curve(run) == curve

@@ -382,7 +382,6 @@ class State:
     stopped_early: bool = False
     data_sha256: dict = field(default_factory=dict)  # the data trained on, checked on resume
     precision: str | None = None  # fp32 | bf16 | fp16: exact resume holds within one
-    master_weights: str | None = None  # fp32 | bf16: the dtype of the weights and moments saved
     layout: dict | None = None  # micro-batch and checkpointing chosen for --memory-budget
     samples: list[dict] = field(default_factory=list)  # outputs at each validation (samples.py)
 

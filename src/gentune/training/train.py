@@ -190,18 +190,6 @@ def _state(resume_from: Path | None, fingerprints: dict, precision: str, log) ->
     return state
 
 
-def _check_master(state: checkpoint.State, master: str) -> None:
-    """A run continues with the master weights it was trained with (its checkpoint's dtype)."""
-    if state.master_weights is None:  # a new run (or one from before the setting)
-        state.master_weights = master
-    elif state.master_weights != master:
-        raise TrainingError(
-            f"--resume: the run was trained with --master-weights {state.master_weights}, "
-            f"and this one would continue in {master}; give --master-weights "
-            f"{state.master_weights} to continue it"
-        )
-
-
 def _check_world(micro: int | None, world: int) -> None:
     if micro and micro % world:
         raise TrainingError(f"micro_batch_size {micro} must be a multiple of the {world} processes")
@@ -238,7 +226,6 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
 
     total_steps = schedule.total_steps(cfg, len(prep.train_ex))
     state = _state(resume_from, prep.fingerprints, precision, log)
-    _check_master(state, cfg.master_weights)
     prep.model.to(accelerator.device)  # before the memory probe, which measures the device's
     micro_tokens = fit_memory(cfg, prep, state, accelerator, log)
     if cfg.fsdp:
