@@ -37,7 +37,7 @@ def _against_first(name: str, runs: list[Path], candidates: list[str]) -> list[s
     bootstrap difference and 95 % interval (1000 resamples, seed 0)."""
     from gentune.metrics import paired_bootstrap
 
-    metric = "bleu" if heldout.SETS[name].task == "translation" else "rougeL"
+    metric = heldout.SETS[name].metric
     first, refs = _outputs(runs[0])
     lines = [f"\n| candidate − `{candidates[0] or 'defaults'}` | {metric} [95% CI] |", "|---|---|"]
     for run, flags in zip(runs[1:], candidates[1:], strict=True):
@@ -86,9 +86,11 @@ def main() -> None:
                 + " |"
             )
             print(lines[-1], flush=True)
-        lines += _against_first(name, [work / f"{name}-{i}" for i in range(len(a.candidates))],
-                                a.candidates)  # fmt: skip
-        print("\n".join(lines[-len(a.candidates) :]), flush=True)
+        paired = _against_first(
+            name, [work / f"{name}-{i}" for i in range(len(a.candidates))], a.candidates
+        )
+        print("\n".join(paired), flush=True)
+        lines += paired
         tables += lines
     print("\n".join(tables))
 

@@ -35,8 +35,8 @@ from vs_trl import _side_args  # noqa: E402
 # name: (gentune train flags, environment)
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "default": ([], {}),
-    # the default before bf16 master weights (training/optim.py)
-    "master-fp32": (["--master-weights", "fp32"], {}),
+    # bf16 weights, gradients and moments (training/optim.py; an opt-in, not the default)
+    "master-bf16": (["--master-weights", "bf16"], {}),
     "checkpointing": (["--gradient-checkpointing"], {}),
     "tokens-2048": (["--micro-batch-tokens", "2048"], {}),
     "tokens-512": (["--micro-batch-tokens", "512"], {}),

@@ -198,7 +198,6 @@ def _check_world(micro: int | None, world: int) -> None:
 def setup(cfg: TrainConfig, *, log=print) -> Session:
     """Everything before the first step: the run directory checked, the accelerator, data and
     model, optimizer, schedule, and the state (restored from a checkpoint on --resume)."""
-
     memory.bound_kernel_cache()  # before the first matmul
     out = Path(cfg.out)
     cfg = distributed.launcher_settings(cfg)
