@@ -37,11 +37,22 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "default": ([], {}),
     # bf16 weights, gradients and moments (training/optim.py; an opt-in, not the default)
     "master-bf16": (["--master-weights", "bf16"], {}),
+    # fp32 master weights, AdamW's moments in bf16 (the second rounded stochastically)
+    "moments-bf16": (["--moments", "bf16"], {}),
+    "moments-fp32": (["--moments", "fp32"], {}),
     "checkpointing": (["--gradient-checkpointing"], {}),
     "tokens-2048": (["--micro-batch-tokens", "2048"], {}),
     "tokens-512": (["--micro-batch-tokens", "512"], {}),
     "mmap-threshold": ([], {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}),
     "arena-2": ([], {"MALLOC_ARENA_MAX": "2"}),
+    # torch's CPU allocator asks for transparent huge pages for tensors of >= 2 MiB
+    "thp": ([], {"THP_MEM_ALLOC_ENABLE": "1"}),
+    "mmap-threshold-thp": (
+        [],
+        {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "THP_MEM_ALLOC_ENABLE": "1"},
+    ),
+    "mmap-threshold-4m": ([], {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)}),
+    "glibc-hugetlb": ([], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
     # oneDNN's own default, before memory.ONEDNN_PRIMITIVE_CACHE bounded it
     "kernel-cache-1024": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}),
     "kernel-cache-128": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128"}),

@@ -1,4 +1,4 @@
-"""bf16 master weights (--master-weights bf16): StochasticAdamW is AdamW (exactly, on fp32),
+"""bf16 master weights (--master-weights bf16) and bf16 moments (--moments bf16): StochasticAdamW is AdamW (exactly, on fp32),
 keeps updates that plain bf16 AdamW loses, is deterministic and resumes exactly; a bf16 run
 learns as fast as fp32's, saves bf16 weights and resumes bit for bit."""
 
@@ -79,15 +79,49 @@ def test_it_is_deterministic_by_seed_and_resumes_exactly_from_its_state():
     assert torch.equal(whole, resumed)
 
 
-def test_the_optimizer_follows_the_master_weights():
+def test_the_table_bits_are_uniform_at_each_position_from_one_step_to_the_next():
+    """The optimizer's blocks draw a fixed table XOR a key's bits: one position over 4096 keys
+    (steps) must be as uniform as 4096 draws, and no two positions move in step."""
+    draws = torch.stack([random_bits(64, key) for key in range(4096)]).float() / 65536  # (4096, 64)
+    assert (draws.mean(0) - 0.5).abs().max() < 0.03
+    assert (draws.std(0) - 0.2887).abs().max() < 0.02
+    assert len({tuple(c.tolist()) for c in draws.T}) == 64  # positions differ
+
+
+def test_bf16_moments_with_fp32_weights_track_adamw_and_let_the_second_moment_decay():
+    torch.manual_seed(0)
+    start = torch.randn(512, 512)
+    grads = [torch.randn_like(start) * 1e-2 for _ in range(30)]
+    a, b = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    _steps(torch.optim.AdamW([a], lr=1e-3, weight_decay=0.1), a, grads)
+    opt = adamw([b], moments="bf16", lr=1e-3, weight_decay=0.1)
+    _steps(opt, b, grads)
+    state = opt.state[b]
+    assert b.dtype == torch.float32 and state["exp_avg"].dtype == torch.bfloat16
+    assert state["exp_avg_sq"].dtype == torch.bfloat16
+    moved = (a - start).abs().mean()  # 30 updates of ~1e-3
+    assert (a - b).abs().mean() < 0.02 * moved  # the same path, to bf16's moment precision
+    # after the gradients stop, exp_avg_sq decays by beta2 a step; rounded to nearest, a 0.1 %
+    # decay is below bf16's resolution and it would never move
+    before = state["exp_avg_sq"].float().mean().item()
+    _steps(opt, b, [torch.zeros_like(start)] * 200)
+    after = state["exp_avg_sq"].float().mean().item()
+    assert abs(after / before - 0.999**200) < 0.01, (after / before, 0.999**200)
+
+
+def test_the_optimizer_follows_the_master_weights_and_moments():
     one = [torch.nn.Parameter(torch.ones(2))]
     assert isinstance(adamw(one, master="bf16"), StochasticAdamW)
+    assert isinstance(adamw(one, moments="bf16"), StochasticAdamW)
     assert type(adamw(one)) is torch.optim.AdamW and adamw(one).defaults["fused"]
+    assert type(adamw(one, moments="fp32")) is torch.optim.AdamW
 
 
 def test_bf16_master_weights_with_fsdp_are_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="master_weights=bf16 with --fsdp"):
         TrainConfig(task="summarization", data="d.jsonl", out="o", master_weights="bf16", fsdp=True)
+    with pytest.raises(ConfigError, match="moments=bf16 with --fsdp"):
+        TrainConfig(task="summarization", data="d.jsonl", out="o", moments="bf16", fsdp=True)
 
 
 def _full_bf16(model, data, out, *extra):

@@ -110,6 +110,9 @@ class TrainConfig:
     master_weights: Literal["fp32", "bf16"] = (
         "fp32"  # the trained weights, gradients and AdamW moments: bf16 halves their memory (updates rounded stochastically; lost quality on dev rows: bench/results/defaults.md)
     )
+    moments: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # AdamW's moments; auto = as the master weights. bf16 with fp32 weights: 4 bytes a parameter less
+    )
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     report_to: str = "none"  # also log to trackers: trackio, mlflow (comma list), or none
     tracker_dir: str | None = (
@@ -283,6 +286,11 @@ _TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...
         "master_weights fsdp",
         lambda c: not (c.master_weights == "bf16" and c.fsdp),
         lambda c: "master_weights=bf16 with --fsdp: FSDP keeps fp32 shards; drop one of them",
+    ),
+    (
+        "moments fsdp",
+        lambda c: not (c.moments == "bf16" and c.fsdp),
+        lambda c: "moments=bf16 with --fsdp: FSDP's optimizer keeps fp32 shards; drop one of them",
     ),
     (
         "warmup_ratio",

@@ -5,8 +5,8 @@ Why bf16 weights need stochastic rounding: bf16 keeps 8 bits of mantissa, so an 
 than about 1/256 of a weight rounds back to the weight itself and is lost (at lr 1e-4 most
 are). Rounding up with the probability of the remainder keeps every update in expectation
 (Zamirai et al., "Revisiting BFloat16 Training", 2020; torchao's `_AdamW(bf16_stochastic_round)`
-does the same). The moments are kept in bf16 rounded to nearest, as torchao does; all the
-arithmetic is fp32. torchao's optimizer compiles one kernel per tensor shape (12 s on the first
+does the same). The moments are kept in bf16 too: the first rounded to nearest (as torchao
+does), the second stochastically (see `StochasticAdamW`); all the arithmetic is fp32. torchao's optimizer compiles one kernel per tensor shape (12 s on the first
 step here) and then takes 0.9 s a step for SmolLM2-135M on 2 cores; this one runs eagerly in
 blocks that stay in cache, and draws its random bits from a counter hash instead of torch's
 sequential generator (0.58 s for 135M numbers): 0.3 s a step (bench/results/memory.md).
@@ -26,21 +26,36 @@ import torch
 
 BLOCK = 1 << 18  # elements per block: a block's fp32 temporaries (1 MiB each) stay in cache
 _MASK64 = (1 << 64) - 1
+_V_KEY = 0x5BD1E995  # exp_avg_sq's rounding draws other bits than the weights'
+_TABLE_KEY = 0x2545F4914F6CDD1D  # random_bits' table: a constant, so runs and resumes agree
+_TABLES: dict = {}  # device -> that table
 
 
-def weights_line(master: str) -> str:
+def moments_dtype(master: str, moments: str) -> torch.dtype:
+    """AdamW's moments' dtype: `moments` as asked; "auto" keeps them in the weights' dtype."""
+    if moments == "auto":
+        moments = master
+    return torch.bfloat16 if moments == "bf16" else torch.float32
+
+
+def weights_line(master: str, moments: str = "auto") -> str:
     """What a run keeps in which precision, for training's log and `plan`."""
     if master == "bf16":
         return "weights, gradients and AdamW moments in bf16 (updates rounded stochastically)"
+    if moments_dtype(master, moments) == torch.bfloat16:
+        return "master weights fp32, AdamW moments bf16 (the second rounded stochastically)"
     return "master weights and optimizer in fp32"
 
 
-def adamw(params: list, *, master: str = "fp32", seed: int = 0, **kw) -> torch.optim.Optimizer:
-    """AdamW for `params`: master "bf16" → `StochasticAdamW` (bf16 weights rounded
-    stochastically); else torch's, fused where torch has the kernel (CPU and CUDA): one pass
-    over each tensor instead of a dozen, about 4x faster steps on a CPU."""
-    if master == "bf16":
-        return StochasticAdamW(params, seed=seed, **kw)
+def adamw(
+    params: list, *, master: str = "fp32", moments: str = "auto", seed: int = 0, **kw
+) -> torch.optim.Optimizer:
+    """AdamW for `params`: bf16 master weights or bf16 moments → `StochasticAdamW`; else
+    torch's, fused where torch has the kernel (CPU and CUDA): one pass over each tensor instead
+    of a dozen, about 4x faster steps on a CPU."""
+    state = moments_dtype(master, moments)
+    if master == "bf16" or state == torch.bfloat16:
+        return StochasticAdamW(params, seed=seed, moments=state, **kw)
     try:
         return torch.optim.AdamW(params, fused=True, **kw)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
@@ -61,6 +76,19 @@ def _signed32(x: int) -> int:
 
 
 def random_bits(n: int, key: int, device=None) -> torch.Tensor:
+    """n uniform 16-bit integers (int32) for a 64-bit key. Up to BLOCK of them (a block of the
+    optimizer): a fixed table of hashed bits XOR the key's own 16 hashed bits — one pass, where
+    hashing every position costs eight; at each position the bits are a bijection of the key's,
+    so they are uniform and independent from one key (step) to the next. More: `hashed_bits`."""
+    if n > BLOCK:
+        return hashed_bits(n, key, device)
+    table = _TABLES.get(device)
+    if table is None:
+        table = _TABLES.setdefault(device, hashed_bits(BLOCK, _TABLE_KEY, device))
+    return table[:n].bitwise_xor(_mix(key) & 0xFFFF)
+
+
+def hashed_bits(n: int, key: int, device=None) -> torch.Tensor:
     """n uniform 16-bit integers (int32) for a 64-bit key: murmur3's 32-bit finaliser over
     position + key, computed elementwise (parallel, unlike a sequential generator)."""
     h = torch.arange(n, dtype=torch.int32, device=device).add_(_signed32(key))
@@ -80,15 +108,29 @@ def round_to_bf16(x: torch.Tensor, key: int) -> torch.Tensor:
 
 class StochasticAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, bias-corrected moments) for bf16 parameters, whose
-    updates are rounded stochastically; fp32 parameters (e.g. LoRA adapters kept in fp32) are
-    updated in fp32. State: step, exp_avg and exp_avg_sq (in the parameter's dtype)."""
+    updates are rounded stochastically; fp32 parameters (fp32 master weights, LoRA adapters)
+    are updated in fp32. State: step, exp_avg and exp_avg_sq, in `moments` (None: the
+    parameter's dtype).
+
+    bf16 moments: exp_avg moves by (1 - beta1) = 10 % of itself a step, far above bf16's
+    resolution, and is rounded to nearest; exp_avg_sq moves by 0.1 % (beta2 = 0.999), below
+    it — rounded to nearest it could never decay — so it is rounded stochastically."""
 
     def __init__(
-        self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, seed: int = 0
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        *,
+        seed: int = 0,
+        moments: torch.dtype | None = None,
     ):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.seed = seed
+        self.moments = moments
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -105,8 +147,9 @@ class StochasticAdamW(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    dtype = self.moments or p.dtype
+                    state["exp_avg"] = torch.zeros_like(p, dtype=dtype)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype)
                 state["step"] += 1
                 t = int(state["step"])
                 key = _mix((self.seed << 40) ^ (index << 24) ^ t)
@@ -127,10 +170,14 @@ class StochasticAdamW(torch.optim.Optimizer):
             m32 = m.float().lerp_(g32, 1 - beta1)
             v32 = v.float().mul_(beta2).addcmul_(g32, g32, value=1 - beta2)
             m.copy_(m32)
-            v.copy_(v32)
+            denom = v32.sqrt().div_(root_bc2).add_(group["eps"])
+            if v.dtype == torch.bfloat16:  # (after denom: rounding overwrites v32's bits)
+                v.copy_(round_to_bf16(v32, _mix(key + block) ^ _V_KEY))
+            else:
+                v.copy_(v32)
             w32 = w.float().mul_(decay) if decay != 1 else w.float()
-            w32.addcdiv_(m32, v32.sqrt().div_(root_bc2).add_(group["eps"]), value=-step_size)
+            w32.addcdiv_(m32, denom, value=-step_size)
             if w.dtype == torch.bfloat16:
                 w.copy_(round_to_bf16(w32, _mix(key + block)))
-            else:
+            elif w32.data_ptr() != w.data_ptr():
                 w.copy_(w32)

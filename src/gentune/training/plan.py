@@ -195,7 +195,9 @@ def _training_lines(prep) -> list[str]:
         f"x {cfg.batch // cfg.micro} accumulation), peak lr {cfg.peak_lr:g}"
     )
     precision, reason = resolve_precision(cfg.precision)
-    lines.append(f"precision: {precision} ({reason}); {weights_line(cfg.master_weights)}")
+    lines.append(
+        f"precision: {precision} ({reason}); {weights_line(cfg.master_weights, cfg.moments)}"
+    )
     lines += [f"chosen: {choice.line()}" for choice in prep.choices]
     return lines
 

@@ -65,7 +65,7 @@ def choose_layout(
             tokens=memory.probe_start(cfg, prep.train_ex),
             pad_id=source_pad_id(prep.tokenizer),
             autocast=autocast,
-            pending_mb=memory.optimizer_state_mb(prep.n_trainable, cfg.master_weights)
+            pending_mb=memory.optimizer_state_mb(prep.n_trainable, cfg.master_weights, cfg.moments)
             if first_step
             else 0.0,
             log=log,

@@ -214,7 +214,9 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     prep = prepare(cfg, log=log, world=world)
     given, cfg = cfg, prep.cfg  # the user's settings; and with the automatic ones decided
     _check_world(cfg.micro, world)
-    log(f"gentune: precision {precision} ({reason}); {weights_line(cfg.master_weights)}")
+    log(
+        f"gentune: precision {precision} ({reason}); {weights_line(cfg.master_weights, cfg.moments)}"
+    )
     if main:
         out.mkdir(parents=True, exist_ok=True)
         # not complete until the end: nothing loads an older model from here meanwhile
@@ -272,6 +274,7 @@ def _optimizer(cfg: TrainConfig, model, total_steps: int):
     optimizer = adamw(
         trainable,
         master=cfg.master_weights,
+        moments=cfg.moments,
         seed=cfg.seed,
         lr=cfg.peak_lr,
         weight_decay=cfg.weight_decay,
