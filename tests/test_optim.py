@@ -153,3 +153,30 @@ def test_a_bf16_run_trains_saves_bf16_and_resumes_bit_for_bit(tiny_llama, tmp_pa
     assert _curve(run) == curve
     resumed = load_file(run / "model" / "model.safetensors")
     assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+
+@pytest.mark.slow
+def test_a_default_full_run_on_a_cpu_keeps_bf16_moments_and_resumes_bit_for_bit(
+    tiny_llama, tmp_path
+):
+    """The default (recipe.choose_moments): fp32 weights, AdamW's moments in bf16 — in the
+    checkpoint too — and a run killed mid-way resumes to the uninterrupted one's weights."""
+    data = _data(tmp_path)
+    full = ("--method", "full")
+    code, out = _run(_args(tiny_llama, data, tmp_path / "ref", *full))
+    assert code == 0 and "master weights fp32, AdamW moments bf16" in out, out
+    shards = {}
+    for file in sorted((tmp_path / "ref" / "checkpoints").glob("step-*/shards/*.safetensors")):
+        shards |= load_file(file)
+    moments = {k: v.dtype for k, v in shards.items() if k.endswith(("exp_avg", "exp_avg_sq"))}
+    weights = {v.dtype for k, v in shards.items() if k.startswith("model.")}
+    assert moments and set(moments.values()) == {torch.bfloat16} and weights == {torch.float32}
+    run = tmp_path / "run"
+    code, out = _run(_args(tiny_llama, data, run, *full), {"GENTUNE_FAULT": "kill-after:17"})
+    assert code == -signal.SIGKILL, out
+    code, out = _run(_args(tiny_llama, data, run, *full, "--resume"))
+    assert code == 0 and "resumed from" in out, out
+    assert _curve(run) == _curve(tmp_path / "ref")
+    ref = load_file(tmp_path / "ref" / "model" / "model.safetensors")
+    resumed = load_file(run / "model" / "model.safetensors")
+    assert all(torch.equal(ref[k], resumed[k]) for k in ref)

@@ -96,7 +96,15 @@ def test_the_task_metric_picks_the_checkpoint_only_when_there_is_a_choice():
 
 
 def test_settings_the_user_gave_are_kept_and_not_reported_as_choices():
-    given = _cfg(method="lora", lr=3e-4, epochs=2.0, metric="bleu", eval_generate=4, batch_size=8)
+    given = _cfg(
+        method="lora",
+        lr=3e-4,
+        epochs=2.0,
+        metric="bleu",
+        eval_generate=4,
+        batch_size=8,
+        moments="fp32",
+    )
     cfg, choices = _resolve(given, n_params=10_000)
     assert (cfg.method, cfg.lr, cfg.epochs, cfg.metric, cfg.eval_generate) == (
         "lora",
@@ -127,7 +135,13 @@ def test_a_run_with_defaults_records_its_choices_and_resumes_from_its_own_config
     stats = json.loads((run / "manifest.json").read_text())["stats"]
     chosen = {c["setting"]: c["value"] for c in stats["choices"]}
     # 18 rows = 5 steps of 4: 2 epochs; two validations, so ROUGE-L picks the checkpoint
-    assert chosen == {"method": "full", "lr": 1e-4, "epochs": 2.0, "metric": "rougeL"}
+    assert chosen == {
+        "method": "full",
+        "moments": "bf16",
+        "lr": 1e-4,
+        "epochs": 2.0,
+        "metric": "rougeL",
+    }
     assert any(line.startswith("gentune: method full (") for line in lines)
     assert "rougeL" in stats["best_metric"]
     saved = json.loads((run / "train_config.json").read_text())
@@ -145,3 +159,28 @@ def test_plan_prints_the_choices(tiny_llama, tmp_path):
     assert "chosen: method full (" in text
     assert "chosen: epochs 2 (" in text and "chosen: metric rougeL (" in text
     assert "method full" in text.splitlines()[0]
+
+
+def test_adamw_moments_are_bf16_for_full_fine_tuning_on_a_cpu_and_fp32_elsewhere():
+    cfg, choices = _resolve(_cfg())
+    assert cfg.moments == "bf16" and "full fine-tuning on a CPU: 515 MiB less" in _why(
+        choices, "moments"
+    )
+    lora, choices = _resolve(_cfg(), n_params=3_000_000_000)
+    assert lora.moments == "fp32" and "LoRA" in _why(choices, "moments")
+    sharded, choices = _resolve(_cfg(fsdp=True))
+    assert sharded.moments == "fp32" and "--fsdp" in _why(choices, "moments")
+    gpu, choices = recipe.resolve(
+        _cfg(),
+        n_params=135_000_000,
+        n_rows=90,
+        median_target=100.0,
+        available_mb=16_000.0,
+        has_references=True,
+        gpu=True,
+    )
+    assert gpu.moments == "fp32" and "on a GPU" in _why(choices, "moments")
+    given, choices = _resolve(_cfg(moments="fp32"))  # a user's setting is kept, not chosen
+    assert given.moments == "fp32" and all(c.setting != "moments" for c in choices)
+    bf16, _ = _resolve(_cfg(master_weights="bf16"))
+    assert bf16.moments == "bf16"

@@ -132,6 +132,17 @@ class StochasticAdamW(torch.optim.Optimizer):
         self.seed = seed
         self.moments = moments
 
+    def load_state_dict(self, state_dict) -> None:
+        """torch's loader casts the moments to their parameter's dtype (fp32 master weights:
+        fp32); they go back to this optimizer's (bf16 → fp32 → bf16 is exact), or a resumed
+        run would keep fp32 moments and part from the uninterrupted one."""
+        super().load_state_dict(state_dict)
+        if self.moments is not None:
+            for state in self.state.values():
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state:
+                        state[key] = state[key].to(self.moments)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None

@@ -259,6 +259,7 @@ def prepare(cfg: TrainConfig, *, log=print, world: int = 1) -> Prepared:
         available_mb=memory.available_memory_mb(),
         has_references=has_references,
         world=world,
+        gpu=torch.cuda.is_available(),
     )
     for choice in choices:
         log(f"gentune: {choice.line()}")
