@@ -1,5 +1,7 @@
-"""The optimizer: AdamW over fp32 master weights (torch's fused kernel), or over bf16 weights
-with stochastically rounded updates — half the memory of weights, gradients and moments.
+"""The optimizer: AdamW over fp32 master weights (torch's fused kernel, or `StochasticAdamW`
+with its moments in bf16: the default for full fine-tuning on a CPU, recipe.choose_moments),
+or over bf16 weights with stochastically rounded updates — half the memory of weights,
+gradients and moments.
 
 Why bf16 weights need stochastic rounding: bf16 keeps 8 bits of mantissa, so an update smaller
 than about 1/256 of a weight rounds back to the weight itself and is lost (at lr 1e-4 most

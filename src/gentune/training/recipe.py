@@ -1,5 +1,6 @@
-"""Training defaults from the model and the data: the method, the learning rate, the number of
-epochs, and the metric that picks the checkpoint kept.
+"""Training defaults from the model and the data: the method, AdamW's moments' precision, the
+batch size, the learning rate, the number of epochs, and the metric that picks the checkpoint
+kept.
 
 Each setting left at `auto` (or unset) is chosen here, with its reason; `train` and `plan`
 print the reasons and the manifest records them. A setting the user gives is never changed.
