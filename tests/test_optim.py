@@ -2,6 +2,7 @@
 keeps updates that plain bf16 AdamW loses, is deterministic and resumes exactly; a bf16 run
 learns as fast as fp32's, saves bf16 weights and resumes bit for bit."""
 
+import json
 import signal
 
 import pytest
@@ -180,3 +181,29 @@ def test_a_default_full_run_on_a_cpu_keeps_bf16_moments_and_resumes_bit_for_bit(
     ref = load_file(tmp_path / "ref" / "model" / "model.safetensors")
     resumed = load_file(run / "model" / "model.safetensors")
     assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+def test_a_resume_in_other_moments_is_warned_about_and_old_checkpoints_read_as_their_weights(
+    tmp_path,
+):
+    """`--moments auto` may decide otherwise on another machine (a GPU) or version: the resume
+    says so, as for precision; a checkpoint written before moments were recorded had them as
+    its master weights (fp32: AdamW's own)."""
+    from gentune import checkpoint
+    from gentune.training.train import _state
+
+    lines: list[str] = []
+    cfg = TrainConfig(task="summarization", data="d.jsonl", out="o", moments="bf16")
+    cases = (({"moments": "bf16"}, False), ({"moments": "fp32"}, True), ({}, True))
+    for i, (saved, warned) in enumerate(cases):
+        ckpt = tmp_path / f"step-{i}"
+        ckpt.mkdir()
+        (ckpt / "state.json").write_text(json.dumps({"step": 3, "precision": "bf16", **saved}))
+        lines.clear()
+        state = _state(ckpt, {}, "bf16", cfg, lines.append)
+        assert state.moments == "bf16" and state.step == 3
+        assert bool(lines) == warned, (saved, lines)
+        if warned:
+            assert "give --moments fp32 to keep them" in lines[0]
+    new = _state(None, {}, "bf16", cfg, lines.append)
+    assert new.moments == "bf16" and isinstance(new, checkpoint.State)

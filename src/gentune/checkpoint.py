@@ -382,6 +382,7 @@ class State:
     stopped_early: bool = False
     data_sha256: dict = field(default_factory=dict)  # the data trained on, checked on resume
     precision: str | None = None  # fp32 | bf16 | fp16: exact resume holds within one
+    moments: str | None = None  # AdamW's moments, fp32 | bf16 (None: before they were recorded)
     layout: dict | None = None  # micro-batch and checkpointing chosen for --memory-budget
     samples: list[dict] = field(default_factory=list)  # outputs at each validation (samples.py)
 

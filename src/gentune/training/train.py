@@ -167,11 +167,15 @@ def _accelerator(precision: str, process_group):
     )
 
 
-def _state(resume_from: Path | None, fingerprints: dict, precision: str, log) -> checkpoint.State:
+def _state(
+    resume_from: Path | None, fingerprints: dict, precision: str, cfg: TrainConfig, log
+) -> checkpoint.State:
     """A new run's state, or the checkpoint's on resume: its data must be the same files, its
-    precision is the one this run continues in (a change is warned about)."""
+    precision and AdamW moments are the ones this run continues in (a change is warned about:
+    `auto` may decide otherwise on another machine or version)."""
+    moments = str(cfg.moments)  # (decided by now)
     if not resume_from:
-        return checkpoint.State(data_sha256=fingerprints, precision=precision)
+        return checkpoint.State(data_sha256=fingerprints, precision=precision, moments=moments)
     state = checkpoint.State(**checkpoint.read_state(resume_from))
     changed = sorted(k for k, sha in fingerprints.items() if state.data_sha256.get(k, sha) != sha)
     if changed:
@@ -187,6 +191,15 @@ def _state(resume_from: Path | None, fingerprints: dict, precision: str, log) ->
             f"--precision {state.precision} to keep it)"
         )
         state.precision = precision
+    if state.moments is None:  # a checkpoint from before they were recorded: as the weights
+        state.moments = cfg.master_weights  # (which a resume cannot change)
+    if state.moments != moments:
+        log(
+            f"gentune: warning: the run's AdamW moments were {state.moments} and continue in "
+            f"{moments}: the rest will differ from an uninterrupted run (give --moments "
+            f"{state.moments} to keep them)"
+        )
+        state.moments = moments
     return state
 
 
@@ -226,7 +239,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
             write_records(out / "heldout.jsonl", prep.val_records)
 
     total_steps = schedule.total_steps(cfg, len(prep.train_ex))
-    state = _state(resume_from, prep.fingerprints, precision, log)
+    state = _state(resume_from, prep.fingerprints, precision, cfg, log)
     prep.model.to(accelerator.device)  # before the memory probe, which measures the device's
     micro_tokens = fit_memory(cfg, prep, state, accelerator, log)
     if cfg.fsdp:
