@@ -8,15 +8,17 @@ than about 1/256 of a weight rounds back to the weight itself and is lost (at lr
 are). Rounding up with the probability of the remainder keeps every update in expectation
 (Zamirai et al., "Revisiting BFloat16 Training", 2020; torchao's `_AdamW(bf16_stochastic_round)`
 does the same). The moments are kept in bf16 too: the first rounded to nearest (as torchao
-does), the second stochastically (see `StochasticAdamW`); all the arithmetic is fp32. torchao's optimizer compiles one kernel per tensor shape (12 s on the first
-step here) and then takes 0.9 s a step for SmolLM2-135M on 2 cores; this one runs eagerly in
-blocks that stay in cache, and draws its random bits from a counter hash instead of torch's
-sequential generator (0.58 s for 135M numbers): 0.3 s a step (bench/results/memory.md).
+does), the second stochastically (see `StochasticAdamW`); all the arithmetic is fp32.
+torchao's optimizer compiles one kernel per tensor shape (12 s on the first step here) and then
+takes 0.9 s a step for SmolLM2-135M on 2 cores; this one runs eagerly in blocks that stay in
+cache and draws its random bits from a hashed table XOR a per-block key instead of torch's
+sequential generator (0.58 s for 135M numbers): 0.39 s a step with bf16 weights, 0.26 s with
+fp32 weights and bf16 moments, against 0.08 s for torch's fused fp32 AdamW.
 
 The random bits are a function of (seed, tensor, step, position), so a resumed run rounds
 exactly as an uninterrupted one, with no generator state to save.
 
-Not the default (`--master-weights bf16` asks for it): the peak RSS falls 30 % on ACLSum titles,
+bf16 weights are not the default (`--master-weights bf16` asks for them): the peak RSS falls 30 % on ACLSum titles,
 but quality fell on the dev rows (de-en BLEU -1.27), because the whole model then runs in bf16
 — residual stream, norms, gradients; exact (Kahan-compensated) updates scored the same as
 stochastic ones (bench/results/defaults.md).
