@@ -60,6 +60,10 @@ def _args(model, data, out, *extra, method="lora"):
         # autocast rounds differently for micro-batches of other shapes
         "--precision",
         "fp32",
+        # and of one optimizer: FSDP's keeps fp32 moments, where --moments auto would keep a
+        # one-process full run's in bf16 (recipe.choose_moments)
+        "--moments",
+        "fp32",
         *extra,
     ]
 

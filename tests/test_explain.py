@@ -102,8 +102,10 @@ def test_a_fixed_first_word_is_the_shifted_position_and_the_top_gain(trained_run
     base, _ = export(trained_run, tmp_path / "base")
     rows = [{"input": r["input"], "output": "Indeed " + r["output"]} for r in PAIRS] * 4
     data = write_jsonl(tmp_path / "d.jsonl", rows)
+    # (fp32 moments, as trained_run's: which piece of "Indeed" gains most hangs on the exact
+    # weights at this tiny model's lr 5e-3; with bf16 moments it was its last piece, "d")
     cfg = tiny_cfg(str(base), data, tmp_path / "run", method="full", max_steps=150, lr=5e-3,
-                   batch_size=4, eval_generate=0)  # fmt: skip
+                   batch_size=4, eval_generate=0, moments="fp32")  # fmt: skip
     run = train(cfg, log=_quiet)
     held = write_jsonl(tmp_path / "held.jsonl", HELD)
     r = _explain(run, held, tmp_path / "x", bootstrap=100)
