@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from gentune.errors import TrainingError
+from gentune.training.optim import moments_dtype
 
 
 def peak_memory_mb() -> float:
@@ -138,8 +139,7 @@ def candidate_layouts(tokens: int, checkpointing: bool, longest: int) -> list[La
 def optimizer_state_mb(trainable: int, master: str = "fp32", moments: str = "auto") -> float:
     """AdamW's two moments (fp32, or bf16: asked, or with bf16 master weights), allocated at
     the first step (not there during a probe)."""
-    bf16 = moments == "bf16" or (moments == "auto" and master == "bf16")
-    return trainable * (4 if bf16 else 8) / 2**20
+    return trainable * 2 * moments_dtype(master, moments).itemsize / 2**20
 
 
 def fit_layout(measure, layouts: list[Layout], budget_mb: float, extra_mb: float, log) -> Layout:
