@@ -44,7 +44,13 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "tokens-2048": (["--micro-batch-tokens", "2048"], {}),
     "tokens-512": (["--micro-batch-tokens", "512"], {}),
     "mmap-threshold": ([], {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}),
+    "arena-1": ([], {"MALLOC_ARENA_MAX": "1"}),
     "arena-2": ([], {"MALLOC_ARENA_MAX": "2"}),
+    "mmap-threshold-2m": ([], {"MALLOC_MMAP_THRESHOLD_": str(2 << 20)}),
+    "arena-1-mmap-threshold-2m": (
+        [],
+        {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(2 << 20)},
+    ),
     # torch's CPU allocator asks for transparent huge pages for tensors of >= 2 MiB
     "thp": ([], {"THP_MEM_ALLOC_ENABLE": "1"}),
     "mmap-threshold-thp": (
@@ -56,6 +62,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     # oneDNN's own default, before memory.ONEDNN_PRIMITIVE_CACHE bounded it
     "kernel-cache-1024": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}),
     "kernel-cache-128": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128"}),
+    "kernel-cache-16": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"}),
 }
 
 

@@ -696,9 +696,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*better way to train encoder-decoder models.*")
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    from gentune.training.memory import bound_kernel_cache
+    from gentune.training.memory import bound_heap, bound_kernel_cache
 
     bound_kernel_cache()  # before any command's first matmul (serve and generate too)
+    bound_heap()  # before any model is loaded
     parser = build_parser()
     try:
         args, unknown = parser.parse_known_args(argv)

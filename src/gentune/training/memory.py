@@ -78,6 +78,43 @@ def bound_kernel_cache() -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE))
 
 
+# glibc serves a block above its mmap threshold with a mapping of its own, given back to the OS
+# when freed; the threshold starts at 128 KiB and rises to the size of each larger block freed
+# (up to 32 MiB), so after the first steps activations come from the heap, and the process
+# keeps, fragmented, what its longest micro-batches took. Fixed at 2 MiB: -127 MiB on de-en,
+# -177 MiB on aclsum-title at the same speed a step (1 MiB: -338 MiB, +10 % a step: every
+# tensor of 1-2 MiB is then faulted in anew; bench/results/memory.md).
+HEAP_MMAP_THRESHOLD = 2 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
+
+
+def bound_heap() -> bool:
+    """Fix glibc's mmap threshold at HEAP_MMAP_THRESHOLD on a CPU, unless the user set it
+    (MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES); True where it was set. It applies to blocks
+    allocated from then on: call this before the model is loaded."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in tunables:
+        return False
+    if torch.cuda.is_available():  # (measured on CPU training only)
+        return False
+    libc = _libc()
+    try:
+        return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD))
+    except AttributeError:  # a C library without mallopt (macOS)
+        return False
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
 def default_micro_batch_tokens() -> int | None:
     """Padded tokens per forward pass when --micro-batch-tokens is not given: on a CPU a
     micro-batch of about 1k tokens is as fast per token as any (caches) and bounds the
@@ -161,16 +198,14 @@ def fit_layout(measure, layouts: list[Layout], budget_mb: float, extra_mb: float
 def _release_freed() -> None:
     """Give freed heap pages back to the OS (glibc), so the next peak is measured from what is
     really held."""
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if name and not torch.cuda.is_available():
+    libc = _libc()
+    if libc and not torch.cuda.is_available():
         try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):
+            libc.malloc_trim(0)
+        except AttributeError:
             pass
 
 

@@ -27,6 +27,7 @@ stochastic ones (bench/results/defaults.md).
 from __future__ import annotations
 
 import torch
+from torch.optim.adamw import adamw as _torch_adamw
 
 BLOCK = 1 << 18  # elements per block: a block's fp32 temporaries (1 MiB each) stay in cache
 _MASK64 = (1 << 64) - 1
@@ -102,12 +103,13 @@ def hashed_bits(n: int, key: int, device=None) -> torch.Tensor:
     return h.bitwise_xor_((h >> 16).bitwise_and_(0xFFFF)).bitwise_and_(0xFFFF)
 
 
-def round_to_bf16(x: torch.Tensor, key: int) -> torch.Tensor:
+def round_to_bf16(x: torch.Tensor, key: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """x (fp32) rounded to bf16 stochastically: up with the probability of the dropped low 16
-    bits' share, so E[result] = x. Modifies x's bits in place."""
+    bits' share, so E[result] = x; into `out` where given. Modifies x's bits in place."""
     bits = x.view(torch.int32)
     bits.add_(random_bits(bits.numel(), key, x.device).view(bits.shape))
-    return bits.bitwise_and_(-65536).view(torch.float32).bfloat16()  # exact: low bits are 0
+    rounded = bits.bitwise_and_(-65536).view(torch.float32)  # exact in bf16: low bits are 0
+    return rounded.bfloat16() if out is None else out.copy_(rounded)
 
 
 class StochasticAdamW(torch.optim.Optimizer):
@@ -175,24 +177,39 @@ class StochasticAdamW(torch.optim.Optimizer):
     def _update(p, grad, exp_avg, exp_avg_sq, t: int, key: int, group: dict) -> None:
         lr = float(group["lr"])
         beta1, beta2 = group["betas"]
-        decay = 1 - lr * group["weight_decay"]
-        step_size = lr / (1 - beta1**t)
-        root_bc2 = (1 - beta2**t) ** 0.5
+        fused = p.dtype == torch.float32 and grad.dtype == torch.float32
+        count = torch.tensor(float(t - 1))  # torch's fused step counts it up to t
         flat = [x.view(-1) for x in (p, grad, exp_avg, exp_avg_sq)]
         for block, start in enumerate(range(0, p.numel(), BLOCK)):
             w, g, m, v = (x[start : start + BLOCK] for x in flat)
-            g32 = g.float()
-            m32 = m.float().lerp_(g32, 1 - beta1)
-            v32 = v.float().mul_(beta2).addcmul_(g32, g32, value=1 - beta2)
-            m.copy_(m32)
-            denom = v32.sqrt().div_(root_bc2).add_(group["eps"])
-            if v.dtype == torch.bfloat16:  # (after denom: rounding overwrites v32's bits)
-                v.copy_(round_to_bf16(v32, _mix(key + block) ^ _V_KEY))
+            m32, v32 = m.float(), v.float()  # (the moments themselves where they are fp32)
+            if fused:  # fp32 weights: torch's fused AdamW on the block, one pass
+                count.fill_(t - 1)
+                _torch_adamw(
+                    [w], [g], [m32], [v32], [], [count], fused=True, amsgrad=False,
+                    beta1=beta1, beta2=beta2, lr=lr, weight_decay=group["weight_decay"],
+                    eps=group["eps"], maximize=False,
+                )  # fmt: skip
             else:
+                _bf16_weights_block(w, g, m32, v32, t, _mix(key + block), group)
+            if m32.data_ptr() != m.data_ptr():
+                m.copy_(m32)  # rounded to nearest
+            if v.dtype == torch.bfloat16:
+                round_to_bf16(v32, _mix(key + block) ^ _V_KEY, out=v)
+            elif v32.data_ptr() != v.data_ptr():
                 v.copy_(v32)
-            w32 = w.float().mul_(decay) if decay != 1 else w.float()
-            w32.addcdiv_(m32, denom, value=-step_size)
-            if w.dtype == torch.bfloat16:
-                w.copy_(round_to_bf16(w32, _mix(key + block)))
-            elif w32.data_ptr() != w.data_ptr():
-                w.copy_(w32)
+
+
+def _bf16_weights_block(w, g, m32, v32, t: int, key: int, group: dict) -> None:
+    """AdamW on a block of bf16 weights in fp32 arithmetic (m32, v32 updated in place), the
+    new weights rounded stochastically into w."""
+    beta1, beta2 = group["betas"]
+    lr = float(group["lr"])
+    g32 = g.float()
+    m32.lerp_(g32, 1 - beta1)
+    v32.mul_(beta2).addcmul_(g32, g32, value=1 - beta2)
+    denom = v32.sqrt().div_((1 - beta2**t) ** 0.5).add_(group["eps"])
+    decay = 1 - lr * group["weight_decay"]
+    w32 = w.float().mul_(decay) if decay != 1 else w.float()
+    w32.addcdiv_(m32, denom, value=-lr / (1 - beta1**t))
+    round_to_bf16(w32, key, out=w)

@@ -212,6 +212,7 @@ def setup(cfg: TrainConfig, *, log=print) -> Session:
     """Everything before the first step: the run directory checked, the accelerator, data and
     model, optimizer, schedule, and the state (restored from a checkpoint on --resume)."""
     memory.bound_kernel_cache()  # before the first matmul
+    memory.bound_heap()  # before the model is loaded
     out = Path(cfg.out)
     cfg = distributed.launcher_settings(cfg)
     precision, reason = resolve_precision(cfg.precision)
