@@ -13,7 +13,7 @@ from gentune.data.encode import collate, collate_packed, encode_dataset, pack_ex
 from gentune.data.tasks import build_template, get_task
 from gentune.errors import TrainingError
 from gentune.inference.load import load_for_inference
-from gentune.models.load import load_model, wrap_lora
+from gentune.models.load import load_model, resolve_precision, wrap_lora
 from gentune.models.loss import TargetLoss
 from gentune.rundir import read_log
 from gentune.training.train import accumulate_gradients, train
@@ -383,3 +383,28 @@ def test_the_accumulation_check_fails_when_nothing_gets_a_gradient(tiny_llama):
     model.get_output_embeddings().weight.register_hook(lambda g: torch.zeros_like(g))
     with pytest.raises(AssertionError):
         assert_accumulation_matches(model, list(exs), tok.pad_token_id)
+
+
+@pytest.mark.skipif(
+    resolve_precision("auto")[0] != "bf16", reason="needs a CPU (or GPU) with native bf16"
+)
+def test_the_validation_loss_is_computed_in_the_training_forwards_precision(
+    tiny_llama, tmp_path, monkeypatch
+):
+    """A bf16 run's validation forward runs under the same autocast as its training forward
+    (not in fp32 at a quarter of the speed): the validation and training losses compare."""
+    import gentune.models.loss as loss_mod
+
+    seen, original = [], loss_mod.token_nll
+
+    def spy(model, batch):
+        if not torch.is_grad_enabled():  # validation (training's forward records gradients)
+            seen.append(torch.is_autocast_enabled("cpu"))
+        return original(model, batch)
+
+    monkeypatch.setattr(loss_mod, "token_nll", spy)
+    cfg = tiny_cfg(
+        tiny_llama, _data(tmp_path), tmp_path / "r", precision="bf16", max_steps=2, eval_every=2
+    )
+    train(cfg, log=lambda *_: None)
+    assert seen and all(seen)

@@ -3,6 +3,8 @@ alike; corpus perplexity's sums."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
@@ -63,8 +65,11 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
 
 
 @torch.no_grad()
-def corpus_nll(model, examples, pad_id: int, batch_size: int) -> tuple[float, int]:
-    """(Σ nll, Σ target tokens) over examples, in length-sorted batches, in eval mode.
+def corpus_nll(
+    model, examples, pad_id: int, batch_size: int, autocast=nullcontext
+) -> tuple[float, int]:
+    """(Σ nll, Σ target tokens) over examples, in length-sorted batches, in eval mode, each
+    forward inside `autocast()` (training's validation: the training forward's precision).
     Perplexity is exp of their ratio — never a mean of per-batch means."""
 
     was_training = model.training
@@ -74,7 +79,8 @@ def corpus_nll(model, examples, pad_id: int, batch_size: int) -> tuple[float, in
     order = np.argsort(examples.lengths, kind="stable")
     for i in range(0, len(order), batch_size):
         batch = collate(examples.take(order[i : i + batch_size]), pad_id)
-        nll, n = token_nll(model, {k: v.to(device) for k, v in batch.items()})
+        with autocast():  # (a context per batch: its cast weights are freed after each)
+            nll, n = token_nll(model, {k: v.to(device) for k, v in batch.items()})
         total += float(nll)
         count += n
     model.train(was_training)

@@ -532,7 +532,9 @@ def loop(s: Session, started: float, on_validation: OnValidation | None = None) 
             end_of_epoch = state.next_batch >= len(batches)
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
             if due or state.step == s.total_steps:
-                value = validate(s.prep, state, row, world=s.world, log=s.log)
+                value = validate(
+                    s.prep, state, row, world=s.world, log=s.log, autocast=s.accelerator.autocast
+                )
                 run_log.samples(state.samples, state.step)
                 if on_validation and value is not None and on_validation(row, value):
                     state.stopped_early, stopped_by = True, "the sweep's pruner"

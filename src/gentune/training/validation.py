@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 
@@ -19,9 +20,14 @@ from gentune.training.prepare import Prepared
 from gentune.training.samples import generate_samples, sample_indices
 
 
-def evaluate_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, float]:
-    """(mean loss per target token, perplexity) = exp(Σ nll / Σ target tokens)."""
-    total, count = corpus_nll(model, examples, pad_id, batch_size)
+def evaluate_loss(
+    model, examples, pad_id: int, batch_size: int, autocast=nullcontext
+) -> tuple[float, float]:
+    """(mean loss per target token, perplexity) = exp(Σ nll / Σ target tokens), the forward in
+    `autocast()`: training's, so the validation loss is measured as the training loss is (bf16
+    on a CPU with it: 4x the fp32 matmul rate, -5 s of de-en's 7 s validation,
+    bench/results/memory.md)."""
+    total, count = corpus_nll(model, examples, pad_id, batch_size, autocast)
     loss = total / max(count, 1)
     return loss, math.exp(min(loss, 50.0))
 
@@ -59,10 +65,13 @@ def generation_metric(
     return corpus_metric(metric, outputs, refs), len(outputs)
 
 
-def validate(prep: Prepared, state: State, row: dict, *, world: int, log=print) -> float | None:
-    """Validation loss and perplexity into `row`, plus the task metric on the fixed generation
-    subset; updates the best value, the patience count and early stopping in `state`. Returns
-    the value the best checkpoint is chosen by (None: no validation rows)."""
+def validate(
+    prep: Prepared, state: State, row: dict, *, world: int, log=print, autocast=nullcontext
+) -> float | None:
+    """Validation loss (in training's `autocast`) and perplexity into `row`, plus the task
+    metric on the fixed generation subset (greedy, as `generate` decodes); updates the best
+    value, the patience count and early stopping in `state`. Returns the value the best
+    checkpoint is chosen by (None: no validation rows)."""
     from accelerate.utils import broadcast_object_list
 
     cfg = prep.cfg  # the run's settings, the automatic ones decided
@@ -70,7 +79,7 @@ def validate(prep: Prepared, state: State, row: dict, *, world: int, log=print) 
     if not prep.val_ex:
         return None
     row["val_loss"], row["val_perplexity"] = evaluate_loss(
-        prep.model, prep.val_ex, source_pad_id(prep.tokenizer), cfg.micro
+        prep.model, prep.val_ex, source_pad_id(prep.tokenizer), cfg.micro, autocast
     )
     value = row["val_loss"]
     metric = cfg.metric if cfg.metric != "val_loss" else get_task(cfg.task).validation_metric
