@@ -4,6 +4,8 @@ of held-out sets (bench/heldout.py), never on the `test` rows bench/vs_trl.py re
     .venv/bin/python bench/defaults.py [--sets aclsum-title de-en] \\
         --candidates "--method full --lr 1e-4 --epochs 1" "--method lora --epochs 3"
 
+A candidate may start with NAME=value words: the environment its training runs in.
+
 For each set and candidate: `gentune train` on the set's `train` rows (plus the candidate's
 flags; "" = gentune's defaults as they are), then `gentune evaluate` on its `dev` rows. Prints
 training seconds, peak RSS and the dev metrics, one table per set.
@@ -49,6 +51,16 @@ def _against_first(name: str, runs: list[Path], candidates: list[str]) -> list[s
     return lines
 
 
+def _env_and_flags(candidate: str) -> tuple[dict[str, str], list[str]]:
+    """A candidate's leading NAME=value words (its training's environment) and its flags."""
+    words = shlex.split(candidate)
+    env = {}
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    return env, words
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="+", default=["aclsum-title", "de-en"])
@@ -66,9 +78,10 @@ def main() -> None:
         ]
         for i, flags in enumerate(a.candidates):
             run = work / f"{name}-{i}"
+            env, argv = _env_and_flags(flags)
             side = _child(
                 "gentune", "--set", name, "--data", str(files["train"]), "--out", str(run),
-                *shlex.split(flags),
+                *argv, env=env,
             )  # fmt: skip
             subprocess.run(
                 [sys.executable, "-m", "gentune", "evaluate", str(run), "--data",

@@ -43,6 +43,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "checkpointing": (["--gradient-checkpointing"], {}),
     "tokens-2048": (["--micro-batch-tokens", "2048"], {}),
     "tokens-512": (["--micro-batch-tokens", "512"], {}),
+    "tokens-768": (["--micro-batch-tokens", "768"], {}),
     "mmap-threshold": ([], {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}),
     "arena-1": ([], {"MALLOC_ARENA_MAX": "1"}),
     "arena-2": ([], {"MALLOC_ARENA_MAX": "2"}),

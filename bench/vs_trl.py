@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -223,12 +224,13 @@ def side_gentune(args: list[str]) -> dict:
     }
 
 
-def _child(side: str, *args: str) -> dict:
+def _child(side: str, *args: str, env: dict[str, str] | None = None) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, f"_{side}", *args],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
