@@ -37,7 +37,7 @@ def test_plan_predicts_the_layout_steps_and_forward_passes_training_runs(
     tiny_llama, tmp_path, monkeypatch
 ):
     """plan's layout, optimizer steps and forward passes per epoch are training's own: rows
-    long enough that the default token cap (1024 on a CPU) cuts micro-batches of 16."""
+    long enough that the default token cap (768 on a CPU) cuts micro-batches of 16."""
     import re
 
     from gentune.models.loss import TargetLoss
@@ -64,7 +64,7 @@ def test_plan_predicts_the_layout_steps_and_forward_passes_training_runs(
         epochs=1,
         eval_every=1000,
     )
-    assert default_micro_batch_tokens() == 1024  # the CPU default is what is tested
+    assert default_micro_batch_tokens() == 768  # the CPU default is what is tested
     text = plan(cfg, measure=False)
     passes = int(re.search(r"(\d+) forward passes per epoch", text).group(1))
     steps = int(re.search(r"optimizer steps: (\d+)", text).group(1))

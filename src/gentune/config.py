@@ -55,7 +55,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
     batch_size: int | None = None  # examples per optimizer step; default: from the rows (8 or 4)
     micro_batch_size: int | None = None  # examples per forward pass; default = batch_size
-    micro_batch_tokens: int | None = None  # padded tokens per forward pass (CPU default 1024)
+    micro_batch_tokens: int | None = None  # padded tokens per forward pass (CPU default 768)
     lr: float | None = None  # peak learning rate; default 1e-3 for LoRA, 1e-4 for full
     warmup_ratio: float = 0.1  # share of steps with linear warmup
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup

@@ -60,8 +60,9 @@ def available_memory_mb() -> float | None:
 
 
 # padded tokens per forward pass on a CPU: 1024 peaked 1 GiB below 2048 at the same speed per
-# step (bench/results/memory.md; 2048 was chosen on speed alone, bench/train_throughput.py)
-CPU_MICRO_BATCH_TOKENS = 1024
+# step (2048 was chosen on speed alone, bench/train_throughput.py); 768 peaked 84 MiB below
+# 1024 on aclsum-title's whole run at the same time (bench/results/memory.md)
+CPU_MICRO_BATCH_TOKENS = 768
 
 
 # oneDNN (the CPU's bf16 matmul kernels) keeps a compiled primitive per operator shape, up to
@@ -117,7 +118,7 @@ def _libc():
 
 def default_micro_batch_tokens() -> int | None:
     """Padded tokens per forward pass when --micro-batch-tokens is not given: on a CPU a
-    micro-batch of about 1k tokens is as fast per token as any (caches) and bounds the
+    micro-batch of under 1k tokens is as fast per token as any (caches) and bounds the
     activations whatever the longest rows are; on a GPU, rows as given."""
     return None if torch.cuda.is_available() else CPU_MICRO_BATCH_TOKENS
 
