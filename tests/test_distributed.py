@@ -137,6 +137,27 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_llama, tmp_path):
     ]
 
 
+def test_ddp_with_bf16_moments_keeps_them_and_follows_one_process(tiny_llama, tmp_path):
+    """Several processes without --fsdp take `--moments auto`'s CPU choice, bf16 moments: each
+    replica rounds them with the same random bits (a function of seed, tensor, step and
+    position), so two processes keep bf16 moments in their checkpoint and follow the
+    one-process run to the rounding of their all-reduced gradients."""
+    data = _data(tmp_path, n=48)
+    _train([], tiny_llama, data, tmp_path / "one", "--moments", "bf16", method="full")
+    out = _train(TWO, tiny_llama, data, tmp_path / "two", "--moments", "bf16", method="full")
+    assert "AdamW moments bf16" in out
+    shards = {}
+    for f in (tmp_path / "two" / "checkpoints" / "step-00000008" / "shards").glob("*"):
+        shards |= load_file(f)
+    moments = {v.dtype for k, v in shards.items() if k.endswith(("exp_avg", "exp_avg_sq"))}
+    assert moments == {torch.bfloat16}
+    _same_curve(tmp_path / "one", tmp_path / "two", rel=1e-3)
+    wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-2, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def single(tiny_llama, tmp_path_factory):
     """{method: an uninterrupted 1-process run}, and the data."""

@@ -178,8 +178,10 @@ class StochasticAdamW(torch.optim.Optimizer):
     def _update(p, grad, exp_avg, exp_avg_sq, t: int, key: int, group: dict) -> None:
         lr = float(group["lr"])
         beta1, beta2 = group["betas"]
-        fused = p.dtype == torch.float32 and grad.dtype == torch.float32
-        count = torch.tensor(float(t - 1))  # torch's fused step counts it up to t
+        fused = (  # torch's fused kernel: CPU and CUDA
+            p.dtype == grad.dtype == torch.float32 and p.device.type in ("cpu", "cuda")
+        )
+        count = torch.tensor(float(t - 1), device=p.device)  # the fused step counts it up to t
         flat = [x.view(-1) for x in (p, grad, exp_avg, exp_avg_sq)]
         for block, start in enumerate(range(0, p.numel(), BLOCK)):
             w, g, m, v = (x[start : start + BLOCK] for x in flat)
