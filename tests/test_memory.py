@@ -167,6 +167,16 @@ def test_plan_shows_the_probe_and_the_layout_for_a_budget(tiny_llama, tmp_path, 
         assert "layout: --memory-budget 0.0: no layout fits" in text
 
 
+def _probe(code: str, mode: str, *, unset: str) -> str:
+    """The last line a probe script prints, run in a fresh process as `mode` ("torch": plain,
+    "gentune": with gentune's bound) without the user's setting `unset`."""
+    env = {k: v for k, v in os.environ.items() if k != unset}
+    out = subprocess.run(
+        [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
 _SHAPES_PROBE = """
 import re, sys, torch
 if sys.argv[1] == "gentune":
@@ -190,17 +200,9 @@ def test_the_kernel_cache_is_bounded_so_new_shapes_do_not_grow_memory():
     """oneDNN keeps a primitive per shape (1024 by default): 200 bf16 matmul shapes grow the
     process by hundreds of MiB; with gentune's bound it grows far less. (Training's memory grew
     with its steps this way: bench/results/memory.md.)"""
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
 
     def growth(mode: str) -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", _SHAPES_PROBE, mode],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return float(out.stdout.strip().splitlines()[-1])
+        return float(_probe(_SHAPES_PROBE, mode, unset="ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
 
     unbounded, bounded = growth("torch"), growth("gentune")
     assert bounded < unbounded - 150, (unbounded, bounded)
@@ -243,17 +245,9 @@ def test_large_tensors_keep_their_own_mappings_so_freed_activations_go_back():
     """Without the bound glibc serves a 3 MiB tensor freed once from its heap after that (kept
     by the process when freed, fragmented); with it every block above 2 MiB is a mapping of its
     own, given back when freed (bench/results/memory.md: -127 to -177 MiB at the peak)."""
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
 
     def mapped(mode: str) -> int:
-        out = subprocess.run(
-            [sys.executable, "-c", _HEAP_PROBE, mode],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return int(out.stdout.strip().splitlines()[-1])
+        return int(_probe(_HEAP_PROBE, mode, unset="MALLOC_MMAP_THRESHOLD_"))
 
     assert mapped("torch") == 0
     assert mapped("gentune") >= 3 << 20
