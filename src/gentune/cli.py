@@ -633,8 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
         "English through gentune serve (Debian's trans-de-en; out: runs/distill-demo)",
     )
     p.add_argument("--gold-rows", type=_positive(int), default=300, help="--distill: gold rows")
-    p.add_argument("--input-rows", type=_positive(int), default=1000, help="--distill: inputs")
-    p.add_argument("--test-rows", type=_positive(int), default=200, help="--distill: test rows")
+    p.add_argument("--input-rows", type=_positive(int), default=2000, help="--distill: inputs")
+    p.add_argument("--test-rows", type=_positive(int), default=500, help="--distill: test rows")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("demo-data", help="write the ACLSum data (titles, summaries) as JSONL")

@@ -1,7 +1,7 @@
 """`gentune demo --distill`: distillation end to end on real data, over HTTP.
 
 German -> English sentence pairs from Ding (Debian's `trans-de-en`): a few hundred labelled
-(gold) rows, a thousand German sentences whose English is hidden (the unlabelled inputs), and
+(gold) rows, two thousand German sentences whose English is hidden (the unlabelled inputs), and
 held-out test rows. The teacher, Gemma-3-270M (the second embedded model), is fine-tuned on the
 gold rows and served by `gentune serve` on 127.0.0.1; `gentune distill` labels the inputs
 through it, and the student, SmolLM2-135M (the embedded default), is trained on gold +
@@ -99,8 +99,8 @@ def demo_distill(
     out: str | Path = "runs/distill-demo",
     *,
     gold: int = 300,
-    inputs: int = 1000,
-    test: int = 200,
+    inputs: int = 2000,
+    test: int = 500,
     max_steps: int | None = None,
     progress: bool = True,
     log=print,
