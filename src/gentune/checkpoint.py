@@ -48,6 +48,11 @@ SHARDS = "shards"  # the checkpoint's folder of tensors, files of about FILE_BYT
 # AdamW state (+2.7 GiB at SmolLM2-135M's full fine-tuning, above the training steps' own peak:
 # bench/memory.py); files of this size bound the copy.
 FILE_BYTES = 128 * 2**20
+# Files written at once by a process: two threads overlap one file's serialisation with another's
+# write and fsync (SmolLM2-135M's 1 GiB checkpoint: 5.9 -> 4.0 s here; bench/memory.md), for
+# one more FILE_BYTES of transient copy, written when no activations or gradients are held.
+# GENTUNE_CHECKPOINT_THREADS overrides it (bench/memory.py's variant checkpoint-threads-1).
+WRITE_THREADS = 2
 
 
 def root(run_dir: str | Path) -> Path:
@@ -121,7 +126,10 @@ def save(
     tensors, groups = _tensors(model, optimizer)
     with _one_process_is_fine():
         writer = HuggingFaceStorageWriter(
-            str(tmp / SHARDS), fqn_to_index_mapping=_files(tensors), save_distributed=True
+            str(tmp / SHARDS),
+            fqn_to_index_mapping=_files(tensors),
+            save_distributed=True,
+            thread_count=int(os.environ.get("GENTUNE_CHECKPOINT_THREADS", WRITE_THREADS)),
         )
         dcp.save(tensors, storage_writer=writer)
     if crash_hook:
