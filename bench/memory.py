@@ -64,8 +64,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "kernel-cache-1024": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}),
     "kernel-cache-128": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128"}),
     "kernel-cache-16": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"}),
-    # checkpoint files written one at a time (checkpoint.WRITE_THREADS is 2)
-    "checkpoint-threads-1": ([], {"GENTUNE_CHECKPOINT_THREADS": "1"}),
+    # checkpoint files written two at a time (checkpoint.WRITE_THREADS is 1)
+    "checkpoint-threads-2": ([], {"GENTUNE_CHECKPOINT_THREADS": "2"}),
 }
 
 

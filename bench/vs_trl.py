@@ -202,6 +202,14 @@ def _train_flags(spec) -> list[str]:
 def side_gentune(args: list[str]) -> dict:
     """`gentune train` with every default (in this process); seconds and peak RSS."""
     a, extra = _side_args(args, strict=False)  # the rest: gentune train flags
+    # the libraries gentune trains with, imported before the clock starts, as the TRL side's
+    # are (torch, transformers, datasets/pyarrow, trl): "imports not" holds for both sides
+    import accelerate  # noqa: F401
+    import pyarrow  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    import gentune.training.train  # noqa: F401
     from gentune.cli import main
     from gentune.rundir import read_log
 

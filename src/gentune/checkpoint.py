@@ -48,11 +48,12 @@ SHARDS = "shards"  # the checkpoint's folder of tensors, files of about FILE_BYT
 # AdamW state (+2.7 GiB at SmolLM2-135M's full fine-tuning, above the training steps' own peak:
 # bench/memory.py); files of this size bound the copy.
 FILE_BYTES = 128 * 2**20
-# Files written at once by a process: two threads overlap one file's serialisation with another's
-# write and fsync (SmolLM2-135M's 1 GiB checkpoint: 5.9 -> 4.0 s here; bench/memory.md), for
-# one more FILE_BYTES of transient copy, written when no activations or gradients are held.
-# GENTUNE_CHECKPOINT_THREADS overrides it (bench/memory.py's variant checkpoint-threads-1).
-WRITE_THREADS = 2
+# Files written at once by a process. Two threads (one file's serialisation overlapping
+# another's write) save 1.7 s per SmolLM2-135M checkpoint but hold one more file's transient
+# copy (+111 MiB during the save); a whole titles run with two peaked at 4132 MiB, above the
+# 3974 of the run before (bench/results/memory.md), so one. GENTUNE_CHECKPOINT_THREADS
+# overrides it (bench/memory.py's variant checkpoint-threads-2).
+WRITE_THREADS = 1
 
 
 def root(run_dir: str | Path) -> Path:
