@@ -98,14 +98,15 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
 def demo_distill(
     out: str | Path = "runs/distill-demo",
     *,
-    gold: int = 300,
-    inputs: int = 2000,
-    test: int = 500,
+    gold: int,
+    inputs: int,
+    test: int,
     max_steps: int | None = None,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Train the teacher, serve it, distill into the student, report."""
+    """Train the teacher, serve it, distill into the student, report. The row counts' defaults
+    are the CLI's (--gold-rows, --input-rows, --test-rows), stated there only."""
     from gentune.distill.pipeline import DistillSettings, distill
     from gentune.training.train import train
 
