@@ -64,8 +64,13 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "kernel-cache-1024": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}),
     "kernel-cache-128": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128"}),
     "kernel-cache-16": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16"}),
-    # checkpoint files written two at a time (checkpoint.WRITE_THREADS is 1)
-    "checkpoint-threads-2": ([], {"GENTUNE_CHECKPOINT_THREADS": "2"}),
+    # one process's checkpoint written by torch.distributed.checkpoint's own writer (what
+    # every save did before checkpoint._write_plain), one file at a time and two at a time
+    "checkpoint-dcp": ([], {"BENCH_CHECKPOINT_DCP": "1"}),
+    "checkpoint-dcp-threads-2": (
+        [],
+        {"BENCH_CHECKPOINT_DCP": "1", "GENTUNE_CHECKPOINT_THREADS": "2"},
+    ),
 }
 
 
@@ -115,6 +120,10 @@ def child(args: list[str]) -> dict:
 
         setattr(module, name, wrapper)
 
+    if os.environ.get("BENCH_CHECKPOINT_DCP"):  # the variants checkpoint-dcp*
+        import gentune.checkpoint as checkpoint
+
+        checkpoint._plain = lambda tensors: False
     traced(prepare, "load_model", "loading the model")
     traced(train, "optimizer_step", "training steps")
     traced(train, "validate", "validation")

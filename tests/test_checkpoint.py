@@ -325,3 +325,66 @@ def test_a_full_disk_ends_training_in_one_line_and_resume_continues_exactly(
     assert "resumed from" in out and f"step {int(last.split('-')[-1])}" in out
     assert not list(checkpoint.root(run).glob(".tmp-*"))
     _assert_same(run, ref)
+
+
+def test_a_full_disk_under_safetensors_writer_is_a_disk_error(tmp_path):
+    """safetensors' writer (checkpoints of one process, the run's final model) reports a full
+    disk as a SafetensorError, not an OSError: it is still found as the one-line disk error,
+    naming the checkpoint's file (before: a traceback asking to report a bug)."""
+    import errno
+    import resource
+
+    from gentune.errors import disk_error
+
+    tensors = {"model.w": torch.ones(1 << 16), "optim.w.exp_avg": torch.zeros(1 << 16)}
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, limits[1]))
+    try:
+        with pytest.raises(OSError) as raised:
+            checkpoint._write_plain(tensors, tmp_path / "shards")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    found = disk_error(raised.value)
+    assert found is not None and found.errno == errno.EFBIG
+    assert found.filename and found.filename.startswith(str(tmp_path / "shards"))
+    assert type(raised.value.__cause__).__name__ == "SafetensorError"
+    assert disk_error(raised.value.__cause__) is not None  # as save_pretrained raises it
+
+
+def test_one_process_shards_are_the_distributed_checkpoints_own(tiny_llama, tmp_path):
+    """The shards one process writes with safetensors are the files DCP's own writer writes:
+    the same names, tensors and headers (the resume and kill tests load them back)."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors import safe_open
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    tensors, _ = checkpoint._tensors(model, opt)
+    checkpoint._write_plain(tensors, tmp_path / "ours")
+    with checkpoint._one_process_is_fine():
+        writer = HuggingFaceStorageWriter(
+            str(tmp_path / "dcp"), fqn_to_index_mapping=checkpoint._files(tensors),
+            save_distributed=True,
+        )  # fmt: skip
+        dcp.save(tensors, storage_writer=writer)
+    ours = sorted(p.name for p in (tmp_path / "ours").iterdir())
+    assert ours == sorted(p.name for p in (tmp_path / "dcp").iterdir()) and ours
+    for name in ours:
+        with (
+            safe_open(tmp_path / "ours" / name, "pt") as a,
+            safe_open(tmp_path / "dcp" / name, "pt") as b,
+        ):
+            meta_a, meta_b = a.metadata(), b.metadata()
+            assert json.loads(meta_a.pop("DCP_SHARDING_INFO")) == json.loads(
+                meta_b.pop("DCP_SHARDING_INFO")
+            )
+            assert meta_a == meta_b
+            assert sorted(a.keys()) == sorted(b.keys())
+            for k in a.keys():
+                assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k

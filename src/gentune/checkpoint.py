@@ -2,9 +2,9 @@
 
     RUN/checkpoints/step-00000012/
       shards/                 the trainable parameters (LoRA adapter or all weights) and the
-                              AdamW state, by parameter name, as safetensors written by
-                              torch.distributed.checkpoint: each process its own shards, in
-                              files of about FILE_BYTES each (under FSDP each holds its slices)
+                              AdamW state, by parameter name, as torch.distributed.checkpoint's
+                              safetensors: each process its own shards, in files of about
+                              FILE_BYTES each (under FSDP each holds its slices)
       optimizer.json          AdamW's settings per parameter group
       scheduler.json          learning-rate schedule state
       rng.json + .safetensors python, numpy and torch RNG states
@@ -39,20 +39,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gentune.config import TrainConfig
-from gentune.errors import TrainingError, read_json_object
+from gentune.errors import TrainingError, os_error, read_json_object
 
 PREFIX = "step-"
 SHARDS = "shards"  # the checkpoint's folder of tensors, files of about FILE_BYTES per process
-# torch.distributed.checkpoint's safetensors writer serialises a whole file in memory before
-# writing it, so a process's shards in one file cost a transient copy of the weights and the
-# AdamW state (+2.7 GiB at SmolLM2-135M's full fine-tuning, above the training steps' own peak:
-# bench/memory.py); files of this size bound the copy.
+# One process writes its shards with safetensors directly (`_write_plain`); several write through
+# torch.distributed.checkpoint, whose safetensors writer serialises a whole file in memory before
+# writing it, so a process's shards in one file would cost a transient copy of the weights and
+# the AdamW state (+2.7 GiB at SmolLM2-135M's full fine-tuning, above the training steps' own
+# peak: bench/memory.py); files of this size bound the copy.
 FILE_BYTES = 128 * 2**20
-# Files written at once by a process. Two threads (one file's serialisation overlapping
-# another's write) save 1.7 s per SmolLM2-135M checkpoint but hold one more file's transient
-# copy (+111 MiB during the save); a whole titles run with two peaked at 4132 MiB, above the
-# 3974 of the run before (bench/results/memory.md), so one. GENTUNE_CHECKPOINT_THREADS
-# overrides it (bench/memory.py's variant checkpoint-threads-2).
+# Files DCP writes at once per process (several processes). Two threads (one file's
+# serialisation overlapping another's write) saved 1.7 s per SmolLM2-135M checkpoint but held
+# one more file's transient copy (+111 MiB during the save; bench/results/memory.md), so one.
+# GENTUNE_CHECKPOINT_THREADS overrides it (bench/memory.py's variant checkpoint-dcp-threads-2).
 WRITE_THREADS = 1
 
 
@@ -61,7 +61,8 @@ def root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """A file's or a directory's contents to the disk (where the OS allows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -125,14 +126,17 @@ def save(
         tmp.mkdir()
     _barrier()
     tensors, groups = _tensors(model, optimizer)
-    with _one_process_is_fine():
-        writer = HuggingFaceStorageWriter(
-            str(tmp / SHARDS),
-            fqn_to_index_mapping=_files(tensors),
-            save_distributed=True,
-            thread_count=int(os.environ.get("GENTUNE_CHECKPOINT_THREADS", WRITE_THREADS)),
-        )
-        dcp.save(tensors, storage_writer=writer)
+    if _plain(tensors):
+        _write_plain(tensors, tmp / SHARDS)
+    else:
+        with _one_process_is_fine():
+            writer = HuggingFaceStorageWriter(
+                str(tmp / SHARDS),
+                fqn_to_index_mapping=_files(tensors),
+                save_distributed=True,
+                thread_count=int(os.environ.get("GENTUNE_CHECKPOINT_THREADS", WRITE_THREADS)),
+            )
+            dcp.save(tensors, storage_writer=writer)
     if crash_hook:
         crash_hook("save")  # tests kill the process here, mid-save
     if main:
@@ -146,10 +150,51 @@ def save(
         if final.exists():  # a checkpoint of the same step from an earlier attempt
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(ckpts)
+        _fsync(ckpts)
         prune(run_dir, keep_last=keep_last, keep=keep)
     _barrier()
     return final
+
+
+def _plain(tensors: dict[str, Any]) -> bool:
+    """Whether one process holds every tensor whole, in CPU memory (no sharding to plan)."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return False
+    return all(
+        isinstance(t, torch.Tensor) and not isinstance(t, DTensor) and t.device.type == "cpu"
+        for t in tensors.values()
+    )
+
+
+def _write_plain(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    """One process's whole CPU tensors written by safetensors itself, into the files, names and
+    headers (each tensor's offsets in DCP_SHARDING_INFO) that torch.distributed.checkpoint's
+    HuggingFaceStorageWriter gives them, so that its reader loads them as its own. Its writer
+    first serialises each file into memory; this writes from the tensors: 0.2-0.7 s against
+    1.3-3.7 s for 0.85 GB here (bench/results/memory.md), and no transient copy. Each file is
+    fsynced, as DCP's are."""
+    from torch.distributed.checkpoint import _hf_utils as hf
+
+    mapping = _files(tensors)
+    last = max(mapping.values(), default=0)  # (no tensors: no file, as DCP writes none)
+    directory.mkdir(parents=True, exist_ok=True)
+    for index in range(1, last + 1):
+        part = {name: t for name, t in tensors.items() if mapping[name] == index}
+        offsets = {name: {hf.SAVED_OFFSETS_KEY: [0] * t.dim()} for name, t in part.items()}
+        file = directory / hf._gen_file_name(index, last, shard_index=1)
+        header = {
+            hf.CUSTOM_METADATA_KEY: json.dumps(offsets),
+            hf.DCP_VERSION_KEY: str(hf.HF_DCP_VERSION),
+            hf.FORMAT_KEY: hf.FORMAT_VALUE,
+        }
+        try:
+            save_file(part, str(file), metadata=header)
+        except SafetensorError as e:  # a full disk, named as an OSError with its file
+            raise (os_error(e, str(file)) or e) from e
+        _fsync(file)
 
 
 def _files(tensors: dict[str, Any]) -> dict[str, int]:

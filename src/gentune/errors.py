@@ -5,6 +5,8 @@ and a line asking to report it (see `cli.main`)."""
 from __future__ import annotations
 
 import errno
+import os
+import re
 
 
 class GentuneError(Exception):
@@ -101,12 +103,26 @@ def disk_error(e: BaseException) -> OSError | None:
         seen.add(id(x))
         if isinstance(x, OSError) and x.errno in DISK_ERRNOS:
             return x
+        if (found := os_error(x)) is not None and found.errno in DISK_ERRNOS:
+            return found
         stack += [x.__cause__, x.__context__, getattr(x, "exception", None), *x.args]
         failures = getattr(x, "failures", None)  # torch's CheckpointException: rank -> (e, tb)
         if isinstance(failures, dict):
             for v in failures.values():
                 stack += list(v) if isinstance(v, tuple) else [v]
     return None
+
+
+def os_error(e: BaseException, filename: str | None = None) -> OSError | None:
+    """The OSError inside safetensors' writer's error ("I/O error: No space left on device
+    (os error 28)"), which is not an OSError itself; None for any other error."""
+    if type(e).__name__ != "SafetensorError":
+        return None
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), filename)
 
 
 def write_failed(disk: OSError, what: str, where, after: str) -> RunError:
