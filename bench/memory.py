@@ -163,9 +163,9 @@ def main() -> None:
     print(f"{a.set}: {a.steps} optimizer steps of gentune's defaults; {DEFAULT_MODEL}")
     print("| variant | peak RSS MiB | " + " | ".join(PHASES) + " | s / step | last loss |")
     print("|---|---|" + "---|" * len(PHASES) + "---|---|")
-    for name in a.variants:
+    for i, name in enumerate(a.variants, 1):  # a variant may be named twice (A B A B)
         flags, env = VARIANTS[name]
-        run = work / name
+        run = work / f"{i}-{name}"
         cmd = [sys.executable, __file__, "_child", "--set", a.set, "--data", str(files["train"])]
         cmd += ["--out", str(run), *flags]
         cmd += ["--max-steps", str(a.steps)] if a.steps else []  # 0: the whole run
