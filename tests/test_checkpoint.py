@@ -388,3 +388,10 @@ def test_one_process_shards_are_the_distributed_checkpoints_own(tiny_llama, tmp_
             assert sorted(a.keys()) == sorted(b.keys())
             for k in a.keys():
                 assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
+
+
+def test_only_whole_contiguous_cpu_tensors_skip_dcp():
+    """safetensors writes a tensor as it lies in memory: a transposed (non-contiguous) one,
+    like a sharded or GPU one, goes through torch.distributed.checkpoint's writer instead."""
+    assert checkpoint._plain({"model.w": torch.ones(2, 3), "optim.w.step": torch.tensor(1.0)})
+    assert not checkpoint._plain({"model.w": torch.ones(2, 3).t()})

@@ -157,14 +157,18 @@ def save(
 
 
 def _plain(tensors: dict[str, Any]) -> bool:
-    """Whether one process holds every tensor whole, in CPU memory (no sharding to plan)."""
+    """Whether one process holds every tensor whole and contiguous, in CPU memory (no sharding
+    to plan; what safetensors writes as it is)."""
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return False
     return all(
-        isinstance(t, torch.Tensor) and not isinstance(t, DTensor) and t.device.type == "cpu"
+        isinstance(t, torch.Tensor)
+        and not isinstance(t, DTensor)
+        and t.device.type == "cpu"
+        and t.is_contiguous()
         for t in tensors.values()
     )
 
