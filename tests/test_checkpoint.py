@@ -356,9 +356,7 @@ def test_a_full_disk_under_safetensors_writer_is_a_disk_error(tmp_path):
 def test_one_process_shards_are_the_distributed_checkpoints_own(tiny_llama, tmp_path):
     """The shards one process writes with safetensors are the files DCP's own writer writes:
     the same names, tensors and headers (the resume and kill tests load them back)."""
-    import torch.distributed.checkpoint as dcp
     from safetensors import safe_open
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -367,12 +365,7 @@ def test_one_process_shards_are_the_distributed_checkpoints_own(tiny_llama, tmp_
     opt.step()
     tensors, _ = checkpoint._tensors(model, opt)
     checkpoint._write_plain(tensors, tmp_path / "ours")
-    with checkpoint._one_process_is_fine():
-        writer = HuggingFaceStorageWriter(
-            str(tmp_path / "dcp"), fqn_to_index_mapping=checkpoint._files(tensors),
-            save_distributed=True,
-        )  # fmt: skip
-        dcp.save(tensors, storage_writer=writer)
+    checkpoint._write_dcp(tensors, tmp_path / "dcp")
     ours = sorted(p.name for p in (tmp_path / "ours").iterdir())
     assert ours == sorted(p.name for p in (tmp_path / "dcp").iterdir()) and ours
     for name in ours:

@@ -113,9 +113,6 @@ def save(
     """Write checkpoint `step` atomically, then prune to the last `keep_last` plus `keep`.
     Under several processes every one calls it (each writes its shards); `main` writes the
     rest and renames the directory into place."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
     ckpts = root(run_dir)
     final = ckpts / f"{PREFIX}{step:08d}"
     tmp = ckpts / f".tmp-{PREFIX}{step:08d}"  # one name for every process
@@ -126,17 +123,7 @@ def save(
         tmp.mkdir()
     _barrier()
     tensors, groups = _tensors(model, optimizer)
-    if _plain(tensors):
-        _write_plain(tensors, tmp / SHARDS)
-    else:
-        with _one_process_is_fine():
-            writer = HuggingFaceStorageWriter(
-                str(tmp / SHARDS),
-                fqn_to_index_mapping=_files(tensors),
-                save_distributed=True,
-                thread_count=int(os.environ.get("GENTUNE_CHECKPOINT_THREADS", WRITE_THREADS)),
-            )
-            dcp.save(tensors, storage_writer=writer)
+    (_write_plain if _plain(tensors) else _write_dcp)(tensors, tmp / SHARDS)
     if crash_hook:
         crash_hook("save")  # tests kill the process here, mid-save
     if main:
@@ -171,6 +158,22 @@ def _plain(tensors: dict[str, Any]) -> bool:
         and t.is_contiguous()
         for t in tensors.values()
     )
+
+
+def _write_dcp(tensors: dict[str, Any], directory: Path) -> None:
+    """This process's shards (FSDP's slices, or whole tensors) through torch.distributed
+    checkpoint's safetensors writer, files of about FILE_BYTES, WRITE_THREADS at a time."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    with _one_process_is_fine():
+        writer = HuggingFaceStorageWriter(
+            str(directory),
+            fqn_to_index_mapping=_files(tensors),
+            save_distributed=True,
+            thread_count=int(os.environ.get("GENTUNE_CHECKPOINT_THREADS", WRITE_THREADS)),
+        )
+        dcp.save(tensors, storage_writer=writer)
 
 
 def _write_plain(tensors: dict[str, torch.Tensor], directory: Path) -> None:
